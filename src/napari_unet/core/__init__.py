@@ -1,0 +1,1 @@
+"""Pure numpy/torch core: no Qt, no napari, no magicgui."""

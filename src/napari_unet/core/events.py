@@ -1,0 +1,48 @@
+"""Small immutable progress events yielded by every long operation (predict, train, batch).
+
+A widget forwards them to a progress bar, the CLI to tqdm, a test iterates them. Consumers stop the
+work by closing the generator (or, in a napari thread worker, ``worker.quit()``) between events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TileDone:
+    """One batch of overlap tiles predicted. ``done``/``total`` count tiles over the whole job."""
+
+    done: int
+    total: int
+    plane: int = 0
+    planes: int = 1
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """One optimisation step of training.
+
+    ``loss`` is the weighted cross-entropy of the step; ``val_score`` the latest validation score
+    (foreground IoU on the held-back annotation, higher is better; None before the first
+    validation); ``best_score`` the best so far; ``eta_s`` the estimated seconds left.
+    """
+
+    step: int
+    total: int
+    loss: float
+    val_score: float | None = None
+    best_score: float | None = None
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ItemDone:
+    """One image (file, layer or plane block) of a batch job finished, skipped or failed."""
+
+    done: int
+    total: int
+    name: str
+    status: str = "done"  # "done", "skipped" (already complete) or "failed"
+    message: str = ""

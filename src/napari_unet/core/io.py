@@ -1,0 +1,220 @@
+"""Model files: one ``.safetensors`` file holding the weights, with the configuration as JSON in the
+file's header (next to the weights, never inside the ``state_dict``).
+
+Saving is atomic (write to a temporary file in the same folder, then rename). Loading never unpickles
+anything: safetensors only stores tensors and strings. A corrupt or foreign file raises
+:class:`ModelFileError` naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import UNet, UNetConfig
+from .normalize import Normalization
+
+FORMAT = "napari-unet"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+_HEADER_KEY = "napari_unet"
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read: missing, corrupt, foreign, or of an unknown version."""
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    """How probabilities become instances.
+
+    ``instance_classes``: classes whose connected regions are objects (e.g. (1,) for
+    background/foreground, the interior class of a background/boundary/interior model).
+    ``grow_classes``: classes into which the objects are grown afterwards (e.g. the boundary class).
+    ``min_size``: objects smaller than this (pixels) are removed. ``split``: "components" (connected
+    components, as the paper's separating background lines allow) or "watershed" (additionally
+    split touching objects at the saddles of their distance transform).
+    """
+
+    instance_classes: tuple[int, ...] = (1,)
+    grow_classes: tuple[int, ...] = ()
+    min_size: int = 10
+    split: str = "components"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instance_classes": list(self.instance_classes), "grow_classes": list(self.grow_classes),
+                "min_size": self.min_size, "split": self.split}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Postprocessing:
+        d = dict(d)
+        d["instance_classes"] = tuple(int(c) for c in d.get("instance_classes", (1,)))
+        d["grow_classes"] = tuple(int(c) for c in d.get("grow_classes", ()))
+        return cls(**d)
+
+
+@dataclass
+class UNetModel:
+    """A network with everything needed to use it: normalisation, post-processing, provenance."""
+
+    net: UNet
+    normalization: Normalization = field(default_factory=Normalization)
+    postprocessing: Postprocessing = field(default_factory=Postprocessing)
+    name: str = "unnamed"
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # where it was loaded from
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.net.config
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "architecture": self.net.config.to_dict(),
+            "normalization": self.normalization.to_dict(),
+            "postprocessing": self.postprocessing.to_dict(),
+            "provenance": self.provenance,
+        }
+
+    def copy(self) -> UNetModel:
+        """A deep copy (weights included), e.g. as the start of fine-tuning."""
+        net = UNet(self.net.config)
+        net.load_state_dict(self.net.state_dict())
+        return UNetModel(net, self.normalization, self.postprocessing, self.name, self.description,
+                         json.loads(json.dumps(self.provenance)), self.source)
+
+
+def save_model(model: UNetModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` (``.safetensors`` appended if missing) atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.net.state_dict().items()}
+    meta = {_HEADER_KEY: json.dumps(model.header())}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON configuration of a model file, without loading the weights."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise ModelFileError(
+            f"{str(path)!r} is not a readable model file (expected a napari-unet .safetensors file): {exc}"
+        ) from None
+    if _HEADER_KEY not in meta:
+        raise ModelFileError(
+            f"{str(path)!r} is a safetensors file but not a napari-unet model (no '{_HEADER_KEY}' header)"
+        )
+    try:
+        header = json.loads(meta[_HEADER_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{str(path)!r} has a corrupt napari-unet header: {exc}") from None
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{str(path)!r} is not a napari-unet model file")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{str(path)!r} has format version {version!r}; this napari-unet reads up to "
+            f"{FORMAT_VERSION}: update napari-unet"
+        )
+    return header
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> UNetModel:
+    """Load a shipped model by name (see :func:`shipped_models`) or a model file by path.
+
+    Weights are read on the CPU (safetensors: no code is unpickled), then moved to ``device``.
+    The returned network is in eval mode.
+    """
+    from safetensors.torch import load_file
+
+    path = resolve_model_path(name_or_path)
+    header = read_header(path)
+    try:
+        config = UNetConfig.from_dict(header["architecture"])
+        normalization = Normalization.from_dict(header.get("normalization", {}))
+        post = Postprocessing.from_dict(header.get("postprocessing", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{str(path)!r} has an invalid model configuration: {exc}") from None
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise ModelFileError(f"{str(path)!r}: the weights cannot be read (corrupt file?): {exc}") from None
+    net = UNet(config)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{str(path)!r}: the weights do not match its architecture: {exc}") from None
+    net.eval()
+    if str(device) != "cpu":
+        from .device import resolve_device
+
+        net.to(resolve_device(device))
+    return UNetModel(
+        net=net,
+        normalization=normalization,
+        postprocessing=post,
+        name=str(header.get("name", path.stem)),
+        description=str(header.get("description", "")),
+        provenance=dict(header.get("provenance", {})),
+        source=str(path),
+    )
+
+
+# ---------------------------------------------------------------------------- shipped models
+def _models_dir() -> Path:
+    return Path(str(resources.files("napari_unet") / "models"))
+
+
+def shipped_models() -> dict[str, Path]:
+    """Name -> file of the models that ship inside the package (``napari_unet/models``)."""
+    d = _models_dir()
+    if not d.is_dir():
+        return {}
+    return {p.name[: -len(SUFFIX)]: p for p in sorted(d.glob(f"*{SUFFIX}"))}
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model's name or a path -> the model file's path (ModelFileError if neither)."""
+    s = str(name_or_path)
+    shipped = shipped_models()
+    if s in shipped:
+        return shipped[s]
+    path = Path(s).expanduser()
+    if path.is_file():
+        return path
+    if path.with_name(path.name + SUFFIX).is_file():
+        return path.with_name(path.name + SUFFIX)
+    names = ", ".join(sorted(shipped)) or "none"
+    raise ModelFileError(f"no model file {s!r} and no shipped model of that name (shipped: {names})")

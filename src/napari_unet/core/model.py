@@ -1,0 +1,299 @@
+"""The U-Net of Ronneberger, Fischer and Brox (MICCAI 2015), with its geometry.
+
+Paper section 2: a contracting path of blocks of two 3x3 convolutions + ReLU followed by a 2x2 max
+pooling (stride 2), channels doubling at each step; an expanding path of 2x2 up-convolutions that halve
+the channels, concatenation with the cropped skip connection and two 3x3 convolutions + ReLU; a final
+1x1 convolution to the classes. ``padding="valid"`` (the paper's unpadded convolutions) makes the output
+smaller than the input by a constant border (the halo); ``padding="same"`` keeps the size.
+
+The geometry helpers answer the questions the overlap-tile strategy (paper Fig. 2) asks: which input
+tile gives a given output tile, which tile sizes keep every 2x2 pooling on an even size, and how many
+pixels of context each output pixel needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+PADDINGS = ("valid", "same")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a U-Net.
+
+    Attributes
+    ----------
+    in_channels: number of image channels the model reads (1 for grey-value microscopy).
+    num_classes: number of output classes of the pixel-wise softmax (2 in the paper's cell tasks,
+        7 in its dental X-ray variant).
+    depth: number of 2x2 max-poolings in the contracting path (4 in the paper).
+    base_channels: feature channels of the first level (64 in the paper); doubled at each level.
+    padding: "valid" (paper: unpadded 3x3 convolutions) or "same" (zero-padded convolutions).
+    dropout: drop-out probability at the end of the contracting path (paper section 3.1).
+    class_names: one name per class; class 0 is the background class.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2
+    depth: int = 4
+    base_channels: int = 64
+    padding: str = "valid"
+    dropout: float = 0.5
+    class_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        def _positive_int(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"UNetConfig.{name} must be an integer >= {minimum}, got {value!r}")
+
+        _positive_int("in_channels", 1)
+        _positive_int("num_classes", 2)
+        _positive_int("depth", 1)
+        _positive_int("base_channels", 1)
+        if self.padding not in PADDINGS:
+            raise ValueError(f"UNetConfig.padding must be one of {PADDINGS}, got {self.padding!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        names = tuple(self.class_names)
+        if not names:
+            names = ("background",) + tuple(f"class {i}" for i in range(1, self.num_classes))
+        if len(names) != self.num_classes:
+            raise ValueError(
+                f"UNetConfig.class_names has {len(names)} names for {self.num_classes} classes"
+            )
+        object.__setattr__(self, "class_names", tuple(str(n) for n in names))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown U-Net configuration keys: {sorted(unknown)}")
+        d = dict(d)
+        if "class_names" in d:
+            d["class_names"] = tuple(d["class_names"])
+        return cls(**d)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def conv_loss(self) -> int:
+        """Pixels lost by the two 3x3 convolutions of one block (4 when valid, 0 when same)."""
+        return 4 if self.padding == "valid" else 0
+
+    @property
+    def grid(self) -> int:
+        """Pooling grid: 2**depth. Tile offsets must be multiples of it for exact tiling."""
+        return 2**self.depth
+
+    def output_size(self, input_size: int) -> int:
+        """Output size along one axis for an input tile of ``input_size`` pixels.
+
+        Raises ValueError (naming the nearest valid sizes) when a 2x2 pooling would meet an odd
+        size or the tile is too small to give any output.
+        """
+        n = int(input_size)
+        loss = self.conv_loss
+        for _ in range(self.depth):
+            n -= loss
+            if n <= 0 or n % 2:
+                raise ValueError(self._invalid_message(input_size))
+            n //= 2
+        n -= loss
+        if n <= 0:
+            raise ValueError(self._invalid_message(input_size))
+        for _ in range(self.depth):
+            n = 2 * n - loss
+        if n <= 0:
+            raise ValueError(self._invalid_message(input_size))
+        return n
+
+    def input_size(self, output_size: int) -> int:
+        """Smallest valid input tile whose output covers ``output_size`` pixels.
+
+        For a valid U-Net of depth 4 an output of 388 needs an input of 572 (paper Fig. 1).
+        """
+        want = max(int(output_size), 1)
+        loss = self.conv_loss
+        g = self.grid
+        # output = g * b - loss * (g - 1)  with b the bottleneck size (before its two convolutions
+        # the size is b + loss); input = g * (b + loss) + loss * (g - 1)
+        b = max(math.ceil((want + loss * (g - 1)) / g), 1)
+        while g * b - loss * (g - 1) < 1:
+            b += 1
+        return g * (b + loss) + loss * (g - 1)
+
+    def is_valid_input_size(self, input_size: int) -> bool:
+        try:
+            self.output_size(input_size)
+        except ValueError:
+            return False
+        return True
+
+    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
+        """All valid input tile sizes in [lo, hi]."""
+        return [n for n in range(max(lo, 1), hi + 1) if self.is_valid_input_size(n)]
+
+    def nearest_valid_input_sizes(self, input_size: int) -> tuple[int | None, int]:
+        """The valid input sizes just below (None if there is none) and just above ``input_size``."""
+        n = int(input_size)
+        below = next((m for m in range(n, 0, -1) if self.is_valid_input_size(m)), None)
+        above = next(m for m in range(max(n, 1), n + 4 * self.grid + 8 * self.depth + 64)
+                     if self.is_valid_input_size(m))
+        return below, above
+
+    def _invalid_message(self, input_size: int) -> str:
+        n = int(input_size)
+        below = next((m for m in range(n - 1, 0, -1) if self.is_valid_input_size(m)), None)
+        above = next(m for m in range(max(n + 1, 1), n + 4 * self.grid + 8 * self.depth + 64)
+                     if self.is_valid_input_size(m))
+        near = f"{below} or {above}" if below else f"{above}"
+        return (
+            f"input size {n} is not valid for a {self.padding} U-Net of depth {self.depth}: every 2x2 "
+            f"max pooling must see an even size; nearest valid sizes: {near}"
+        )
+
+    @property
+    def halo(self) -> int:
+        """Context pixels needed on each side of an output pixel.
+
+        For valid models this is exactly the border lost per side (92 for depth 4: 572 -> 388). For
+        same-padded models it is the receptive-field radius rounded up to the pooling grid, so that
+        cropping that margin from each tile reproduces the whole-image output exactly.
+        """
+        if self.padding == "valid":
+            n = self.input_size(1)
+            return (n - self.output_size(n)) // 2
+        # receptive-field radius of the same-padded net: each 3x3 conv at level l adds 2**l
+        radius = 0
+        for level in range(self.depth):
+            radius += 2 * 2**level  # two convs on the way down
+            radius += 2**level  # the pooling window
+        radius += 2 * 2**self.depth  # bottleneck
+        for level in range(self.depth - 1, -1, -1):
+            radius += 2 * 2**level  # two convs on the way up
+        return int(math.ceil((radius + 1) / self.grid) * self.grid)
+
+    def flops_per_output_pixel(self) -> float:
+        """Multiply-adds x2 per output pixel of a large tile (convolutions only)."""
+        c, total = self.base_channels, 0.0
+        chans = [c * 2**i for i in range(self.depth + 1)]
+        cin = self.in_channels
+        for level in range(self.depth):
+            scale = 4.0**-level
+            total += 2 * 9 * (cin * chans[level] + chans[level] ** 2) * scale
+            cin = chans[level]
+        scale = 4.0**-self.depth
+        total += 2 * 9 * (chans[-2] * chans[-1] + chans[-1] ** 2) * scale
+        for level in range(self.depth - 1, -1, -1):
+            scale = 4.0**-level
+            total += 2 * 4 * chans[level + 1] * chans[level] * scale  # 2x2 up-convolution
+            total += 2 * 9 * (2 * chans[level] * chans[level] + chans[level] ** 2) * scale
+        total += 2 * chans[0] * self.num_classes
+        return total
+
+
+def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    dy = (x.shape[-2] - height) // 2
+    dx = (x.shape[-1] - width) // 2
+    return x[..., dy : dy + height, dx : dx + width]
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int, padding: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=padding),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=padding),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """U-Net (paper Fig. 1): ``forward`` maps (N, in_channels, H, W) to class logits (N, classes, h, w).
+
+    With ``padding="valid"`` h = config.output_size(H); with ``"same"`` h = H (H a multiple of
+    2**depth). The softmax is not part of the model; :func:`torch.softmax` over dim 1 gives the paper's
+    pixel-wise softmax p_k(x).
+    """
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = UNetConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("give either a UNetConfig or keyword arguments, not both")
+        self.config = config
+        pad = 1 if config.padding == "same" else 0
+        chans = [config.base_channels * 2**i for i in range(config.depth + 1)]
+        self.down = nn.ModuleList()
+        cin = config.in_channels
+        for c in chans[:-1]:
+            self.down.append(_DoubleConv(cin, c, pad))
+            cin = c
+        self.bottom = _DoubleConv(chans[-2], chans[-1], pad)
+        # Paper 3.1: "Drop-out layers at the end of the contracting path" (after the bottleneck
+        # block, as in the original Caffe model). Identity in eval mode, so inference is exact.
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.upconv = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for level in range(config.depth - 1, -1, -1):
+            self.upconv.append(nn.ConvTranspose2d(chans[level + 1], chans[level], 2, stride=2))
+            self.up.append(_DoubleConv(2 * chans[level], chans[level], pad))
+        self.head = nn.Conv2d(chans[0], config.num_classes, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He-normal initialisation (paper section 3): N(0, sqrt(2 / N)), N = fan-in of a neuron."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                if isinstance(m, nn.ConvTranspose2d):
+                    # weight is (in, out, kh, kw): each output pixel of a stride-2 2x2 up-convolution
+                    # sees exactly one input pixel per input channel, so the fan-in is in_channels.
+                    fan_in = m.weight.shape[0]
+                else:
+                    fan_in = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_in))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"UNet expects input of shape (N, {cfg.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        if cfg.padding == "valid":
+            for n in x.shape[-2:]:
+                cfg.output_size(n)  # raises with the nearest valid sizes
+        else:
+            g = cfg.grid
+            if x.shape[-2] % g or x.shape[-1] % g:
+                raise ValueError(
+                    f"a same-padded U-Net of depth {cfg.depth} needs H and W divisible by {g}, "
+                    f"got {tuple(x.shape[-2:])}"
+                )
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.dropout(self.bottom(x))
+        for upconv, block in zip(self.upconv, self.up, strict=True):
+            x = upconv(x)
+            skip = skips.pop()
+            skip = _center_crop(skip, x.shape[-2], x.shape[-1])
+            x = block(torch.cat([skip, x], dim=1))
+        return self.head(x)
