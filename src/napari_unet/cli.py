@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Generator, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -27,6 +28,8 @@ def drive(gen: Generator[Any, None, Any], desc: str, quiet: bool = False) -> Any
                 ev = next(gen)
             except StopIteration as stop:
                 return stop.value
+            if hasattr(ev, "name"):  # ItemDone: reported by the caller, not a bar
+                continue
             total = getattr(ev, "total", None)
             done = getattr(ev, "done", getattr(ev, "step", None))
             if quiet or total is None or done is None:
@@ -51,12 +54,74 @@ def drive(gen: Generator[Any, None, Any], desc: str, quiet: bool = False) -> Any
 
 # ---------------------------------------------------------------------------- segment
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment images (TIFF or zarr; 2D, stacks, channels)")
+    p = sub.add_parser(
+        "segment",
+        help="segment images (TIFF or zarr; 2D, stacks, channels)",
+        description="Segment images with a U-Net by seam-free overlap tiles. One input: OUTPUT may be "
+        "a .tif/.zarr file; several: OUTPUT is a folder and each result is <name>_<type>.tif.",
+    )
+    p.add_argument("images", nargs="+", help="input images (TIFF or zarr)")
+    p.add_argument("--model", "-m", default="nuclei",
+                   help="shipped model name or model file (default: nuclei)")
+    p.add_argument("--output", "-o", required=True, help="output file (one input) or folder")
+    p.add_argument("--output-type", choices=["instances", "semantic", "probabilities"],
+                   default="instances", help="what to write (default: instances)")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="network input tile size in pixels (default: from free memory)")
+    p.add_argument("--padding", choices=["mirror", "zero"], default="mirror",
+                   help="context beyond the image border (default: mirror, as in the paper)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    p.add_argument("--axes", default=None,
+                   help="axes of the input, e.g. YX, ZYX, TYX, CYX, YXC (default: guessed)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_segment)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    raise CLIError("segment is not implemented yet")
+    from .batch import segment_files
+    from .core.device import resolve_device
+    from .core.events import ItemDone
+    from .core.io import ModelFileError, load_model
+
+    try:
+        device = resolve_device(args.device)
+        model = load_model(args.model)
+    except (ValueError, ModelFileError) as exc:
+        raise CLIError(str(exc)) from None
+    out = Path(args.output)
+    if len(args.images) > 1 and out.suffix.lower() in (".tif", ".tiff", ".zarr"):
+        raise CLIError(f"{len(args.images)} inputs need an output folder, not the file {args.output!r}")
+    gen = segment_files(args.images, model, out, output_type=args.output_type,
+                        tile_size=args.tile_size, padding=args.padding, device=device,
+                        batch_size=args.batch_size, axes=args.axes)
+    failed = 0
+
+    def report(ev: Any) -> None:
+        nonlocal failed
+        if isinstance(ev, ItemDone):
+            if ev.status == "failed":
+                failed += 1
+                print(f"napari-unet segment: {ev.name}: {ev.message}", file=sys.stderr)
+            elif not args.quiet:
+                print(f"{ev.name} -> {ev.message}", file=sys.stderr)
+
+    drive(_tap(gen, report), desc=f"segment ({model.name}, {device.type})", quiet=args.quiet)
+    if failed:
+        print(f"napari-unet segment: {failed} of {len(args.images)} input(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tap(gen: Generator[Any, None, Any], fn: Any) -> Generator[Any, None, Any]:
+    """Pass events through, calling ``fn`` on each; returns the generator's value."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        fn(ev)
+        yield ev
 
 
 # ---------------------------------------------------------------------------- train

@@ -1,0 +1,119 @@
+"""Segment an image or a stack: overlap-tile prediction + post-processing, plane by plane.
+
+This is what the Segment widget, the CLI and batch jobs call. Memory holds one plane's probabilities
+at a time; the output (labels or probabilities) is written into ``out`` (numpy or zarr) plane by plane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .device import resolve_device
+from .events import TileDone
+from .io import UNetModel
+from .model import UNet
+from .postprocess import instances_from_semantic, semantic_labels
+from .tiling import auto_tile_size, infer_layout, plan_tiles, predict
+
+OUTPUT_TYPES = ("instances", "semantic", "probabilities")
+
+
+def output_shape(image_shape: tuple[int, ...], layout_axes: str, output: str, num_classes: int
+                 ) -> tuple[int, ...]:
+    planes = tuple(s for s, a in zip(image_shape, layout_axes, strict=True) if a not in "YXC")
+    yx = (image_shape[layout_axes.index("Y")], image_shape[layout_axes.index("X")])
+    return planes + ((num_classes,) if output == "probabilities" else ()) + yx
+
+
+def segment(
+    image: Any,
+    model: UNetModel | UNet,
+    *,
+    output: str = "instances",
+    axes: str | None = None,
+    rgb: bool | None = None,
+    tile_size: int | tuple[int, int] | None = None,
+    padding: str = "mirror",
+    device: str | torch.device = "auto",
+    batch_size: int | None = None,
+    out: Any = None,
+) -> Generator[TileDone, None, Any]:
+    """Segment ``image`` (see :func:`~napari_unet.core.tiling.predict` for shapes and options).
+
+    output: "instances" -> uint16/uint32 labels (*planes, Y, X), touching objects separated, ids
+    restarting at 1 in each plane; "semantic" -> uint8 class ids; "probabilities" -> float32
+    (*planes, classes, Y, X). Yields TileDone over all tiles of all planes; returns the output.
+    The input is never modified.
+    """
+    if output not in OUTPUT_TYPES:
+        raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
+    cfg = model.config
+    layout = infer_layout(tuple(image.shape), cfg.in_channels, axes, rgb)
+    dev = resolve_device(device)
+    if tile_size is None:
+        tile_size = auto_tile_size(cfg, dev, batch_size or (1 if dev.type == "cpu" else 4))
+    shape = tuple(image.shape)
+    plane_axes = layout.plane_axes
+    plane_shape = tuple(shape[a] for a in plane_axes)
+    h, w = shape[layout.y], shape[layout.x]
+    n_tiles = len(plan_tiles(cfg, (h, w), tile_size))
+    planes = list(np.ndindex(*plane_shape)) if plane_shape else [()]
+    total = n_tiles * len(planes)
+    oshape = output_shape(shape, layout.axes, output, cfg.num_classes)
+    post = model.postprocessing if isinstance(model, UNetModel) else None
+    # the 2D plane's own axes, in source order
+    plane_axes_str = "".join(a for a in layout.axes if a in "YXC")
+    if out is None:
+        out = None  # allocated after the first plane, when the instance dtype is known
+    elif tuple(out.shape) != oshape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {oshape}")
+    done = 0
+    for pi, pidx in enumerate(planes):
+        key: list[Any] = [slice(None)] * len(shape)
+        for ax, i in zip(plane_axes, pidx, strict=True):
+            key[ax] = i
+        plane = image[tuple(key)]
+        mode = "semantic" if output in ("semantic", "instances") and not _needs_probs(post, output) \
+            else "probabilities"
+        gen = predict(plane, model, axes=plane_axes_str, output=mode, tile_size=tile_size,
+                      padding=padding, device=dev, batch_size=batch_size)
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield replace(ev, done=done + ev.done, total=total, plane=pi, planes=len(planes))
+        done += n_tiles
+        if output == "instances":
+            sem = result if mode == "semantic" else semantic_labels(result)
+            fgp = None if mode == "semantic" else result[list(post.instance_classes)].sum(0)
+            result = instances_from_semantic(sem, post, fgp)
+        elif output == "semantic" and mode == "probabilities":
+            result = semantic_labels(result)
+        if out is None:
+            dtype = result.dtype if output != "instances" else np.uint32 if len(planes) > 1 else result.dtype
+            out = np.zeros(oshape, dtype)
+        out[pidx] = result
+    if output == "instances" and isinstance(out, np.ndarray) and out.dtype == np.uint32 and out.max() < 65535:
+        out = out.astype(np.uint16)
+    return out
+
+
+def _needs_probs(post: Any, output: str) -> bool:
+    return output == "instances" and post is not None and post.split == "watershed"
+
+
+def segment_image(image: Any, model: UNetModel | UNet, **kwargs: Any) -> Any:
+    """Plain-function form of :func:`segment`: returns the output array."""
+    gen = segment(image, model, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

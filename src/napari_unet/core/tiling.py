@@ -1,0 +1,395 @@
+"""Overlap-tile inference (paper Fig. 2): class probabilities for images of any size.
+
+Each network input tile carries the context (halo) its output tile needs; at the image border that
+context is extrapolated by mirroring (``padding="mirror"``, the paper) or by zeros (``"zero"``, the
+paper's dental variant). Output tiles abut exactly, and every tile starts on a multiple of the pooling
+grid (2**depth), so each tile sees the same 2x2 pooling grid as the whole image would: the tiled output
+equals the output of the network applied to the whole (padded) image, whatever the tile size.
+
+Work is a generator yielding :class:`~napari_unet.core.events.TileDone` after each batch of tiles; close
+it (or quit the napari worker driving it) to stop between batches. Memory grows with the tile, not the
+image: the source is read block by block (numpy, memmap, dask, zarr all work) and results are written
+into ``out``, which may be a preallocated numpy array or a zarr array.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .device import free_memory_bytes, resolve_device
+from .events import TileDone
+from .io import UNetModel
+from .model import UNet, UNetConfig
+from .normalize import Normalization
+
+PADDING_MODES = ("mirror", "zero")
+OUTPUTS = ("probabilities", "semantic")
+
+
+# ---------------------------------------------------------------------------- tile plan
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one 2D plane lie.
+
+    ``tile_in``: network input size (h, w); ``tile_out``: network output size; ``keep``: output pixels
+    kept per tile (h, w, a multiple of the pooling grid: the step between tiles); ``context``: input
+    pixels read before a tile's first output pixel (the halo); ``skip``: first kept pixel inside the
+    network output (0 for valid models, the halo for same-padded ones); ``origins``: (y, x) of each
+    tile's first output pixel in image coordinates.
+    """
+
+    image_shape: tuple[int, int]
+    tile_in: tuple[int, int]
+    tile_out: tuple[int, int]
+    keep: tuple[int, int]
+    context: int
+    skip: int
+    origins: tuple[tuple[int, int], ...]
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+
+def _axis_origins(size: int, tile_out_kept_max: int, step: int) -> list[int]:
+    origins = [0]
+    while origins[-1] + tile_out_kept_max < size:
+        origins.append(origins[-1] + step)
+    return origins
+
+
+def _tile_for_axis(cfg: UNetConfig, size: int, target_in: int) -> int:
+    """Network input size along one axis: the target size, or less if the image is smaller."""
+    g = cfg.grid
+    if cfg.padding == "valid":
+        smallest = cfg.input_size(g)  # the smallest tile that keeps at least one grid step
+        below, _ = cfg.nearest_valid_input_sizes(max(target_in, smallest))
+        return min(below or smallest, cfg.input_size(size))
+    m = cfg.halo
+    cover = int(math.ceil((size + 2 * m) / g) * g)
+    t = max(int(target_in // g) * g, 2 * m + g)
+    return min(t, cover)
+
+
+def plan_tiles(config: UNetConfig, image_shape: tuple[int, int], tile_size: int | tuple[int, int]) -> TilePlan:
+    """Tile plan for an image of ``image_shape`` (h, w) and a requested network input ``tile_size``.
+
+    The tile size is lowered to the nearest valid size (every 2x2 pooling on an even size) and to what
+    covers the image; tile steps are multiples of the pooling grid.
+    """
+    h, w = (int(s) for s in image_shape)
+    if h < 1 or w < 1:
+        raise ValueError(f"image must have at least one pixel per axis, got shape {image_shape}")
+    ts = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)
+    if any(int(t) < 1 for t in ts):
+        raise ValueError(f"tile_size must be positive, got {tile_size!r}")
+    g = config.grid
+    tin = (_tile_for_axis(config, h, int(ts[0])), _tile_for_axis(config, w, int(ts[1])))
+    if config.padding == "valid":
+        tout = (config.output_size(tin[0]), config.output_size(tin[1]))
+        context, skip = config.halo, 0
+        # kept region: a multiple of the grid; the last tile may keep up to the full output
+        keep = tuple(max((o // g) * g, g) for o in tout)
+        kept_max = tout
+    else:
+        tout = tin
+        context = skip = config.halo
+        keep = tuple(t - 2 * config.halo for t in tin)
+        kept_max = keep
+    ys = _axis_origins(h, kept_max[0], keep[0])
+    xs = _axis_origins(w, kept_max[1], keep[1])
+    origins = tuple((y, x) for y in ys for x in xs)
+    return TilePlan((h, w), tin, tout, keep, context, skip, origins)  # type: ignore[arg-type]
+
+
+def auto_tile_size(config: UNetConfig, device: torch.device, batch_size: int = 1) -> int:
+    """A network input tile size chosen from the device's free memory.
+
+    Inference keeps roughly six level-0 feature maps alive at once: about 24 * base_channels bytes
+    per input pixel. On the CPU larger tiles stop paying off beyond ~700 px (cache), so the CPU uses
+    at most that; GPUs use up to a quarter of the free memory, at most 2048 px.
+    """
+    bytes_per_px = 24 * config.base_channels + 8 * config.in_channels + 8 * config.num_classes
+    budget = free_memory_bytes(device) * (0.25 if device.type != "cpu" else 0.1)
+    side = int(math.sqrt(max(budget / max(batch_size, 1) / bytes_per_px, 1)))
+    cap = 2048 if device.type != "cpu" else 700
+    side = max(min(side, cap), 2 * config.halo + config.grid)
+    if config.padding == "valid":
+        below, above = config.nearest_valid_input_sizes(side)
+        return below or above
+    return max((side // config.grid) * config.grid, 2 * config.halo + config.grid)
+
+
+# ---------------------------------------------------------------------------- reading blocks
+def mirror_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map coordinates outside [0, n) into it by mirroring without repeating the edge pixel
+    (numpy's ``reflect`` mode, applied as often as needed; n == 1 maps everything to 0)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    r = np.mod(idx, period)
+    return np.where(r >= n, period - r, r)
+
+
+class PlaneReader:
+    """Reads (C, h, w) float32 blocks of one 2D plane of an image, normalised with whole-plane
+    statistics, with mirrored or zero context outside the image. Only the needed block of the source
+    is read (numpy, memmap, dask and zarr sources work)."""
+
+    def __init__(self, source: Any, index: tuple, yx_axes: tuple[int, int], c_axis: int | None,
+                 normalization: Normalization, padding: str) -> None:
+        self.source = source
+        self.index = index  # per source axis: an int (plane), or None for Y/X/C
+        self.y_axis, self.x_axis = yx_axes
+        self.c_axis = c_axis
+        self.h = source.shape[self.y_axis]
+        self.w = source.shape[self.x_axis]
+        self.padding = padding
+        self.stats = self._stats(normalization)
+
+    def _read(self, ys: slice, xs: slice) -> np.ndarray:
+        key = []
+        for ax, fixed in enumerate(self.index):
+            if ax == self.y_axis:
+                key.append(ys)
+            elif ax == self.x_axis:
+                key.append(xs)
+            elif ax == self.c_axis:
+                key.append(slice(None))
+            else:
+                key.append(fixed)
+        block = np.asarray(self.source[tuple(key)])
+        # remaining axes are, in source order, a subset of (C, Y, X)
+        kept = [ax for ax in range(len(self.index)) if ax in (self.y_axis, self.x_axis, self.c_axis)]
+        order = ([kept.index(self.c_axis)] if self.c_axis is not None else []) + [
+            kept.index(self.y_axis), kept.index(self.x_axis)]
+        block = np.transpose(block, order)
+        if self.c_axis is None:
+            block = block[None]
+        return block
+
+    def _stats(self, normalization: Normalization) -> np.ndarray:
+        if normalization.mode in ("none", "fixed"):
+            c = 1 if self.c_axis is None else self.source.shape[self.c_axis]
+            return normalization.stats(np.zeros((c, 1, 1)), channel_axis=0)
+        # a regular subsample of the plane, read block-wise through _read
+        step = max(1, int(np.ceil(np.sqrt(self.h * self.w / (1 << 22)))))
+        sample = self._read(slice(None, None, step), slice(None, None, step)).astype(np.float64)
+        if not np.all(np.isfinite(sample)):
+            raise ValueError(_NONFINITE)
+        return normalization.stats(sample, channel_axis=0)
+
+    def block(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """The normalised (C, h, w) block whose top-left corner is (y0, x0) in image coordinates."""
+        ry = np.arange(y0, y0 + h)
+        rx = np.arange(x0, x0 + w)
+        if self.padding == "mirror":
+            my, mx = mirror_index(ry, self.h), mirror_index(rx, self.w)
+            ylo, yhi, xlo, xhi = int(my.min()), int(my.max()) + 1, int(mx.min()), int(mx.max()) + 1
+            raw = self._read(slice(ylo, yhi), slice(xlo, xhi))
+            _check_finite(raw)
+            data = Normalization.apply(raw, self.stats)
+            return data[:, (my - ylo)[:, None], (mx - xlo)[None, :]]
+        out = np.zeros((len(self.stats), h, w), np.float32)
+        iy0, iy1 = max(y0, 0), min(y0 + h, self.h)
+        ix0, ix1 = max(x0, 0), min(x0 + w, self.w)
+        if iy1 > iy0 and ix1 > ix0:
+            raw = self._read(slice(iy0, iy1), slice(ix0, ix1))
+            _check_finite(raw)
+            out[:, iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = Normalization.apply(raw, self.stats)
+        return out
+
+
+_NONFINITE = ("the image contains NaN or infinite values; replace them first "
+              "(e.g. with numpy.nan_to_num) so that the network sees only real intensities")
+
+
+def _check_finite(a: np.ndarray) -> None:
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise ValueError(_NONFINITE)
+
+
+# ---------------------------------------------------------------------------- image layout
+@dataclass(frozen=True)
+class Layout:
+    """Which source axes are Y, X, channels (C) and planes (anything else: T, Z, ...)."""
+
+    axes: str
+
+    @property
+    def y(self) -> int:
+        return self.axes.index("Y")
+
+    @property
+    def x(self) -> int:
+        return self.axes.index("X")
+
+    @property
+    def c(self) -> int | None:
+        return self.axes.index("C") if "C" in self.axes else None
+
+    @property
+    def plane_axes(self) -> tuple[int, ...]:
+        return tuple(i for i, a in enumerate(self.axes) if a not in "YXC")
+
+
+def infer_layout(shape: tuple[int, ...], in_channels: int, axes: str | None = None,
+                 rgb: bool | None = None) -> Layout:
+    """Decide the axes of an image for a model reading ``in_channels`` channels.
+
+    2D (Y, X); stacks (Z or T, Y, X, more leading axes allowed) are segmented plane by plane;
+    channels (C, Y, X) or RGB (Y, X, 3 / 4) are used where the model reads that many channels.
+    ``axes`` (e.g. "ZYX", "YXC", "TCYX") overrides the guess; ``rgb`` says the last axis is colour
+    (napari knows this of its layers).
+    """
+    nd = len(shape)
+    if axes is not None:
+        axes = axes.upper()
+        if len(axes) != nd or len(set(axes)) != nd or "Y" not in axes or "X" not in axes:
+            raise ValueError(f"axes {axes!r} do not describe an image of shape {tuple(shape)}: give one "
+                             f"distinct letter per axis, with Y and X (e.g. 'YX', 'ZYX', 'CYX', 'YXC')")
+        layout = Layout(axes)
+    elif nd < 2:
+        raise ValueError(f"expected an image with at least 2 dimensions (Y, X), got shape {tuple(shape)}")
+    elif nd == 2:
+        layout = Layout("YX")
+    elif rgb or (rgb is None and shape[-1] in (3, 4) and shape[-2] > 4 and shape[-3] > 4):
+        layout = Layout("P" * (nd - 3) + "YXC")
+    elif in_channels > 1 and shape[-3] == in_channels:
+        layout = Layout("P" * (nd - 3) + "CYX")
+    else:
+        layout = Layout("P" * (nd - 2) + "YX")
+    layout = Layout("".join(a if a in "YXC" else "P" for a in layout.axes))
+    n_ch = 1 if layout.c is None else shape[layout.c]
+    if n_ch != in_channels:
+        if layout.c is not None and layout.axes.endswith("C") and in_channels == 1:
+            raise ValueError(
+                f"this is an RGB/multichannel image (shape {tuple(shape)}, {n_ch} channels) but the model "
+                f"reads 1 channel: convert it to grey values or pick one channel first")
+        raise ValueError(f"the model reads {in_channels} channel(s) but the image (shape {tuple(shape)}) "
+                         f"has {n_ch}; give the channel axis with axes=... (e.g. 'CYX')")
+    return layout
+
+
+def _validate_dtype(image: Any) -> None:
+    dt = np.dtype(getattr(image, "dtype", np.float64))
+    if dt.kind not in "biuf":
+        raise ValueError(f"images must have an integer, boolean or float dtype, got {dt}")
+
+
+# ---------------------------------------------------------------------------- prediction
+def _inference_net(model: UNetModel | UNet, device: torch.device) -> UNet:
+    net = model.net if isinstance(model, UNetModel) else model
+    # a private copy: the caller's model keeps its device, mode and memory layout
+    net = copy.deepcopy(net).to(device).eval()
+    if device.type != "mps":
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def predict(
+    image: Any,
+    model: UNetModel | UNet,
+    *,
+    axes: str | None = None,
+    rgb: bool | None = None,
+    output: str = "probabilities",
+    tile_size: int | tuple[int, int] | None = None,
+    padding: str = "mirror",
+    device: str | torch.device = "auto",
+    batch_size: int | None = None,
+    normalization: Normalization | None = None,
+    out: Any = None,
+) -> Generator[TileDone, None, Any]:
+    """Predict an image of any size tile by tile (a generator; see :func:`predict_image`).
+
+    Parameters
+    ----------
+    image: array-like (numpy, memmap, dask, zarr) of shape (Y, X), (C, Y, X), (Y, X, 3|4), or with
+        leading plane axes (Z, T, ...). Any integer, boolean or float dtype; NaN/inf are rejected.
+    model: a :class:`UNetModel` (its normalisation is used) or a bare :class:`UNet`.
+    output: "probabilities" -> float32 (*planes, classes, Y, X) softmax; "semantic" -> uint8
+        (*planes, Y, X) argmax, written tile by tile (no full probability map is held).
+    tile_size: network input tile size in pixels (int or (h, w)); lowered to the nearest valid
+        size; None chooses it from the device's free memory.
+    padding: "mirror" (paper) or "zero" context beyond the image border.
+    device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps".
+    batch_size: tiles per forward pass (default 1 on the CPU, more on GPUs).
+    normalization: overrides the model's intensity normalisation (whole plane statistics).
+    out: optional preallocated array (numpy or zarr) of the output's shape and dtype.
+
+    Yields TileDone after each batch; returns the output array.
+    """
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    _validate_dtype(image)
+    cfg = model.config if isinstance(model, UNetModel) else model.config
+    norm = normalization or (model.normalization if isinstance(model, UNetModel) else Normalization())
+    layout = infer_layout(tuple(image.shape), cfg.in_channels, axes, rgb)
+    dev = resolve_device(device)
+    if batch_size is None:
+        batch_size = 1 if dev.type == "cpu" else 4
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tile_size is None:
+        tile_size = auto_tile_size(cfg, dev, batch_size)
+    plane_shape = tuple(image.shape[a] for a in layout.plane_axes)
+    h, w = image.shape[layout.y], image.shape[layout.x]
+    plan = plan_tiles(cfg, (h, w), tile_size)
+    k = cfg.num_classes
+    out_shape = plane_shape + ((k, h, w) if output == "probabilities" else (h, w))
+    out_dtype = np.float32 if output == "probabilities" else np.uint8
+    if out is None:
+        out = np.zeros(out_shape, out_dtype)
+    elif tuple(out.shape) != out_shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {out_shape}")
+    planes = list(np.ndindex(*plane_shape)) if plane_shape else [()]
+    total = len(planes) * len(plan)
+    net = _inference_net(model, dev)
+    th, tw = plan.tile_in
+    kept_max = plan.tile_out if cfg.padding == "valid" else plan.keep
+    done = 0
+    for pi, pidx in enumerate(planes):
+        index: list[Any] = [None] * len(layout.axes)
+        for ax, i in zip(layout.plane_axes, pidx, strict=True):
+            index[ax] = i
+        reader = PlaneReader(image, tuple(index), (layout.y, layout.x), layout.c, norm, padding)
+        for b0 in range(0, len(plan), batch_size):
+            origins = plan.origins[b0 : b0 + batch_size]
+            batch = np.stack([reader.block(y - plan.context, x - plan.context, th, tw) for y, x in origins])
+            with torch.inference_mode():
+                xb = torch.from_numpy(batch).to(dev)
+                if dev.type != "mps":
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                logits = net(xb)
+                res = torch.softmax(logits, dim=1) if output == "probabilities" else logits.argmax(1)
+                res = res.to("cpu").numpy()
+            for r, (y, x) in zip(res, origins, strict=True):
+                # every output pixel of every tile is exact: keep all of it inside the image
+                kh, kw = min(kept_max[0], h - y), min(kept_max[1], w - x)
+                s = plan.skip
+                if output == "probabilities":
+                    out[pidx + (slice(None), slice(y, y + kh), slice(x, x + kw))] = r[:, s : s + kh, s : s + kw]
+                else:
+                    out[pidx + (slice(y, y + kh), slice(x, x + kw))] = r[s : s + kh, s : s + kw].astype(np.uint8)
+            done += len(origins)
+            yield TileDone(done, total, pi, len(planes), str(dev))
+    return out
+
+
+def predict_image(image: Any, model: UNetModel | UNet, **kwargs: Any) -> Any:
+    """Plain-function form of :func:`predict`: runs all tiles and returns the output array."""
+    gen = predict(image, model, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
