@@ -118,12 +118,20 @@ def test_mirror_index_matches_numpy_reflect():
 
 def test_plan_steps_on_pooling_grid():
     cfg = UNetConfig(depth=4)
-    plan = plan_tiles(cfg, (2048, 1000), 572)
+    # 388 + 3 * 384 = 1540: four tiles of the paper's 572 -> 388, stepping by 384 (388 is not a
+    # multiple of 16: a 388 step would shift the pooling grid between tiles)
+    plan = plan_tiles(cfg, (1540, 388), 572)
     assert plan.tile_in == (572, 572) and plan.tile_out == (388, 388)
-    assert plan.keep == (384, 384)  # 388 is not a multiple of 16: step 384 keeps the grid
-    assert all(y % 16 == 0 and x % 16 == 0 for y, x in plan.origins)
+    assert plan.keep == (384, 384)
+    assert [y for y, _ in plan.origins] == [0, 384, 768, 1152]
+    for shape, tile in [((2048, 2048), 572), ((2048, 1000), 700), ((700, 1100), 300)]:
+        plan = plan_tiles(cfg, shape, tile)
+        assert all(y % 16 == 0 and x % 16 == 0 for y, x in plan.origins)
+        assert all(cfg.is_valid_input_size(t) and t <= tile for t in plan.tile_in)
+        # no more tiles than the requested size needs, and no tile larger than needed
+        n_max = len(plan_tiles(cfg, shape, cfg.nearest_valid_input_sizes(tile)[0]))
+        assert len(plan) == n_max
     # tile size lowered to the nearest valid size and to what covers the image
-    assert plan_tiles(cfg, (2048, 2048), 580).tile_in == (572, 572)
     assert plan_tiles(cfg, (50, 50), 572).tile_in == (cfg.input_size(50),) * 2
 
 
