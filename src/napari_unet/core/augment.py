@@ -29,7 +29,8 @@ class Augmentation:
     ``sigma``: standard deviation of the coarse displacements in pixels (paper: 10); ``flip``: random
     horizontal/vertical flips; ``rot90``: random 90-degree rotations (square tiles only);
     ``intensity``: jitter amplitude on the normalised image: contrast factor uniform in
-    [1 - intensity, 1 + intensity], offset uniform in [-intensity, intensity]; 0 = off.
+    [1 - intensity, 1 + intensity], offset uniform in [-intensity, intensity] times the tile's
+    standard deviation (an absolute offset would swamp dim images); 0 = off.
     """
 
     elastic: bool = True
@@ -166,7 +167,9 @@ def augment(image: torch.Tensor, maps: Sequence[torch.Tensor], augmentation: Aug
     if aug.intensity > 0:
         r = torch.rand((n, 2), generator=generator).to(image.device)
         scale = 1.0 + (2 * r[:, 0] - 1) * aug.intensity
-        shift = (2 * r[:, 1] - 1) * aug.intensity
+        # the offset is relative to each tile's spread: a fixed offset would swamp dim images
+        spread = out_img.flatten(1).std(dim=1)
+        shift = (2 * r[:, 1] - 1) * aug.intensity * spread
         out_img = out_img * scale[:, None, None, None] + shift[:, None, None, None]
     return out_img, out_maps
 
