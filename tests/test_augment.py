@@ -50,6 +50,11 @@ def test_displacement_is_smooth_and_has_the_papers_scale():
     # at the coarse grid points the displacement is the drawn N(0, 10^2) value
     corners = torch.cat([d[:, :, 0, 0], d[:, :, -1, -1], d[:, :, 64, 64]]).flatten()
     assert 7.0 < float(corners.std()) < 13.0
+    # it is bicubic interpolation of the coarse grid (computed separably)
+    g2 = torch.Generator().manual_seed(1)
+    coarse = torch.randn((64, 2, 3, 3), generator=g2) * 10.0
+    ref = torch.nn.functional.interpolate(coarse, size=(128, 128), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(d, ref, atol=1e-4, rtol=0)
     # smooth: neighbouring pixels move almost together
     assert float((d[..., 1:] - d[..., :-1]).abs().max()) < 2.0
 
