@@ -126,12 +126,103 @@ def _tap(gen: Generator[Any, None, Any], fn: Any) -> Generator[Any, None, Any]:
 
 # ---------------------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="fine-tune or train a model on painted labels")
+    p = sub.add_parser(
+        "train", help="fine-tune or train a model on painted labels",
+        description="Fine-tune a model (or train one from scratch) on images with painted labels "
+                    "(TIFF: each object painted with its own id, 0 = not painted). Without masks and "
+                    "without --background-label every unpainted pixel is background; with masks only "
+                    "inside them; with --background-label (scribbles) only pixels painted with it.")
+    p.add_argument("--images", nargs="+", required=True, metavar="IMAGE",
+                   help="image files (2D, or stacks whose painted planes are used)")
+    p.add_argument("--labels", nargs="+", required=True, metavar="LABELS",
+                   help="one labels file per image, same shape (integer ids, 0 = not painted)")
+    p.add_argument("--masks", nargs="+", metavar="MASK",
+                   help="one mask file per image: nonzero where the annotation is complete")
+    p.add_argument("--background-label", type=int, default=None, metavar="N",
+                   help="label id painted on background (scribbles); other unpainted pixels are ignored")
+    p.add_argument("--base-model", default=None, metavar="NAME_OR_PATH",
+                   help="shipped model name or model file to fine-tune (default: train from scratch)")
+    p.add_argument("--mode", choices=("binary", "boundary"), default=None,
+                   help="classes when training from scratch: binary (background/object, default) or "
+                        "boundary (background/boundary/interior)")
+    p.add_argument("--steps", type=int, default=500, help="optimisation steps (default 500)")
+    p.add_argument("--patch-size", type=int, default=256, help="output patch size in pixels")
+    p.add_argument("--batch-size", type=int, default=4, help="patches per step")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 1e-3 from scratch, 3e-4 fine-tuning)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fraction of the painted pixels held back for validation (0 = none)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=None, help="random seed (reproducible on CPU)")
+    p.add_argument("--name", default=None, help="name stored in the model file")
+    p.add_argument("--output", "-o", required=True, metavar="MODEL",
+                   help="model file to write (.safetensors)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
 
+def _read_tiffs(paths: Sequence[str], what: str) -> list[Any]:
+    import os
+
+    import tifffile
+
+    out = []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise CLIError(f"{what} file {path!r} does not exist")
+        try:
+            out.append(tifffile.imread(path))
+        except Exception as exc:
+            raise CLIError(f"cannot read {what} file {path!r}: {exc}") from None
+    return out
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    raise CLIError("train is not implemented yet")
+    if len(args.labels) != len(args.images):
+        raise CLIError(f"got {len(args.images)} --images but {len(args.labels)} --labels: give one "
+                       f"labels file per image, in the same order")
+    if args.masks is not None and len(args.masks) != len(args.images):
+        raise CLIError(f"got {len(args.images)} --images but {len(args.masks)} --masks: give one mask "
+                       f"per image, in the same order")
+    images = _read_tiffs(args.images, "image")
+    labels = _read_tiffs(args.labels, "labels")
+    masks = _read_tiffs(args.masks, "mask") if args.masks else None
+
+    from .core.annotations import AnnotationError
+    from .core.augment import Augmentation
+    from .core.device import resolve_device
+    from .core.io import ModelFileError, load_model, save_model
+    from .core.train import TrainConfig, train
+
+    try:
+        device = resolve_device(args.device)
+        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
+                             lr=args.lr, val_fraction=args.val_fraction, augmentation=Augmentation())
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    base = None
+    if args.base_model:
+        try:
+            base = load_model(args.base_model)
+        except ModelFileError as exc:
+            raise CLIError(str(exc)) from None
+    gen = train(images, labels, masks, model=base, config=config, mode=args.mode,
+                background_label=args.background_label, device=device, seed=args.seed,
+                name=args.name)
+    try:
+        model = drive(gen, desc="train", quiet=args.quiet)
+    except (AnnotationError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    path = save_model(model, args.output)
+    prov = model.provenance
+    score = prov.get("validation_iou")
+    start = prov.get("validation_iou_start")
+    if score is None:
+        print(f"trained {prov['steps']} steps (no validation data held back); wrote {path}")
+    else:
+        print(f"validation foreground IoU {score:.4f} (start {start:.4f}, best at step "
+              f"{prov['best_step']} of {prov['steps']}); wrote {path}")
+    return 0
 
 
 # ---------------------------------------------------------------------------- evaluate

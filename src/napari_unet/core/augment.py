@@ -13,6 +13,7 @@ seed gives the same augmentation on every device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,7 +30,8 @@ class Augmentation:
     ``sigma``: standard deviation of the coarse displacements in pixels (paper: 10); ``flip``: random
     horizontal/vertical flips; ``rot90``: random 90-degree rotations (square tiles only);
     ``intensity``: jitter amplitude on the normalised image: contrast factor uniform in
-    [1 - intensity, 1 + intensity], offset uniform in [-intensity, intensity]; 0 = off.
+    [1 - intensity, 1 + intensity], offset uniform in [-intensity, intensity] times the tile's
+    standard deviation (an absolute offset would swamp dim images); 0 = off.
     """
 
     elastic: bool = True
@@ -55,17 +57,32 @@ class Augmentation:
         return cls(elastic=False, flip=False, rot90=False, intensity=0.0)
 
 
+@functools.lru_cache(maxsize=64)
+def _cubic_weights(points: int, size: int, device: str) -> torch.Tensor:
+    """(size, points) matrix W with W @ v = bicubic interpolation (align_corners) of v to ``size``.
+
+    torch's bicubic upsampling is separable, so a coarse field C (points x points) interpolates to
+    Wy @ C @ Wx^T: two small matrix products instead of a full-resolution bicubic kernel.
+    """
+    basis = torch.eye(points).reshape(points, 1, points, 1).expand(points, 1, points, 2)
+    out = F.interpolate(basis, size=(size, 2), mode="bicubic", align_corners=True)
+    return out[:, 0, :, 0].T.contiguous().to(device)
+
+
 def random_displacement(n: int, shape: tuple[int, int], grid_points: int = 3, sigma: float = 10.0,
                         generator: torch.Generator | None = None,
                         device: torch.device | str | None = None) -> torch.Tensor:
     """Smooth random displacements (pixels), float32 (N, 2, H, W): (dy, dx) per pixel.
 
     Displacements on a ``grid_points`` x ``grid_points`` grid spanning the tile are drawn from
-    N(0, sigma^2) and interpolated bicubically to every pixel (paper 3.1).
+    N(0, sigma^2) and interpolated bicubically to every pixel (paper 3.1); the same values as
+    ``F.interpolate(coarse, (H, W), mode="bicubic", align_corners=True)``, computed separably.
     """
     coarse = torch.randn((n, 2, grid_points, grid_points), generator=generator) * float(sigma)
-    coarse = coarse.to(device)
-    return F.interpolate(coarse, size=tuple(shape), mode="bicubic", align_corners=True)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    wy = _cubic_weights(grid_points, int(shape[0]), str(dev))
+    wx = _cubic_weights(grid_points, int(shape[1]), str(dev))
+    return wy @ coarse.to(dev) @ wx.T
 
 
 def _dihedral(n: int, shape: tuple[int, int], flip: bool, rot90: bool,
@@ -88,7 +105,7 @@ def sampling_grid(shape: tuple[int, int], displacement: torch.Tensor | None = No
                   device: torch.device | str | None = None) -> torch.Tensor:
     """``grid_sample`` grid (N, H, W, 2), align_corners=True: output pixel p samples the input at
     A_n (p - c) + c + u_n(p), with A_n a 2x2 (flip/rotation) matrix, c the tile centre and u_n the
-    displacement (N, 2, H, W) in pixels (dy, dx).
+    displacement (N, 2, H, W) in pixels (dy, dx). Rotations (off-diagonal A) need H == W.
     """
     h, w = shape
     if displacement is not None:
@@ -96,24 +113,25 @@ def sampling_grid(shape: tuple[int, int], displacement: torch.Tensor | None = No
         device = displacement.device
     if n is None:
         raise ValueError("give n or a displacement")
-    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-    yy = torch.arange(h, dtype=torch.float32, device=device)[:, None].expand(h, w) - cy
-    xx = torch.arange(w, dtype=torch.float32, device=device)[None, :].expand(h, w) - cx
+    sy, sx = 2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)
+    # normalised coordinates of the output pixels, centred: -1 .. 1
+    by = (torch.arange(h, dtype=torch.float32, device=device) * sy - 1.0)[None, :, None]
+    bx = (torch.arange(w, dtype=torch.float32, device=device) * sx - 1.0)[None, None, :]
     if transforms is None:
-        sy = yy.expand(n, h, w)
-        sx = xx.expand(n, h, w)
+        gy, gx = by, bx
     else:
         a = transforms.to(device=device, dtype=torch.float32)
-        sy = a[:, 0, 0, None, None] * yy + a[:, 0, 1, None, None] * xx
-        sx = a[:, 1, 0, None, None] * yy + a[:, 1, 1, None, None] * xx
-    sy = sy + cy
-    sx = sx + cx
+        if h != w and bool((a[:, 0, 1] != 0).any() or (a[:, 1, 0] != 0).any()):
+            raise ValueError("90-degree rotations need a square tile")
+        gy = a[:, 0, 0, None, None] * by + a[:, 0, 1, None, None] * bx
+        gx = a[:, 1, 0, None, None] * by + a[:, 1, 1, None, None] * bx
     if displacement is not None:
-        sy = sy + displacement[:, 0]
-        sx = sx + displacement[:, 1]
-    gx = sx * (2.0 / max(w - 1, 1)) - 1.0
-    gy = sy * (2.0 / max(h - 1, 1)) - 1.0
-    return torch.stack([gx, gy], dim=-1)
+        gy = gy + displacement[:, 0] * sy
+        gx = gx + displacement[:, 1] * sx
+    grid = torch.empty((n, h, w, 2), dtype=torch.float32, device=device)
+    grid[..., 0] = gx  # two strided writes: faster than torch.stack along the last axis
+    grid[..., 1] = gy
+    return grid
 
 
 def warp(image: torch.Tensor | None, maps: Sequence[torch.Tensor], grid: torch.Tensor,
@@ -138,7 +156,7 @@ def warp(image: torch.Tensor | None, maps: Sequence[torch.Tensor], grid: torch.T
         y = F.grid_sample(x.to(ftype), grid.to(ftype), mode="nearest", padding_mode=padding_mode,
                           align_corners=True)
         if not m.is_floating_point():
-            y = torch.round(y).to(m.dtype)
+            y = y.to(m.dtype)  # nearest neighbour copies exact integer values
         out_maps.append(y[:, 0] if squeeze else y)
     return out_img, out_maps
 
@@ -166,7 +184,9 @@ def augment(image: torch.Tensor, maps: Sequence[torch.Tensor], augmentation: Aug
     if aug.intensity > 0:
         r = torch.rand((n, 2), generator=generator).to(image.device)
         scale = 1.0 + (2 * r[:, 0] - 1) * aug.intensity
-        shift = (2 * r[:, 1] - 1) * aug.intensity
+        # the offset is relative to each tile's spread: a fixed offset would swamp dim images
+        spread = out_img.flatten(1).std(dim=1)
+        shift = (2 * r[:, 1] - 1) * aug.intensity * spread
         out_img = out_img * scale[:, None, None, None] + shift[:, None, None, None]
     return out_img, out_maps
 

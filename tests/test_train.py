@@ -1,0 +1,283 @@
+"""Fine-tuning: loss, the training generator (stop, keep-best, seeds), a real fine-tune, the CLI."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.cli import main
+from napari_unet.core.annotations import AnnotationError
+from napari_unet.core.augment import Augmentation
+from napari_unet.core.events import StepDone
+from napari_unet.core.io import UNetModel, load_model, save_model
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.normalize import Normalization
+from napari_unet.core.train import (
+    TrainConfig,
+    prepare_data,
+    train,
+    train_model,
+    validation_iou,
+    weighted_loss,
+)
+
+DATA = Path(__file__).parent / "data" / "touching-cells-huh7"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads
+    spinning against other processes made each convolution 10-20x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def huh7():
+    img = tifffile.imread(DATA / "t20_image.tif")
+    lab = tifffile.imread(DATA / "t20_labels.tif")
+    mask = tifffile.imread(DATA / "t20_annotated_region_mask.tif")
+    return img, lab, mask
+
+
+@pytest.fixture(scope="module")
+def crop(huh7):
+    """A 128x128 fully painted crop with touching cells."""
+    img, lab, _ = huh7
+    return img[250:378, 290:418].copy(), lab[250:378, 290:418].copy()
+
+
+def tiny_model(padding="valid", classes=2, seed=0, depth=2, base=4):
+    torch.manual_seed(seed)
+    names = ("background", "object") if classes == 2 else ("background", "boundary", "interior")
+    net = UNet(UNetConfig(depth=depth, base_channels=base, padding=padding, num_classes=classes,
+                          class_names=names))
+    return UNetModel(net, name="tiny", provenance={"origin": "test"})
+
+
+def fast_config(**kw):
+    base = dict(steps=3, batch_size=2, patch_size=32, val_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def predict_foreground(model, img):
+    """Whole-image forward (mirror-padded by the halo) -> foreground mask; the test's own reference."""
+    net = model.net.eval()
+    cfg = net.config
+    x = Normalization.apply(img[None], model.normalization.stats(img[None], channel_axis=0))
+    h, w = img.shape
+    halo = cfg.halo
+    ny, nx = cfg.input_size(h), cfg.input_size(w)
+    xp = np.pad(x, ((0, 0), (halo, ny - h - halo), (halo, nx - w - halo)), mode="reflect")
+    with torch.no_grad():
+        out = net(torch.from_numpy(xp)[None]).argmax(1)[0].numpy()
+    return out[:h, :w] > 0
+
+
+def iou(pred, truth, where):
+    p, t = pred & where, truth & where
+    return (p & t).sum() / max((p | t).sum(), 1)
+
+
+# ---------------------------------------------------------------------------- loss
+def test_weighted_loss_ignores_unknown_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 2, 4, 4, requires_grad=True)
+    target = torch.full((1, 4, 4), -1, dtype=torch.int8)
+    target[0, 1, 2] = 1
+    weights = torch.full((1, 4, 4), 7.0)
+    loss = weighted_loss(logits, target, weights)
+    expected = -7.0 * torch.log_softmax(logits[0, :, 1, 2], 0)[1]
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    g = logits.grad[0].abs().sum(0)
+    assert g[1, 2] > 0
+    assert float(g.sum() - g[1, 2]) == 0.0  # unknown pixels get no gradient
+    # the weight scales a pixel's contribution
+    target[0, 0, 0] = 0
+    weights[0, 0, 0] = 0.0
+    torch.testing.assert_close(weighted_loss(logits, target, weights), expected / 2)
+
+
+# ---------------------------------------------------------------------------- generator
+def test_generator_yields_steps_and_returns_model(crop):
+    img, lab = crop
+    base = tiny_model()
+    before = {k: v.clone() for k, v in base.net.state_dict().items()}
+    img0, lab0 = img.copy(), lab.copy()
+    gen = train(img, lab, model=base, config=fast_config(), device="cpu", seed=1)
+    events = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            events.append(next(gen))
+    model = stop.value.value
+    assert [e.step for e in events] == [1, 2, 3]
+    assert all(isinstance(e, StepDone) and e.total == 3 and np.isfinite(e.loss) for e in events)
+    assert all(e.val_score is not None and 0 <= e.val_score <= 1 for e in events)
+    assert events[-1].best_score == max(e.val_score for e in events) or \
+        events[-1].best_score >= max(e.val_score for e in events)
+    assert isinstance(model, UNetModel) and model.net is not base.net
+    prov = model.provenance
+    for key in ("base_model", "data_shapes", "steps", "augmentation", "validation_iou", "seed", "date"):
+        assert key in prov
+    assert prov["base_model"]["name"] == "tiny" and prov["seed"] == 1 and prov["steps"] == 3
+    assert prov["data_shapes"] == [[128, 128]]
+    assert model.postprocessing.instance_classes == (1,)
+    # the caller's data and model are untouched
+    np.testing.assert_array_equal(img, img0)
+    np.testing.assert_array_equal(lab, lab0)
+    for k, v in base.net.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_same_seed_same_weights(crop):
+    img, lab = crop
+    cfg = fast_config(steps=3)
+    a = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=7)
+    torch.manual_seed(123)  # the caller's global RNG state must not matter
+    b = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=7)
+    c = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=8)
+    sa, sb, sc = a.net.state_dict(), b.net.state_dict(), c.net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    # from scratch too (the weight initialisation is seeded)
+    arch = UNetConfig(depth=2, base_channels=4, class_names=("background", "object"))
+    d = train_model(img, lab, architecture=arch, config=cfg, device="cpu", seed=7)
+    e = train_model(img, lab, architecture=arch, config=cfg, device="cpu", seed=7)
+    assert all(torch.equal(v, e.net.state_dict()[k]) for k, v in d.net.state_dict().items())
+
+
+def test_stop_keeps_the_best_model(crop):
+    img, lab = crop
+    cfg = fast_config(steps=50, lr=3e-2)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 6
+
+    gen = train(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=2, stop=stop)
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as s:
+        model = s.value
+    assert len(events) == 6
+    prov = model.provenance
+    scores = [prov["validation_iou_start"]] + [e.val_score for e in events]
+    assert prov["validation_iou"] == max(scores)
+    assert prov["steps"] == 6
+    # the returned weights really are the best ones: re-measure on the same held-back data
+    data = prepare_data(img, lab, config=model.config, normalization=model.normalization,
+                        mode="binary", train_config=cfg)
+    assert validation_iou(model.net, data, torch.device("cpu")) == pytest.approx(max(scores))
+    # a threading.Event works as a stop flag too
+    ev = threading.Event()
+    ev.set()
+    m2 = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=2, stop=ev)
+    assert m2.provenance["steps"] == 0
+
+
+def test_closing_the_generator_ends_cleanly(crop):
+    img, lab = crop
+    gen = train(img, lab, model=tiny_model(), config=fast_config(steps=20), device="cpu", seed=0)
+    next(gen)
+    next(gen)
+    gen.close()  # no exception; on Python >= 3.13 close() returns the best model
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_errors_are_clear(crop):
+    img, lab = crop
+    with pytest.raises(AnnotationError, match="integer label"):
+        next(train(img, lab.astype(np.float32), model=tiny_model(), config=fast_config(), device="cpu"))
+    with pytest.raises(AnnotationError, match="differ in shape"):
+        next(train(img, lab[:-1], model=tiny_model(), config=fast_config(), device="cpu"))
+    with pytest.raises(AnnotationError, match="no painted pixel"):
+        next(train(img, np.zeros_like(lab), model=tiny_model(), config=fast_config(), device="cpu"))
+    with pytest.raises(ValueError, match="mode 'boundary' needs 3 classes"):
+        next(train(img, lab, model=tiny_model(), mode="boundary", config=fast_config(), device="cpu"))
+
+
+def test_boundary_mode_scribbles_and_same_padding(crop):
+    img, lab = crop
+    scr = np.zeros_like(lab)
+    scr[lab > 0] = lab[lab > 0]
+    scr[:, :10] = np.where(lab[:, :10] == 0, 99, lab[:, :10])  # background scribbles at the left
+    scr[lab == 0] = np.where(np.arange(128)[None, :].repeat(128, 0)[lab == 0] < 10, 99, 0)
+    arch = UNetConfig(depth=2, base_channels=4, num_classes=3, padding="same",
+                      class_names=("background", "boundary", "interior"))
+    m = train_model(img, scr, architecture=arch, config=fast_config(steps=2, patch_size=40),
+                    mode="boundary", background_label=99, device="cpu", seed=0)
+    assert m.config.num_classes == 3 and m.config.padding == "same"
+    assert m.config.class_names == ("background", "boundary", "interior")
+    assert m.postprocessing.instance_classes == (2,) and m.postprocessing.grow_classes == (1,)
+    assert m.provenance["patch"]["output"] % arch.grid == 0
+    assert m.provenance["background_label"] == 99
+
+
+# ---------------------------------------------------------------------------- real fine-tuning
+@pytest.mark.slow
+def test_fine_tuning_improves_iou_on_a_different_region(huh7):
+    """Paint the left part of the Huh7 frame's annotated region, fine-tune, score the right part."""
+    img, lab, mask = huh7
+    region = mask > 0
+    x = np.arange(img.shape[1])[None, :]
+    train_region = region & (x < 380)
+    test_region = region & (x >= 380)
+    painted = np.where(train_region, lab, 0)  # nothing of the test region is painted
+    base = tiny_model(depth=2, base=8, seed=0)
+    truth = lab > 0
+    start = iou(predict_foreground(base, img), truth, test_region)
+    cfg = TrainConfig(steps=200, batch_size=4, patch_size=96, lr=1e-3, val_every=20)
+    model = train_model(img, painted, [train_region], model=base, config=cfg, device="cpu", seed=0)
+    end = iou(predict_foreground(model, img), truth, test_region)
+    assert end > start + 0.25, (start, end)
+    assert end > 0.55, (start, end)
+    assert model.provenance["validation_iou"] > model.provenance["validation_iou_start"]
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_train_end_to_end(tmp_path, crop):
+    img, lab = crop
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    tifffile.imwrite(tmp_path / "a_labels.tif", lab.astype(np.uint16))
+    mask = np.zeros(lab.shape, np.uint8)
+    mask[:100] = 1
+    tifffile.imwrite(tmp_path / "a_mask.tif", mask)
+    base = save_model(tiny_model(), tmp_path / "base.safetensors")
+    out = tmp_path / "tuned.safetensors"
+    rc = main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
+               "--masks", str(tmp_path / "a_mask.tif"), "--base-model", str(base), "--steps", "2",
+               "--patch-size", "32", "--batch-size", "2", "--device", "cpu", "--seed", "3",
+               "--output", str(out), "--quiet"])
+    assert rc == 0
+    m = load_model(out)
+    assert m.provenance["steps"] == 2 and m.provenance["seed"] == 3
+    assert m.provenance["base_model"]["source"] == str(base)
+    assert m.config == tiny_model().config
+    # errors: mismatched counts and missing files exit with 2
+    assert main(["train", "--images", str(tmp_path / "a.tif"), str(tmp_path / "a.tif"),
+                 "--labels", str(tmp_path / "a_labels.tif"), "--output", str(out)]) == 2
+    assert main(["train", "--images", str(tmp_path / "nope.tif"), "--labels",
+                 str(tmp_path / "a_labels.tif"), "--output", str(out)]) == 2
+    tifffile.imwrite(tmp_path / "f.tif", lab.astype(np.float32))
+    assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "f.tif"),
+                 "--base-model", str(base), "--output", str(out), "--quiet"]) == 2
+
+
+def test_augmentation_settings_are_recorded(crop):
+    img, lab = crop
+    aug = Augmentation(sigma=4.0, rot90=False)
+    m = train_model(img, lab, model=tiny_model(), config=fast_config(steps=1, augmentation=aug),
+                    device="cpu", seed=0)
+    assert m.provenance["augmentation"]["sigma"] == 4.0
+    assert m.provenance["augmentation"]["rot90"] is False
