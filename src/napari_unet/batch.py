@@ -64,12 +64,17 @@ def read_image(path: str | os.PathLike, lazy: bool = True) -> Any:
             return arrays[0][1]
         import tifffile
 
+        data = None
         if lazy:
             try:
-                return tifffile.memmap(str(p), mode="r")
+                data = tifffile.memmap(str(p), mode="r")
             except Exception:
                 pass
-        return tifffile.imread(str(p))
+        if data is None:
+            data = tifffile.imread(str(p))
+        if data.size == 0:  # tifffile reads some broken files as empty arrays, with a warning
+            raise ImageReadError(f"cannot read {str(p)!r} as an image: the TIFF holds no image data")
+        return data
     except ImageReadError:
         raise
     except Exception as exc:
@@ -583,7 +588,7 @@ def segment_to_zarr(
             done += tiles
             yield TileDone(done, total, calls[k][2], len(planes), dev_name)
         if output_type == "instances":
-            for ev_done in _instances(job, post, pred_path, partial, scratch, create, client, grow, grow_halo):
+            for ev_done in _instances(job.grid, job.planes, post, pred_path, partial, scratch, create, client, grow, grow_halo):
                 done += ev_done
                 yield TileDone(done, total, 0, len(planes), dev_name)
         _commit(partial, dest)
@@ -597,11 +602,93 @@ def segment_to_zarr(
     return dest
 
 
-def _instances(job: _Job, post: Any, sem_path: str, partial: Path, scratch: Path, create: Callable,
-               client: Any, grow: bool, grow_halo: int) -> Generator[int, None, None]:
+@dataclass(frozen=True)
+class _PlainGrid:
+    """Blocks of a plane without a tile plan (for labelling an existing semantic map)."""
+
+    shape: tuple[int, int]
+    block: tuple[int, int]
+
+    @property
+    def origins(self) -> tuple[tuple[int, int], ...]:
+        return tuple((y, x) for y in range(0, self.shape[0], self.block[0])
+                     for x in range(0, self.shape[1], self.block[1]))
+
+    def region(self, i: int) -> tuple[int, int, int, int]:
+        y0, x0 = self.origins[i]
+        return y0, x0, min(self.block[0], self.shape[0] - y0), min(self.block[1], self.shape[1] - x0)
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+
+def instances_to_zarr(
+    semantic: Any,
+    output: str | os.PathLike,
+    postprocessing: Any = None,
+    *,
+    block_size: int | tuple[int, int] = 1024,
+    client: Any = None,
+    grow_halo: int = 64,
+) -> Generator[TileDone, None, Path]:
+    """Instance labels of a semantic map (..., Y, X) of class ids, block by block, into the zarr
+    array ``output`` (uint32, ids restart at 1 per plane), written atomically.
+
+    Equals :func:`~napari_unet.core.postprocess.instances_from_semantic` on each whole plane up to
+    a renumbering of the ids (``split="components"`` only). ``semantic`` is a zarr array path, or
+    any array (copied to a scratch zarr first). Yields TileDone per block and pass.
+    """
+    import zarr
+
+    from .core.io import Postprocessing
+
+    post = postprocessing or Postprocessing()
+    if post.split != "components":
+        raise ValueError("only split='components' can be done block by block")
+    dest = Path(output)
+    partial, scratch = _partial_path(dest), dest.with_name(f".{dest.name}.scratch")
+    for d in (partial, scratch):
+        if d.exists():
+            shutil.rmtree(d)
+    sem = zarr.open_array(store=str(semantic), mode="r") if isinstance(semantic, (str, os.PathLike)) \
+        else semantic
+    shape = tuple(sem.shape)
+    bs = (block_size, block_size) if np.isscalar(block_size) else tuple(block_size)
+    grid = _PlainGrid(shape[-2:], (int(bs[0]), int(bs[1])))
+    planes = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+    chunks = (1,) * (len(shape) - 2) + grid.block
+
+    def create(path: Path, dtype: Any) -> str:
+        zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+        return str(path)
+
+    try:
+        if isinstance(semantic, (str, os.PathLike)):
+            sem_path = str(Path(semantic).resolve())
+        else:
+            sem_path = create(scratch / "semantic.zarr", np.uint8)
+            z = zarr.open_array(store=sem_path, mode="r+")
+            for pl in planes:
+                z[pl] = np.asarray(sem[pl])
+        grow = bool(post.grow_classes)
+        total = (4 if grow else 2) * len(grid) * len(planes)
+        done = 0
+        for d in _instances(grid, planes, post, sem_path, partial, scratch, create, client, grow, grow_halo):
+            done += d
+            yield TileDone(done, total, 0, len(planes), "dask" if client is not None else "cpu")
+        _commit(partial, dest)
+    finally:
+        for d in (scratch, partial):
+            if d.exists():
+                shutil.rmtree(d, ignore_errors=True)
+    return dest
+
+
+def _instances(grid: Any, planes: list[tuple[int, ...]], post: Any, sem_path: str, partial: Path,
+               scratch: Path, create: Callable, client: Any, grow: bool, grow_halo: int
+               ) -> Generator[int, None, None]:
     """Blockwise instance labelling of the semantic map at ``sem_path`` into ``partial``; yields
     the number of blocks finished. Equals core ``instances_from_semantic`` per plane up to ids."""
-    grid, planes = job.grid, job.planes
     nb = len(grid)
     regions = [grid.region(i) for i in range(nb)]
     local = create(scratch / "local.zarr", np.int32)
