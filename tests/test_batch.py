@@ -284,3 +284,13 @@ def test_zarr_refuses_watershed_instances(tmp_path, nuclei):
     with pytest.raises(ValueError, match="watershed"):
         run(segment_to_zarr(nuclei, model, tmp_path / "o.zarr", tile_size=TILE, device="cpu"))
     assert not any(tmp_path.iterdir())
+
+
+def test_zarr_cancel_leaves_no_partial_output(tmp_path, hela):
+    gen = segment_to_zarr(hela, tiny_model(), tmp_path / "o.zarr", output_type="semantic", tile_size=TILE,
+                          block_size=56, device="cpu")
+    ev = next(gen)
+    assert ev.done < ev.total
+    assert any(p.name.startswith(".o.zarr") for p in tmp_path.iterdir())  # work in progress, hidden
+    gen.close()  # Cancel
+    assert list(tmp_path.iterdir()) == []  # neither a half result under the final name nor scratch
