@@ -7,8 +7,9 @@ arguments into calls and progress events into a tqdm bar.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment",
         help="segment images (TIFF or zarr; 2D, stacks, channels)",
-        description="Segment images with a U-Net by seam-free overlap tiles. One input: OUTPUT may be "
-        "a .tif/.zarr file; several: OUTPUT is a folder and each result is <name>_<type>.tif.",
+        description="Segment images with a U-Net by seam-free overlap tiles. Inputs are files, glob "
+        "patterns (quoted or not) or folders (their .tif/.tiff/.zarr images). One input: OUTPUT may be "
+        "a .tif/.zarr file; else OUTPUT is a folder and each result is <name>_<type>.tif (.zarr for "
+        "zarr inputs and distributed runs). Results are written under a temporary name and renamed "
+        "when complete; a rerun skips results that exist (resume) unless --overwrite. Unreadable "
+        "inputs are reported and skipped; the exit code is 1 if any input failed.",
     )
-    p.add_argument("images", nargs="+", help="input images (TIFF or zarr)")
+    p.add_argument("images", nargs="+", help="input images, glob patterns or folders (TIFF or zarr)")
     p.add_argument("--model", "-m", default="nuclei",
                    help="shipped model name or model file (default: nuclei)")
     p.add_argument("--output", "-o", required=True, help="output file (one input) or folder")
@@ -74,12 +79,26 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     p.add_argument("--axes", default=None,
                    help="axes of the input, e.g. YX, ZYX, TYX, CYX, YXC (default: guessed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute results that already exist (default: skip them)")
+    p.add_argument("--zarr", action="store_true",
+                   help="write zarr, block by block (memory grows with the block, not the image); "
+                   "automatic for zarr inputs, a .zarr OUTPUT and distributed runs")
+    p.add_argument("--chunk", type=int, default=1024,
+                   help="block (and zarr chunk) side in pixels for zarr outputs, rounded to the tile "
+                   "step (default: 1024)")
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=int, default=None,
+                         help="run the blocks on a local dask cluster of N worker processes")
+    cluster.add_argument("--scheduler", default=None,
+                         help="run the blocks on the dask.distributed scheduler at this address "
+                         "(e.g. tcp://10.0.0.1:8786); inputs and outputs must be on a shared file system")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_segment)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from .batch import segment_files
+    from .batch import expand_inputs, segment_files
     from .core.device import resolve_device
     from .core.events import ItemDone
     from .core.io import ModelFileError, load_model
@@ -89,28 +108,65 @@ def _run_segment(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     except (ValueError, ModelFileError) as exc:
         raise CLIError(str(exc)) from None
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if args.chunk < 1:
+        raise CLIError(f"--chunk must be positive, got {args.chunk}")
     out = Path(args.output)
-    if len(args.images) > 1 and out.suffix.lower() in (".tif", ".tiff", ".zarr"):
-        raise CLIError(f"{len(args.images)} inputs need an output folder, not the file {args.output!r}")
-    gen = segment_files(args.images, model, out, output_type=args.output_type,
-                        tile_size=args.tile_size, padding=args.padding, device=device,
-                        batch_size=args.batch_size, axes=args.axes)
-    failed = 0
+    files, problems = expand_inputs(args.images)
+    n_items = len(files) + len(problems)
+    if n_items > 1 and out.suffix.lower() in (".tif", ".tiff", ".zarr"):
+        raise CLIError(f"{n_items} inputs need an output folder, not the file {args.output!r}")
+    distributed = args.workers is not None or args.scheduler is not None
+    if distributed and n_items == 1 and out.suffix.lower() in (".tif", ".tiff"):
+        raise CLIError("distributed runs write zarr: give an output ending in .zarr or a folder")
+    counts = {"done": 0, "skipped": 0, "failed": 0}
 
     def report(ev: Any) -> None:
-        nonlocal failed
         if isinstance(ev, ItemDone):
+            counts[ev.status] = counts.get(ev.status, 0) + 1
             if ev.status == "failed":
-                failed += 1
                 print(f"napari-unet segment: {ev.name}: {ev.message}", file=sys.stderr)
             elif not args.quiet:
-                print(f"{ev.name} -> {ev.message}", file=sys.stderr)
+                what = "skipped, exists:" if ev.status == "skipped" else "->"
+                print(f"{ev.name} {what} {ev.message}", file=sys.stderr)
 
-    drive(_tap(gen, report), desc=f"segment ({model.name}, {device.type})", quiet=args.quiet)
-    if failed:
-        print(f"napari-unet segment: {failed} of {len(args.images)} input(s) failed", file=sys.stderr)
-        return 1
-    return 0
+    with _dask_client(args) as client:
+        gen = segment_files(args.images, model, out, output_type=args.output_type,
+                            overwrite=args.overwrite, zarr_output=True if args.zarr else None,
+                            client=client, block_size=args.chunk, tile_size=args.tile_size,
+                            padding=args.padding, device=device if client is None else args.device,
+                            batch_size=args.batch_size, axes=args.axes)
+        where = f"{args.workers} workers" if args.workers else args.scheduler or device.type
+        drive(_tap(gen, report), desc=f"segment ({model.name}, {where})", quiet=args.quiet)
+    if not args.quiet or counts["failed"]:
+        print(f"napari-unet segment: {counts['done']} done, {counts['skipped']} skipped (already "
+              f"complete), {counts['failed']} failed", file=sys.stderr)
+    return 1 if counts["failed"] else 0
+
+
+@contextlib.contextmanager
+def _dask_client(args: argparse.Namespace) -> Iterator[Any]:
+    """A dask.distributed Client for --workers / --scheduler, or None."""
+    if args.workers is None and args.scheduler is None:
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise CLIError("--workers and --scheduler need dask.distributed: "
+                       "pip install 'napari-unet[distributed]'") from None
+    if args.scheduler is not None:
+        try:
+            client = Client(args.scheduler, timeout="30s")
+        except (OSError, TimeoutError) as exc:
+            raise CLIError(f"cannot reach the dask scheduler at {args.scheduler!r}: {exc}") from None
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
 
 
 def _tap(gen: Generator[Any, None, Any], fn: Any) -> Generator[Any, None, Any]:

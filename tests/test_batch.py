@@ -1,0 +1,296 @@
+"""Batch segmentation: many arrays, files/globs/folders with resume, zarr block by block."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet import batch
+from napari_unet.batch import (
+    ArrayDone,
+    expand_inputs,
+    instances_to_zarr,
+    segment_arrays,
+    segment_files,
+    segment_to_zarr,
+)
+from napari_unet.cli import main
+from napari_unet.core.events import ItemDone, TileDone
+from napari_unet.core.io import Postprocessing, UNetModel, save_model
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.postprocess import instances_from_semantic
+from napari_unet.core.segment import segment_image
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+TILE = 96
+
+
+def run(gen):
+    """Iterate a progress generator to its end: (events, return value)."""
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def is_relabelling(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when a and b are the same partition: same background, ids in one-to-one correspondence."""
+    a, b = np.asarray(a).ravel().astype(np.int64), np.asarray(b).ravel().astype(np.int64)
+    if not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def tiny_model(post: Postprocessing | None = None, classes: int = 3, seed: int = 2) -> UNetModel:
+    torch.manual_seed(seed)
+    cfg = UNetConfig(depth=2, base_channels=4, num_classes=classes, padding="valid")
+    return UNetModel(UNet(cfg), postprocessing=post or Postprocessing(instance_classes=(1,), min_size=5),
+                     name="tiny")
+
+
+@pytest.fixture(scope="module")
+def hela() -> np.ndarray:
+    return tifffile.imread(DATA / "hela-stack" / "stack.tif")[:2, 100:228, 200:360]
+
+
+@pytest.fixture(scope="module")
+def nuclei() -> np.ndarray:
+    return tifffile.imread(DATA / "nuclei-dsb2018" / "image.tif")[:128, :150]
+
+
+@pytest.fixture
+def model_file(tmp_path) -> Path:
+    return save_model(tiny_model(), tmp_path / "models" / "tiny")
+
+
+def test_is_relabelling_detects_differences():
+    a = np.array([[1, 1, 0, 2], [0, 3, 3, 2]])
+    assert is_relabelling(a, a * 7)
+    assert not is_relabelling(a, np.where(a == 3, 2, a))  # two objects merged
+    assert not is_relabelling(a, np.where(a == 3, 0, a))  # an object lost
+
+
+# ---------------------------------------------------------------------------- inputs
+def test_expand_inputs_files_globs_folders(tmp_path, nuclei):
+    (tmp_path / "d").mkdir()
+    for name in ("b.tif", "a.tiff", "notes.txt", ".a.tif.123.tmp"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    tifffile.imwrite(tmp_path / "c.tif", nuclei)
+    import zarr
+
+    zarr.open_array(store=str(tmp_path / "d" / "z.zarr"), mode="w", shape=(4, 4), dtype="u1")
+    files, problems = expand_inputs([tmp_path / "d", str(tmp_path / "*.tif"), tmp_path / "c.tif",
+                                     str(tmp_path / "missing.tif"), str(tmp_path / "none*.tif")])
+    names = [f.name for f in files]
+    assert names == ["a.tiff", "b.tif", "z.zarr", "c.tif"]  # folder sorted, zarr is one image, no dups
+    assert [p for p, _ in problems] == [str(tmp_path / "missing.tif"), str(tmp_path / "none*.tif")]
+
+
+# ---------------------------------------------------------------------------- in-memory arrays
+def test_segment_arrays_one_job_named_results(nuclei, hela):
+    model = tiny_model()
+    images = {"nuclei": nuclei, "hela": hela, "broken": np.zeros(7)}
+    events, results = run(segment_arrays(images, model, output_type="semantic", tile_size=TILE, device="cpu"))
+    tiles = [e for e in events if isinstance(e, TileDone)]
+    dones = [e for e in events if isinstance(e, ArrayDone)]
+    assert len({e.total for e in tiles}) == 1  # one progress total for the whole job
+    assert [e.done for e in tiles] == sorted(e.done for e in tiles) and tiles[-1].done == tiles[-1].total
+    assert [(e.name, e.status) for e in dones] == [("nuclei", "done"), ("hela", "done"), ("broken", "failed")]
+    assert "dimensions" in dones[-1].message and dones[-1].result is None
+    assert set(results) == {"nuclei", "hela"}
+    for name in results:
+        expected = segment_image(images[name], model, output="semantic", tile_size=TILE, device="cpu")
+        assert np.array_equal(results[name], expected)
+        assert np.array_equal(dones[["nuclei", "hela"].index(name)].result, expected)
+
+
+def test_segment_arrays_stops_when_closed(nuclei):
+    gen = segment_arrays({"a": nuclei, "b": nuclei}, tiny_model(), output_type="semantic", tile_size=TILE,
+                         device="cpu")
+    first = next(gen)
+    assert isinstance(first, TileDone) and first.done < first.total
+    gen.close()  # what napari's worker.quit() amounts to
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+# ---------------------------------------------------------------------------- files
+def _write_inputs(folder: Path, nuclei: np.ndarray, hela: np.ndarray) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(folder / "nuclei.tif", nuclei)
+    tifffile.imwrite(folder / "hela.tif", hela, compression="zlib")
+    (folder / "corrupt.tif").write_bytes(b"II*\x00 this is not a tiff")
+    return [folder / "nuclei.tif", folder / "corrupt.tif", folder / "hela.tif"]
+
+
+def test_segment_files_skips_unreadable_and_goes_on(tmp_path, nuclei, hela):
+    model = tiny_model()
+    paths = _write_inputs(tmp_path / "in", nuclei, hela)
+    events, results = run(segment_files(paths, model, tmp_path / "out", output_type="semantic",
+                                        tile_size=TILE, device="cpu"))
+    items = [e for e in events if isinstance(e, ItemDone)]
+    assert [(Path(e.name).name, e.status) for e in items] == [
+        ("nuclei.tif", "done"), ("corrupt.tif", "failed"), ("hela.tif", "done")]
+    assert "cannot read" in items[1].message
+    assert results[str(paths[1])].startswith("error:")
+    for src in (paths[0], paths[2]):
+        out = tifffile.imread(tmp_path / "out" / f"{src.stem}_semantic.tif")
+        assert np.array_equal(out, segment_image(tifffile.imread(src), model, output="semantic",
+                                                 tile_size=TILE, device="cpu"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hela_semantic.tif", "nuclei_semantic.tif"]
+
+
+def test_resume_skips_complete_outputs(tmp_path, nuclei, hela, monkeypatch):
+    model = tiny_model()
+    paths = _write_inputs(tmp_path / "in", nuclei, hela)[::2]
+    out = tmp_path / "out"
+    run(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"))
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # an interrupted earlier run left a hidden temporary file: not mistaken for a result
+    (out / ".nuclei_semantic.tif.abc.tmp").write_bytes(b"half")
+    calls = []
+    real = batch.read_image
+    monkeypatch.setattr(batch, "read_image", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    events, _ = run(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"))
+    assert [e.status for e in events if isinstance(e, ItemDone)] == ["skipped", "skipped"]
+    assert not any(isinstance(e, TileDone) for e in events) and calls == []  # nothing read or computed
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.startswith(".")} == first
+    # a missing result is recomputed, the others still skipped
+    (out / "hela_semantic.tif").unlink()
+    events, _ = run(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"))
+    assert [e.status for e in events if isinstance(e, ItemDone)] == ["skipped", "done"]
+    events, _ = run(segment_files(paths, model, out, output_type="semantic", overwrite=True,
+                                  tile_size=TILE, device="cpu"))
+    assert [e.status for e in events if isinstance(e, ItemDone)] == ["done", "done"]
+
+
+def test_inputs_are_never_overwritten(tmp_path, nuclei):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", nuclei)
+    tifffile.imwrite(folder / "a_semantic.tif", nuclei[:50])  # an input named like a.tif's result
+    before = (folder / "a_semantic.tif").read_bytes()
+    events, results = run(segment_files([folder], tiny_model(), folder, output_type="semantic",
+                                        tile_size=TILE, device="cpu"))
+    statuses = {Path(e.name).name: e.status for e in events if isinstance(e, ItemDone)}
+    assert statuses["a.tif"] == "failed" and "refusing to overwrite" in results[str(folder / "a.tif")]
+    assert (folder / "a_semantic.tif").read_bytes() == before
+    # one input written onto itself
+    events, _ = run(segment_files([folder / "a.tif"], tiny_model(), folder / "a.tif", tile_size=TILE,
+                                  device="cpu"))
+    assert [e.status for e in events if isinstance(e, ItemDone)] == ["failed"]
+    assert np.array_equal(tifffile.imread(folder / "a.tif"), nuclei)
+
+
+def test_cli_glob_folder_resume_and_exit_code(tmp_path, nuclei, hela, model_file, capsys):
+    _write_inputs(tmp_path / "in", nuclei, hela)
+    args = ["segment", str(tmp_path / "in" / "*.tif"), "-o", str(tmp_path / "out"), "-m", str(model_file),
+            "--output-type", "semantic", "--tile-size", str(TILE), "--device", "cpu", "-q"]
+    assert main(args) == 1  # corrupt.tif failed, after the others were done
+    err = capsys.readouterr().err
+    assert "corrupt.tif" in err and "2 done, 0 skipped" in err and "1 failed" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hela_semantic.tif", "nuclei_semantic.tif"]
+    (tmp_path / "in" / "corrupt.tif").unlink()
+    assert main(args[:1] + [str(tmp_path / "in")] + args[2:-1]) == 0  # a folder; resumed: all skipped
+    assert "0 done, 2 skipped" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- zarr, block by block
+@pytest.mark.parametrize("output", ["semantic", "probabilities"])
+def test_zarr_in_zarr_out_equals_in_memory(tmp_path, hela, output):
+    import zarr
+
+    model = tiny_model()
+    src = zarr.open_array(store=str(tmp_path / "in.zarr"), mode="w", shape=hela.shape, chunks=(1, 64, 64),
+                          dtype=hela.dtype)
+    src[...] = hela
+    events, dest = run(segment_to_zarr(src, model, tmp_path / "out.zarr", output_type=output,
+                                       tile_size=TILE, block_size=100, device="cpu"))
+    got = zarr.open_array(store=str(dest), mode="r")
+    assert got.chunks[-2:] == (112, 112)  # blocks on the tile step: one zarr chunk each
+    expected = segment_image(hela, model, output=output, tile_size=TILE, device="cpu")
+    assert np.array_equal(got[...], expected)
+    assert events[-1].done == events[-1].total
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scratch left
+
+
+@pytest.mark.parametrize("post", [
+    Postprocessing(instance_classes=(1,), min_size=5),
+    Postprocessing(instance_classes=(1,), grow_classes=(0,), min_size=10),
+], ids=["components", "grow"])
+def test_zarr_instances_equal_in_memory_up_to_relabelling(tmp_path, hela, post):
+    import dask.array as da
+    import zarr
+
+    model = tiny_model(post)
+    # a dask input; small blocks and halo so that objects cross block borders and growth needs retries
+    _, dest = run(segment_to_zarr(da.from_array(hela, chunks=(1, 50, 50)), model, tmp_path / "i.zarr",
+                                  tile_size=TILE, block_size=50, device="cpu", grow_halo=2))
+    got = zarr.open_array(store=str(dest), mode="r")[...]
+    expected = segment_image(hela, model, output="instances", tile_size=TILE, device="cpu")
+    assert expected.max() > 20  # enough objects for the test to mean something
+    for z in range(len(hela)):
+        assert is_relabelling(got[z], expected[z])
+
+
+@pytest.mark.parametrize("block", [9, 16, 33])
+def test_blockwise_labels_exact_on_random_maps(tmp_path, block):
+    import zarr
+
+    rng = np.random.default_rng(block)
+    sem = (rng.random((2, 37, 45)) < 0.45).astype(np.uint8) + (rng.random((2, 37, 45)) < 0.2)
+    for post in (Postprocessing(instance_classes=(1,), min_size=3),
+                 Postprocessing(instance_classes=(2,), grow_classes=(1,), min_size=4)):
+        out = tmp_path / f"{block}_{post.grow_classes}.zarr"
+        run(instances_to_zarr(sem, out, post, block_size=block, grow_halo=1))
+        got = zarr.open_array(store=str(out), mode="r")[...]
+        for z in range(2):
+            assert is_relabelling(got[z], instances_from_semantic(sem[z], post))
+
+
+def test_files_zarr_output_and_resume(tmp_path, hela, model_file):
+    import zarr
+
+    model = tiny_model()
+    src = zarr.open_array(store=str(tmp_path / "stack.zarr"), mode="w", shape=hela.shape, dtype=hela.dtype)
+    src[...] = hela
+    tifffile.imwrite(tmp_path / "plane.tif", hela[0])
+    events, results = run(segment_files([tmp_path / "stack.zarr", tmp_path / "plane.tif"], model,
+                                        tmp_path / "out", output_type="semantic", tile_size=TILE,
+                                        block_size=100, device="cpu"))
+    assert results[str(tmp_path / "stack.zarr")].endswith("stack_semantic.zarr")  # zarr in -> zarr out
+    assert results[str(tmp_path / "plane.tif")].endswith("plane_semantic.tif")
+    got = zarr.open_array(store=str(tmp_path / "out" / "stack_semantic.zarr"), mode="r")[...]
+    assert np.array_equal(got, segment_image(hela, model, output="semantic", tile_size=TILE, device="cpu"))
+    before = os.stat(tmp_path / "out" / "stack_semantic.zarr" / "zarr.json").st_mtime_ns
+    events, _ = run(segment_files([tmp_path / "stack.zarr"], model, tmp_path / "out" / "stack_semantic.zarr",
+                                  output_type="semantic", tile_size=TILE, device="cpu"))
+    assert [e.status for e in events] == ["skipped"]
+    assert os.stat(tmp_path / "out" / "stack_semantic.zarr" / "zarr.json").st_mtime_ns == before
+
+
+def test_zarr_refuses_watershed_instances(tmp_path, nuclei):
+    model = tiny_model(Postprocessing(split="watershed"))
+    with pytest.raises(ValueError, match="watershed"):
+        run(segment_to_zarr(nuclei, model, tmp_path / "o.zarr", tile_size=TILE, device="cpu"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_zarr_cancel_leaves_no_partial_output(tmp_path, hela):
+    gen = segment_to_zarr(hela, tiny_model(), tmp_path / "o.zarr", output_type="semantic", tile_size=TILE,
+                          block_size=56, device="cpu")
+    ev = next(gen)
+    assert ev.done < ev.total
+    assert any(p.name.startswith(".o.zarr") for p in tmp_path.iterdir())  # work in progress, hidden
+    gen.close()  # Cancel
+    assert list(tmp_path.iterdir()) == []  # neither a half result under the final name nor scratch
