@@ -35,8 +35,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_names, level0, put_layer
-from ._jobs import user_message
+from ._common import layer_names, level0, put_layer, warm_up_labels
+from ._jobs import one_core_for_the_viewer, user_message
 from ._plot import LossPlot
 from ._state import registry_for
 from ._training import TrainingPair
@@ -53,6 +53,7 @@ class FineTuneWidget(QWidget):
 
         self.viewer = viewer
         self.registry = registry_for(viewer)
+        warm_up_labels()
         self.worker: Any = None
         self.preview_worker: Any = None
         self.model: Any = None  # the last fine-tuned UNetModel
@@ -416,6 +417,8 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
     if not isinstance(model, UNetModel):
         model = load_model(model)
         yield ("loaded", model_name, model)
-    return (yield from start_training(pairs, model, steps=steps, lr=lr,
-                                      augmentation_strength=strength,
-                                      background_label=background_label, device=device, stop=stop))
+    with one_core_for_the_viewer(device):
+        return (yield from start_training(pairs, model, steps=steps, lr=lr,
+                                          augmentation_strength=strength,
+                                          background_label=background_label, device=device,
+                                          stop=stop))

@@ -8,7 +8,9 @@ that fails yields :class:`JobFailed` and the queue goes on.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import os
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,31 @@ def user_message(exc: BaseException) -> str:
     return msg
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def one_core_for_the_viewer(device: str) -> Iterator[None]:
+    """While a CPU job runs, let torch use all cores but one, so that napari's event loop keeps a
+    core (with torch on every core of a 2-core machine the viewer's event loop ticked every ~40-60
+    ms instead of 10 ms, and the job was no faster; see benchmarks/bench_responsiveness.py)."""
+    import torch
+
+    if device not in ("auto", "cpu") or (device == "auto" and torch.cuda.is_available()):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, usable_cores() - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def segment_jobs(
     jobs: list[SegmentJob],
     model: Any,
@@ -87,12 +114,19 @@ def segment_jobs(
     :class:`ModelLoaded` so the caller can cache it).
     """
     from ..core.io import UNetModel, load_model
-    from ..core.segment import segment
-    from ..core.tiling import infer_layout
 
     if not isinstance(model, UNetModel):
         model = load_model(model)
         yield ModelLoaded(model_name, model)
+    with one_core_for_the_viewer(device):
+        return (yield from _segment_all(jobs, model, output, tile_size, padding, device))
+
+
+def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int | None,
+                 padding: str, device: str) -> Generator[Any, None, int]:
+    from ..core.segment import segment
+    from ..core.tiling import infer_layout
+
     ok = 0
     for i, job in enumerate(jobs):
         try:

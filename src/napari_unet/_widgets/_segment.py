@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from ._common import layer_names, level0, put_layer
+from ._common import layer_names, level0, put_layer, warm_up_labels
 from ._jobs import (
     JobFailed,
     JobProgress,
@@ -51,6 +51,7 @@ class SegmentWidget(QWidget):
 
         self.viewer = viewer
         self.registry = registry_for(viewer)
+        warm_up_labels()
         self.worker: Any = None
         self._progress: Any = None
         self._pending: dict[int, tuple[str, dict[str, Any], str]] = {}
