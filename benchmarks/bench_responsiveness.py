@@ -105,8 +105,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=2048, help="image side in pixels (tiles of 512)")
     ap.add_argument("--steps", type=int, default=5, help="training steps")
-    ap.add_argument("--threads", type=int, nargs="*", default=None,
-                    help="torch intra-op thread counts to compare (default: torch's own)")
     ap.add_argument("--verbose", action="store_true", help="list the long gaps of the training run")
     args = ap.parse_args()
 
@@ -146,9 +144,12 @@ def main() -> int:
         seg_yielded(ev)
 
     seg._on_yielded = spy
-    default_threads = torch.get_num_threads()
-    for threads in args.threads or [default_threads]:
-        torch.set_num_threads(threads)
+    from napari_unet._widgets import _jobs
+
+    reserve = _jobs.usable_cores
+    for policy in ("all cores", "one core kept for the viewer"):
+        # the widget's policy (default) versus torch on every core
+        _jobs.usable_cores = reserve if policy.startswith("one") else (lambda: 10**6)
         if "nuclei instances" in viewer.layers:
             viewer.layers.remove("nuclei instances")
         arrived.clear()
@@ -160,10 +161,10 @@ def main() -> int:
         res = hb.stop()
         cut = arrived[-1] if arrived else hb.ticks[-1]
         before = Heartbeat.summary(hb.ticks, until=cut)
-        print(f"segment {image.shape[0]}x{image.shape[1]}, torch {threads} thread(s), {dt:5.1f} s:")
+        print(f"segment {image.shape[0]}x{image.shape[1]}, torch on {policy}, {dt:5.1f} s:")
         print(f"  while the worker computes: {fmt(before)}")
         print(f"  whole run incl. adding the Labels layer: {fmt(res)}")
-    torch.set_num_threads(default_threads)
+    _jobs.usable_cores = reserve
 
     # ---------------------------------------------------------------- training
     try:
