@@ -136,12 +136,77 @@ def _run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- evaluate
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a segmentation against ground truth (JSON)")
+    p = sub.add_parser(
+        "evaluate",
+        help="score a segmentation against ground truth (JSON)",
+        description=(
+            "Score a label image against ground truth: foreground IoU, instance precision/recall/F1 "
+            "(one-to-one matching at IoU > threshold), ISBI 2012 pixel error and Rand error. "
+            "Files are TIFF or zarr (a zarr array, or a group holding exactly one array); 2D images or "
+            "stacks of 2D planes. Prints one JSON object to stdout."
+        ),
+    )
+    p.add_argument("pred", help="predicted label image (TIFF or zarr), 0 = background")
+    p.add_argument("gt", help="ground-truth label image (TIFF or zarr), same shape")
+    p.add_argument(
+        "--mask", help="score only pixels where this image is nonzero (annotated region)"
+    )
+    p.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=0.5,
+        help="objects match when their IoU is greater than this (default 0.5)",
+    )
     p.set_defaults(func=_run_evaluate)
 
 
+def _read_array(path: str, what: str) -> Any:
+    """A TIFF file or a zarr array (or a zarr group holding exactly one array) as a numpy array."""
+    import os
+
+    import numpy as np
+
+    if not os.path.exists(path):
+        raise CLIError(f"{what} not found: {path}")
+    is_zarr = os.path.isdir(path) or path.rstrip("/\\").lower().endswith(".zarr")
+    try:
+        if is_zarr:
+            import zarr
+
+            node = zarr.open(path, mode="r")
+            if isinstance(node, zarr.Group):
+                arrays = [name for name, _ in node.arrays()]
+                if len(arrays) != 1:
+                    raise CLIError(
+                        f"{what} {path} is a zarr group with {len(arrays)} arrays {arrays}: "
+                        "name one, e.g. PATH/NAME"
+                    )
+                node = node[arrays[0]]
+            return np.asarray(node[...])
+        import tifffile
+
+        return tifffile.imread(path)
+    except CLIError:
+        raise
+    except Exception as exc:  # any reader failure is the file's fault here
+        kind = "zarr" if is_zarr else "TIFF"
+        raise CLIError(f"could not read {what} {path} as {kind}: {exc}") from exc
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
-    raise CLIError("evaluate is not implemented yet")
+    import json
+
+    from napari_unet.core.metrics import evaluate
+
+    pred = _read_array(args.pred, "PRED")
+    gt = _read_array(args.gt, "GT")
+    mask = None if args.mask is None else _read_array(args.mask, "mask")
+    try:
+        scores = evaluate(pred, gt, mask, iou_threshold=args.iou_threshold)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    print(json.dumps(scores, indent=2, allow_nan=False))
+    return 0
 
 
 # ---------------------------------------------------------------------------- main

@@ -98,25 +98,29 @@ class UNetConfig:
         """Pooling grid: 2**depth. Tile offsets must be multiples of it for exact tiling."""
         return 2**self.depth
 
+    def _output_or_none(self, input_size: int) -> int | None:
+        n = int(input_size)
+        loss = self.conv_loss
+        for _ in range(self.depth):
+            n -= loss
+            if n <= 0 or n % 2:
+                return None
+            n //= 2
+        n -= loss
+        if n <= 0:
+            return None
+        for _ in range(self.depth):
+            n = 2 * n - loss
+        return n if n > 0 else None
+
     def output_size(self, input_size: int) -> int:
         """Output size along one axis for an input tile of ``input_size`` pixels.
 
         Raises ValueError (naming the nearest valid sizes) when a 2x2 pooling would meet an odd
         size or the tile is too small to give any output.
         """
-        n = int(input_size)
-        loss = self.conv_loss
-        for _ in range(self.depth):
-            n -= loss
-            if n <= 0 or n % 2:
-                raise ValueError(self._invalid_message(input_size))
-            n //= 2
-        n -= loss
-        if n <= 0:
-            raise ValueError(self._invalid_message(input_size))
-        for _ in range(self.depth):
-            n = 2 * n - loss
-        if n <= 0:
+        n = self._output_or_none(input_size)
+        if n is None:
             raise ValueError(self._invalid_message(input_size))
         return n
 
@@ -136,11 +140,7 @@ class UNetConfig:
         return g * (b + loss) + loss * (g - 1)
 
     def is_valid_input_size(self, input_size: int) -> bool:
-        try:
-            self.output_size(input_size)
-        except ValueError:
-            return False
-        return True
+        return self._output_or_none(input_size) is not None
 
     def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
         """All valid input tile sizes in [lo, hi]."""
@@ -186,23 +186,43 @@ class UNetConfig:
             radius += 2 * 2**level  # two convs on the way up
         return int(math.ceil((radius + 1) / self.grid) * self.grid)
 
-    def flops_per_output_pixel(self) -> float:
-        """Multiply-adds x2 per output pixel of a large tile (convolutions only)."""
-        c, total = self.base_channels, 0.0
-        chans = [c * 2**i for i in range(self.depth + 1)]
-        cin = self.in_channels
+    def tile_flops(self, input_size: int) -> float:
+        """Floating-point operations (2 per multiply-add) of one forward pass on a square input tile
+        of ``input_size`` pixels, convolutions and up-convolutions counted layer by layer."""
+        self.output_size(input_size)  # validates
+        loss = self.conv_loss // 2
+        chans = [self.base_channels * 2**i for i in range(self.depth + 1)]
+        n, cin, total, sizes = int(input_size), self.in_channels, 0.0, []
         for level in range(self.depth):
-            scale = 4.0**-level
-            total += 2 * 9 * (cin * chans[level] + chans[level] ** 2) * scale
+            n -= loss
+            total += 2 * 9 * cin * chans[level] * n * n
+            n -= loss
+            total += 2 * 9 * chans[level] ** 2 * n * n
+            sizes.append(n)
             cin = chans[level]
-        scale = 4.0**-self.depth
-        total += 2 * 9 * (chans[-2] * chans[-1] + chans[-1] ** 2) * scale
+            n //= 2
+        n -= loss
+        total += 2 * 9 * chans[-2] * chans[-1] * n * n
+        n -= loss
+        total += 2 * 9 * chans[-1] ** 2 * n * n
         for level in range(self.depth - 1, -1, -1):
-            scale = 4.0**-level
-            total += 2 * 4 * chans[level + 1] * chans[level] * scale  # 2x2 up-convolution
-            total += 2 * 9 * (2 * chans[level] * chans[level] + chans[level] ** 2) * scale
-        total += 2 * chans[0] * self.num_classes
+            n *= 2
+            total += 2 * 4 * chans[level + 1] * chans[level] * (n // 2) ** 2  # 2x2 up-convolution
+            n -= loss
+            total += 2 * 9 * 2 * chans[level] * chans[level] * n * n
+            n -= loss
+            total += 2 * 9 * chans[level] ** 2 * n * n
+        total += 2 * chans[0] * self.num_classes * n * n
         return total
+
+    def flops_per_output_pixel(self, input_size: int | None = None) -> float:
+        """FLOPs per output pixel on tiles of ``input_size`` (default: the paper's 572 for valid
+        depth-4 models, else the valid size nearest 572)."""
+        if input_size is None:
+            below, above = self.nearest_valid_input_sizes(572)
+            input_size = below or above
+        out = self.output_size(input_size)
+        return self.tile_flops(input_size) / out**2
 
 
 def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -64,17 +64,37 @@ def _axis_origins(size: int, tile_out_kept_max: int, step: int) -> list[int]:
     return origins
 
 
+def _coverage(cfg: UNetConfig, t: int, n: int) -> int:
+    """Pixels covered along one axis by ``n`` tiles of input size ``t``."""
+    g = cfg.grid
+    if cfg.padding == "valid":
+        out = cfg.output_size(t)
+        return (n - 1) * max((out // g) * g, g) + out
+    return n * (t - 2 * cfg.halo)
+
+
 def _tile_for_axis(cfg: UNetConfig, size: int, target_in: int) -> int:
-    """Network input size along one axis: the target size, or less if the image is smaller."""
+    """Network input size along one axis.
+
+    The largest valid size <= ``target_in`` fixes the number of tiles needed; then the tile is shrunk
+    to the smallest valid size that still covers the axis with that many tiles, so no tile computes
+    much beyond the image (a 2048-px axis with 1024-px tiles needs 3 tiles of ~800 px, not 3 of 1024).
+    """
     g = cfg.grid
     if cfg.padding == "valid":
         smallest = cfg.input_size(g)  # the smallest tile that keeps at least one grid step
         below, _ = cfg.nearest_valid_input_sizes(max(target_in, smallest))
-        return min(below or smallest, cfg.input_size(size))
-    m = cfg.halo
-    cover = int(math.ceil((size + 2 * m) / g) * g)
-    t = max(int(target_in // g) * g, 2 * m + g)
-    return min(t, cover)
+        t_max = max(below or smallest, smallest)
+        candidates = range(smallest, t_max + 1, g)  # valid sizes are spaced by the grid
+        candidates = [t for t in candidates if cfg.is_valid_input_size(t)]
+    else:
+        smallest = 2 * cfg.halo + g
+        t_max = max((int(target_in) // g) * g, smallest)
+        candidates = list(range(smallest, t_max + 1, g))
+    n = 1
+    while _coverage(cfg, t_max, n) < size:
+        n += 1
+    return next(t for t in candidates if _coverage(cfg, t, n) >= size)
 
 
 def plan_tiles(config: UNetConfig, image_shape: tuple[int, int], tile_size: int | tuple[int, int]) -> TilePlan:

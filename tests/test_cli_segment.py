@@ -1,0 +1,83 @@
+"""`napari-unet segment` on real files."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.cli import main
+from napari_unet.core.io import UNetModel, load_model, save_model
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.segment import segment_image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).parent / "data"
+
+
+def _real_image():
+    for p in (DATA / "nuclei-dsb2018" / "image.tif", SHARED / "nuclei-dsb2018" / "image.tif"):
+        if p.exists():
+            return tifffile.imread(p)[:200, :240]
+    pytest.skip("no real nuclei image available")
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    return save_model(UNetModel(UNet(UNetConfig(depth=2, base_channels=4)), name="tiny"),
+                      tmp_path / "tiny")
+
+
+def test_segment_one_file_equals_python_api(tmp_path, model_file):
+    img = _real_image()
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, img)
+    before = src.read_bytes()
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(src), "--model", str(model_file), "--output", str(out),
+                 "--tile-size", "100", "--quiet"]) == 0
+    got = tifffile.imread(out)
+    ref = segment_image(img, load_model(model_file), output="instances", tile_size=100, device="cpu")
+    assert got.shape == img.shape and np.array_equal(got, ref)
+    assert src.read_bytes() == before  # input untouched
+
+
+def test_segment_many_files_into_folder_and_output_types(tmp_path, model_file):
+    img = _real_image()
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / name, img)
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([img, img[::-1]]))
+    outdir = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), str(tmp_path / "stack.tif"),
+               "--model", str(model_file), "--output", str(outdir), "--output-type", "semantic", "-q"])
+    assert rc == 0
+    assert tifffile.imread(outdir / "a_semantic.tif").shape == img.shape
+    assert tifffile.imread(outdir / "stack_semantic.tif").shape == (2,) + img.shape
+    rc = main(["segment", str(tmp_path / "a.tif"), "--model", str(model_file), "--output",
+               str(tmp_path / "p.tif"), "--output-type", "probabilities", "-q"])
+    assert rc == 0 and tifffile.imread(tmp_path / "p.tif").shape == (2,) + img.shape
+
+
+def test_segment_errors_are_clear(tmp_path, model_file, capsys):
+    img = _real_image()
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, img)
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((40, 40, 3), np.uint8), photometric="rgb")
+    outdir = tmp_path / "out"
+    rc = main(["segment", str(bad), str(tmp_path / "missing.tif"), str(rgb), str(good), "--model",
+               str(model_file), "--output", str(outdir), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "bad.tif" in err and "missing.tif" in err and "does not exist" in err
+    assert "RGB" in err
+    assert (outdir / "good_instances.tif").exists()  # the good one was still done
+    assert main(["segment", str(good), "--model", str(tmp_path / "nomodel"), "-o", str(tmp_path / "x.tif")]) == 2
+    assert "no model file" in capsys.readouterr().err
+    # refusing to overwrite the input
+    assert main(["segment", str(good), "--model", str(model_file), "-o", str(good), "-q"]) == 1
+    assert np.array_equal(tifffile.imread(good), img)

@@ -1,0 +1,252 @@
+"""Overlap-tile inference (paper Fig. 2): tiled output equals whole-image output."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from napari_unet.core.device import resolve_device
+from napari_unet.core.events import TileDone
+from napari_unet.core.io import UNetModel
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.normalize import Normalization
+from napari_unet.core.tiling import (
+    infer_layout,
+    mirror_index,
+    plan_tiles,
+    predict,
+    predict_image,
+)
+
+
+def _net(padding="valid", depth=2, in_channels=1, classes=2, seed=0):
+    torch.manual_seed(seed)
+    return UNet(UNetConfig(depth=depth, base_channels=4, padding=padding, in_channels=in_channels,
+                           num_classes=classes)).eval()
+
+
+def _whole_image_reference(net, img, padding):
+    """Independent reference: normalise the whole image, pad it ONCE, run the net, crop."""
+    cfg = net.config
+    img = np.asarray(img, np.float64)
+    chw = img if img.ndim == 3 else img[None]
+    stats = Normalization().stats(chw, channel_axis=0)
+    norm = ((chw - stats[:, 0, None, None]) / stats[:, 1, None, None]).astype(np.float32)
+    _, h, w = norm.shape
+    halo = cfg.halo
+    if cfg.padding == "valid":
+        th, tw = cfg.input_size(h), cfg.input_size(w)
+    else:
+        g = cfg.grid
+        th, tw = (int(np.ceil((s + 2 * halo) / g) * g) for s in (h, w))
+    if padding == "mirror":
+        ry = mirror_index(np.arange(-halo, th - halo), h)
+        rx = mirror_index(np.arange(-halo, tw - halo), w)
+        padded = norm[:, ry[:, None], rx[None, :]]
+    else:
+        padded = np.pad(norm, ((0, 0), (halo, th - h - halo), (halo, tw - w - halo)))
+    with torch.no_grad():
+        p = torch.softmax(net(torch.from_numpy(padded[None].copy())), 1)[0].numpy()
+    s = 0 if cfg.padding == "valid" else halo
+    return p[:, s : s + h, s : s + w]
+
+
+@pytest.mark.parametrize("padding_mode", ["mirror", "zero"])
+@pytest.mark.parametrize("net_padding", ["valid", "same"])
+@pytest.mark.parametrize("shape", [(67, 45), (13, 150), (1, 37), (29, 1), (1, 1), (200, 201)])
+def test_tiled_equals_whole_image(net_padding, padding_mode, shape):
+    net = _net(net_padding)
+    rng = np.random.default_rng(0)
+    img = rng.gamma(2.0, 300.0, size=shape).astype(np.uint16)  # real-like skewed intensities
+    ref = _whole_image_reference(net, img, padding_mode)
+    for tile in (net.config.input_size(net.config.grid), 64, 100):
+        plan = plan_tiles(net.config, shape, tile)
+        out = predict_image(img, net, tile_size=tile, padding=padding_mode, device="cpu")
+        assert out.shape == (2,) + shape and out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        if max(shape) > 100 and tile < 64:
+            assert len(plan) > 4  # really tiled
+
+
+def test_paper_depth_tiling_exact_with_many_tiles():
+    net = _net("valid", depth=4)
+    img = np.random.default_rng(1).normal(size=(150, 170)).astype(np.float32)
+    ref = _whole_image_reference(net, img, "mirror")
+    out = predict_image(img, net, tile_size=220, device="cpu")
+    assert len(plan_tiles(net.config, img.shape, 220)) >= 4
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+class _Probe(torch.nn.Module):
+    """A 'network' whose right output is known exactly: the centre crop of its input, as logits
+    (x, -x), so the tiled probabilities must equal sigmoid(2 x) of the normalised image."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        cfg = self.config
+        if cfg.padding == "valid":
+            n = cfg.output_size(x.shape[-2]), cfg.output_size(x.shape[-1])
+            dy, dx = (x.shape[-2] - n[0]) // 2, (x.shape[-1] - n[1]) // 2
+            x = x[..., dy : dy + n[0], dx : dx + n[1]]
+        return torch.cat([x[:, :1], -x[:, :1]], dim=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(1, 120),
+       padding=st.sampled_from(["valid", "same"]), depth=st.integers(1, 3))
+def test_tiles_abut_exactly_probe(h, w, tile, padding, depth):
+    cfg = UNetConfig(depth=depth, base_channels=1, padding=padding)
+    probe = _Probe(cfg)
+    img = np.arange(h * w, dtype=np.float32).reshape(h, w)
+    out = predict_image(img, probe, tile_size=tile, device="cpu",
+                        normalization=Normalization("fixed", offset=0.0, scale=float(h * w)))
+    expected = 1 / (1 + np.exp(-2 * img / (h * w)))
+    np.testing.assert_allclose(out[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_mirror_index_matches_numpy_reflect():
+    for n in (1, 2, 3, 8):
+        a = np.arange(n)
+        ref = np.pad(a, (40, 40), mode="reflect") if n > 1 else np.zeros(n + 80, int)
+        assert np.array_equal(a[mirror_index(np.arange(-40, n + 40), n)], ref)
+
+
+def test_plan_steps_on_pooling_grid():
+    cfg = UNetConfig(depth=4)
+    # 388 + 3 * 384 = 1540: four tiles of the paper's 572 -> 388, stepping by 384 (388 is not a
+    # multiple of 16: a 388 step would shift the pooling grid between tiles)
+    plan = plan_tiles(cfg, (1540, 388), 572)
+    assert plan.tile_in == (572, 572) and plan.tile_out == (388, 388)
+    assert plan.keep == (384, 384)
+    assert [y for y, _ in plan.origins] == [0, 384, 768, 1152]
+    for shape, tile in [((2048, 2048), 572), ((2048, 1000), 700), ((700, 1100), 300)]:
+        plan = plan_tiles(cfg, shape, tile)
+        assert all(y % 16 == 0 and x % 16 == 0 for y, x in plan.origins)
+        assert all(cfg.is_valid_input_size(t) and t <= tile for t in plan.tile_in)
+        # no more tiles than the requested size needs, and no tile larger than needed
+        n_max = len(plan_tiles(cfg, shape, cfg.nearest_valid_input_sizes(tile)[0]))
+        assert len(plan) == n_max
+    # tile size lowered to the nearest valid size and to what covers the image
+    assert plan_tiles(cfg, (50, 50), 572).tile_in == (cfg.input_size(50),) * 2
+
+
+def test_stack_is_segmented_plane_by_plane():
+    net = _net()
+    rng = np.random.default_rng(2)
+    stack = rng.normal(size=(3, 40, 50)).astype(np.float32) * 10
+    out = predict_image(stack, net, tile_size=44, device="cpu")
+    assert out.shape == (3, 2, 40, 50)
+    for z in range(3):
+        np.testing.assert_allclose(out[z], _whole_image_reference(net, stack[z], "mirror"),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_channels_and_rgb_for_multichannel_models():
+    net = _net(in_channels=3)
+    rng = np.random.default_rng(3)
+    cyx = rng.integers(0, 255, size=(3, 40, 41)).astype(np.uint8)
+    ref = _whole_image_reference(net, cyx, "mirror")
+    np.testing.assert_allclose(predict_image(cyx, net, tile_size=44, device="cpu"), ref, atol=1e-5)
+    yxc = np.moveaxis(cyx, 0, -1).copy()
+    np.testing.assert_allclose(predict_image(yxc, net, tile_size=44, device="cpu"), ref, atol=1e-5)
+
+
+def test_rgb_for_one_channel_model_is_a_clear_error():
+    net = _net()
+    rgb = np.zeros((30, 30, 3), np.uint8)
+    with pytest.raises(ValueError, match="RGB/multichannel image .* reads 1 channel"):
+        predict_image(rgb, net)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float64, bool])
+def test_dtypes_accepted(dtype):
+    img = (np.random.default_rng(4).random((30, 31)) * 100).astype(dtype)
+    out = predict_image(img, _net(), tile_size=44, device="cpu")
+    assert np.isfinite(out).all()
+
+
+def test_bad_inputs_are_clear_errors():
+    net = _net()
+    bad = np.ones((20, 20), np.float32)
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        predict_image(bad, net)
+    inf = np.ones((20, 20), np.float32)
+    inf[0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        predict_image(inf, net)
+    with pytest.raises(ValueError, match="dtype"):
+        predict_image(np.ones((20, 20), complex), net)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        predict_image(np.ones(20), net)
+    with pytest.raises(ValueError, match="padding"):
+        predict_image(np.ones((20, 20)), net, padding="wrap")
+    with pytest.raises(ValueError, match="axes"):
+        infer_layout((5, 20, 20), 1, axes="YX")
+
+
+def test_input_not_modified():
+    img = np.random.default_rng(5).normal(size=(40, 40)).astype(np.float32)
+    copy = img.copy()
+    predict_image(img, _net(), tile_size=44, device="cpu")
+    assert np.array_equal(img, copy)
+
+
+def test_generator_reports_progress_and_stops_between_tiles():
+    net = _net()
+    img = np.random.default_rng(6).normal(size=(100, 100)).astype(np.float32)
+    gen = predict(img, net, tile_size=44, device="cpu")
+    events = [next(gen), next(gen)]
+    assert all(isinstance(e, TileDone) for e in events)
+    assert events[0].done == 1 and events[1].done == 2 and events[0].total > 2
+    assert events[0].device == "cpu"
+    gen.close()  # cancel: no more work, no error
+    with pytest.raises(StopIteration):
+        next(gen)
+    n = sum(1 for _ in predict(img, net, tile_size=44, device="cpu"))
+    assert n == events[0].total
+
+
+def test_semantic_output_streams_into_zarr():
+    zarr = pytest.importorskip("zarr")
+    net = _net()
+    img = np.random.default_rng(7).normal(size=(90, 70)).astype(np.float32)
+    z = zarr.zeros((90, 70), chunks=(32, 32), dtype=np.uint8)
+    predict_image(img, net, output="semantic", tile_size=44, out=z, device="cpu")
+    probs = predict_image(img, net, tile_size=44, device="cpu")
+    assert np.array_equal(z[...], probs.argmax(0))
+
+
+def test_model_normalisation_used_and_model_unchanged():
+    net = _net()
+    model = UNetModel(net, normalization=Normalization("fixed", offset=10.0, scale=2.0))
+    img = np.random.default_rng(8).normal(size=(30, 30)).astype(np.float32)
+    a = predict_image(img, model, device="cpu")
+    b = predict_image(img, net, device="cpu", normalization=Normalization("fixed", offset=10.0, scale=2.0))
+    assert np.array_equal(a, b)
+    assert next(net.parameters()).is_contiguous()  # the caller's net keeps its memory layout
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    net = _net()
+    img = np.random.default_rng(9).normal(size=(120, 90)).astype(np.float32)
+    cpu = predict_image(img, net, tile_size=64, device="cpu")
+    gpu = predict_image(img, net, tile_size=64, device="cuda")
+    np.testing.assert_allclose(cpu, gpu, atol=1e-4)
