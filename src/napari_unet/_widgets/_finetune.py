@@ -61,6 +61,7 @@ class FineTuneWidget(QWidget):
         self._stop = threading.Event()
         self._progress: Any = None
         self._pairs: list[tuple[str, str, str]] = []
+        self._preview_source = ""
 
         self.image = ComboBox(choices=self._images, label="Image",
                               tooltip="Image layer to learn from")
@@ -254,6 +255,7 @@ class FineTuneWidget(QWidget):
         plane = None
         if pair.labels.ndim == 3:
             plane = int(self.viewer.dims.current_step[0])
+        self._preview_source = pair.name
         self.preview_worker = create_worker(
             preview_sample, pair, plane, augmentation_strength=float(self.strength.value),
             background_label=self._background(), _ignore_errors=True)
@@ -267,9 +269,18 @@ class FineTuneWidget(QWidget):
 
     def _preview_done(self, result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         image, _target, weights = result
-        put_layer(self.viewer, "augmented sample", image, "image", {}, colormap="gray")
-        put_layer(self.viewer, "augmented weight map", weights, "image", {}, colormap="inferno",
-                  blending="additive", opacity=0.7)
+        # beside the source image (to its right), in its pixel size
+        meta: dict[str, Any] = {}
+        name = self._preview_source
+        if name in self.viewer.layers:
+            src = self.viewer.layers[name]
+            scale, translate = list(src.scale[-2:]), list(src.translate[-2:])
+            translate[1] += 1.05 * image.shape[1] * scale[1]
+            meta = {"scale": tuple(scale), "translate": tuple(translate)}
+        put_layer(self.viewer, "augmented sample", image, "image", meta, colormap="gray")
+        top = float(np.percentile(weights[weights > 0], 99.5)) if np.any(weights > 0) else 1.0
+        put_layer(self.viewer, "augmented weight map", weights, "image", meta, colormap="inferno",
+                  blending="additive", opacity=0.7, contrast_limits=(0.0, max(top, 1e-3)))
 
     def _preview_finished(self) -> None:
         self.preview_worker = None

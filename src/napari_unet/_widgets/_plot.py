@@ -71,5 +71,7 @@ class LossPlot(QWidget):
         if self.score:
             last += f"   val IoU {self.score[-1][1]:.3f}"
         p.drawText(m, h - 4, last or "no training yet")
-        p.drawText(QRectF(w - m - 100, h - 16, 100, 14), Qt.AlignmentFlag.AlignRight, f"{self.total} steps")
+        if self.loss:
+            p.drawText(QRectF(w - m - 100, h - 16, 100, 14), Qt.AlignmentFlag.AlignRight,
+                       f"{self.total} steps")
         p.end()
