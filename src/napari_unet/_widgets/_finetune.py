@@ -1,0 +1,435 @@
+"""Fine-tune widget: (image, labels[, region]) layer pairs + a base model -> a new model.
+
+Training runs in a napari ``thread_worker`` over the core's ``train`` generator (through
+:func:`._training.start_training`, the one adapter to the core). Stop ends training after the current
+step and keeps the best validated model; the new model is added to the viewer's model list at once
+(the Segment widget shows it) and Save writes it to a ``.safetensors`` file.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    FloatSpinBox,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image, Labels, Shapes
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QProgressBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import layer_names, level0, put_layer, warm_up_labels
+from ._jobs import one_core_for_the_viewer, user_message
+from ._plot import LossPlot
+from ._state import registry_for
+from ._training import TrainingPair
+
+WHOLE = "(whole frame)"
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune a U-Net on painted labels (see the module docstring)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from ..core.device import available_devices  # torch: when the widget opens, not on import
+
+        self.viewer = viewer
+        self.registry = registry_for(viewer)
+        warm_up_labels()
+        self.worker: Any = None
+        self.preview_worker: Any = None
+        self.model: Any = None  # the last fine-tuned UNetModel
+        self.model_name = ""
+        self._stop = threading.Event()
+        self._progress: Any = None
+        self._pairs: list[tuple[str, str, str]] = []
+        self._preview_source = ""
+
+        self.image = ComboBox(choices=self._images, label="Image",
+                              tooltip="Image layer to learn from")
+        self.labels = ComboBox(
+            choices=self._labels, label="Labels",
+            tooltip="Labels layer painted on that image: one id per object, 0 = not painted")
+        self.region = ComboBox(
+            choices=self._regions, label="Complete in",
+            tooltip="Where the annotation is complete (unpainted = background there): the whole "
+                    "frame, or a Labels/Shapes layer marking the fully annotated region")
+        self.add_pair = PushButton(text="Add pair",
+                                   tooltip="Add this (image, labels, region) to the training set")
+        self.remove_pair = PushButton(text="Remove pair",
+                                      tooltip="Remove the selected pair from the training set")
+        self.pair_list = QListWidget(self)
+        self.pair_list.setToolTip("Training pairs; when empty, the pair chosen above is used")
+        self.pair_list.setMaximumHeight(70)
+        self.scribbles = CheckBox(
+            value=False, text="Background painted as scribbles",
+            tooltip="On: only painted pixels are known; background is what you painted with the "
+                    "background label, everything else unpainted is ignored")
+        self.background_label = SpinBox(
+            value=1, min=1, max=2**31 - 1, label="Background label", enabled=False,
+            tooltip="The label value you painted on background (scribbles mode)")
+        self.base_model = ComboBox(choices=self._models, label="Base model",
+                                   tooltip="The model to start from (it is not changed)")
+        self.device = ComboBox(choices=["auto", *available_devices()], value="auto",
+                               label="Device", tooltip="Where to train: auto = GPU if any, else CPU")
+        self.steps = SpinBox(value=200, min=1, max=100000, step=50, label="Steps",
+                             tooltip="Optimisation steps (each a batch of augmented patches)")
+        self.lr = FloatSpinBox(value=3e-4, min=1e-6, max=1.0, step=1e-4, label="Learning rate",
+                               tooltip="Adam learning rate; it decays along a cosine to 5%")
+        self.lr.native.setDecimals(6)
+        self.strength = FloatSlider(
+            value=1.0, min=0.0, max=2.0, step=0.1, label="Augmentation",
+            tooltip="Augmentation strength: 1 = the paper's elastic deformation (3x3 grid, 10 px) "
+                    "with flips, turns and intensity jitter; 0 = none; 2 = twice the displacement")
+        self.preview_button = PushButton(
+            text="Preview", tooltip="Add one augmented training sample and its weight map (paper "
+                                    "eq. 2) as layers")
+        self.train_button = PushButton(text="Train", tooltip="Start fine-tuning in the background")
+        self.stop_button = PushButton(
+            text="Stop", tooltip="Stop after the current step and keep the best model so far")
+        self.save_button = PushButton(text="Save model…",
+                                      tooltip="Write the fine-tuned model to a .safetensors file")
+        self.stop_button.enabled = False
+        self.save_button.enabled = False
+
+        data = Container(widgets=[self.image, self.labels, self.region], labels=True)
+        pair_buttons = QHBoxLayout()
+        pair_buttons.addWidget(self.add_pair.native)
+        pair_buttons.addWidget(self.remove_pair.native)
+        settings = Container(widgets=[self.scribbles, self.background_label, self.base_model,
+                                      self.device, self.steps, self.lr, self.strength],
+                             labels=True)
+        buttons = QHBoxLayout()
+        for b in (self.preview_button, self.train_button, self.stop_button, self.save_button):
+            buttons.addWidget(b.native)
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setToolTip("Training steps done")
+        self.plot = LossPlot(self)
+        self.status = QLabel("", self)
+        self.status.setWordWrap(True)
+        self.status.setToolTip("What the widget is doing")
+        layout = QVBoxLayout(self)
+        layout.addWidget(data.native)
+        layout.addLayout(pair_buttons)
+        layout.addWidget(self.pair_list)
+        layout.addWidget(settings.native)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.plot)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self._containers = (data, settings)
+
+        self.add_pair.changed.connect(self._add_pair)
+        self.remove_pair.changed.connect(self._remove_pair)
+        self.scribbles.changed.connect(lambda v: setattr(self.background_label, "enabled", v))
+        self.preview_button.changed.connect(self.preview)
+        self.train_button.changed.connect(self.train)
+        self.stop_button.changed.connect(self.stop)
+        self.save_button.changed.connect(self._ask_save)
+        self.registry.changed.connect(self._models_changed)
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self._layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._layers_changed)
+        if self.registry.current:
+            self.base_model.value = self.registry.current
+
+    # ------------------------------------------------------------------ choices
+    def _images(self, _w: Any = None) -> list[str]:
+        return layer_names(self.viewer, (Image,))
+
+    def _labels(self, _w: Any = None) -> list[str]:
+        return layer_names(self.viewer, (Labels,))
+
+    def _regions(self, _w: Any = None) -> list[str]:
+        return [WHOLE, *layer_names(self.viewer, (Labels, Shapes))]
+
+    def _models(self, _w: Any = None) -> list[str]:
+        return self.registry.names()
+
+    def _layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._layers_changed)
+        for w in (self.image, self.labels, self.region):
+            w.reset_choices()
+
+    def _models_changed(self) -> None:
+        self.base_model.reset_choices()
+
+    def _add_pair(self) -> None:
+        if not self.image.value or not self.labels.value:
+            show_error("Choose an image layer and the labels layer painted on it first.")
+            return
+        pair = (self.image.value, self.labels.value, self.region.value or WHOLE)
+        if pair not in self._pairs:
+            self._pairs.append(pair)
+            self.pair_list.addItem(f"{pair[0]}  +  {pair[1]}  ({pair[2]})")
+
+    def _remove_pair(self) -> None:
+        row = self.pair_list.currentRow()
+        if 0 <= row < len(self._pairs):
+            self._pairs.pop(row)
+            self.pair_list.takeItem(row)
+
+    # ------------------------------------------------------------------ data
+    def _pair_names(self) -> list[tuple[str, str, str]]:
+        if self._pairs:
+            return list(self._pairs)
+        if self.image.value and self.labels.value:
+            return [(self.image.value, self.labels.value, self.region.value or WHOLE)]
+        return []
+
+    def collect_pairs(self) -> list[TrainingPair]:
+        """The training pairs as plain arrays (labels and masks copied). Raises ValueError."""
+        names = self._pair_names()
+        if not names:
+            raise ValueError("choose an image layer and a labels layer painted on it")
+        pairs = []
+        for img_name, lab_name, reg_name in names:
+            for n in (img_name, lab_name) + (() if reg_name == WHOLE else (reg_name,)):
+                if n not in self.viewer.layers:
+                    raise ValueError(f"the layer '{n}' is no longer in the viewer")
+            img = self.viewer.layers[img_name]
+            lab = self.viewer.layers[lab_name]
+            labels = np.array(level0(lab.data))  # a copy: painting goes on during training
+            image = level0(img.data)
+            rgb = bool(getattr(img, "rgb", False))
+            spatial = tuple(image.shape[:-1] if rgb else image.shape)
+            if spatial != labels.shape:
+                raise ValueError(f"'{img_name}' {spatial} and '{lab_name}' {labels.shape} differ in "
+                                 f"shape: the labels must be painted on that image")
+            mask = None
+            if reg_name != WHOLE:
+                region = self.viewer.layers[reg_name]
+                if isinstance(region, Shapes):
+                    if len(region.data) == 0:
+                        raise ValueError(f"the Shapes layer '{reg_name}' has no shape")
+                    mask = region.to_masks(mask_shape=labels.shape[-2:]).any(0)
+                    if labels.ndim == 3:
+                        mask = np.broadcast_to(mask, labels.shape).copy()
+                else:
+                    mask = np.array(level0(region.data)) != 0
+                    if mask.shape != labels.shape:
+                        raise ValueError(f"the region '{reg_name}' {mask.shape} and the labels "
+                                         f"{labels.shape} differ in shape")
+            pairs.append(TrainingPair(img_name, image, labels, mask, rgb))
+        return pairs
+
+    def _background(self) -> int | None:
+        return int(self.background_label.value) if self.scribbles.value else None
+
+    # ------------------------------------------------------------------ preview
+    def preview(self) -> Any:
+        """Add one augmented sample and its weight map as layers (computed in a worker)."""
+        if self.preview_worker is not None:
+            return None
+        try:
+            pair = self.collect_pairs()[0]
+        except ValueError as exc:
+            show_error(f"Cannot preview: {user_message(exc)}")
+            return None
+        from napari.qt.threading import create_worker
+
+        from ._training import preview_sample
+
+        plane = None
+        if pair.labels.ndim == 3:
+            plane = int(self.viewer.dims.current_step[0])
+        self._preview_source = pair.name
+        self.preview_worker = create_worker(
+            preview_sample, pair, plane, augmentation_strength=float(self.strength.value),
+            background_label=self._background(), _ignore_errors=True)
+        self.preview_worker.returned.connect(self._preview_done)
+        self.preview_worker.errored.connect(
+            lambda e: show_error(f"Cannot preview: {user_message(e)}"))
+        self.preview_worker.finished.connect(self._preview_finished)
+        self.preview_button.enabled = False
+        self.preview_worker.start()
+        return self.preview_worker
+
+    def _preview_done(self, result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        image, _target, weights = result
+        # beside the source image (to its right), in its pixel size
+        meta: dict[str, Any] = {}
+        name = self._preview_source
+        if name in self.viewer.layers:
+            src = self.viewer.layers[name]
+            scale, translate = list(src.scale[-2:]), list(src.translate[-2:])
+            translate[1] += 1.05 * image.shape[1] * scale[1]
+            meta = {"scale": tuple(scale), "translate": tuple(translate)}
+        put_layer(self.viewer, "augmented sample", image, "image", meta, colormap="gray")
+        top = float(np.percentile(weights[weights > 0], 99.5)) if np.any(weights > 0) else 1.0
+        put_layer(self.viewer, "augmented weight map", weights, "image", meta, colormap="inferno",
+                  blending="additive", opacity=0.7, contrast_limits=(0.0, max(top, 1e-3)))
+
+    def _preview_finished(self) -> None:
+        self.preview_worker = None
+        self.preview_button.enabled = True
+
+    # ------------------------------------------------------------------ train
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def train(self) -> Any:
+        """Start fine-tuning; returns the worker (None if it could not start)."""
+        if self.running:
+            return None
+        name = self.base_model.value
+        if not name or name not in self.registry:
+            show_error("Choose a base model (open a model file in the Segment widget first).")
+            return None
+        try:
+            pairs = self.collect_pairs()
+        except ValueError as exc:
+            show_error(f"Cannot train: {user_message(exc)}")
+            return None
+        entry = self.registry[name]
+        from napari.qt.threading import create_worker
+
+        self._stop = threading.Event()
+        steps = int(self.steps.value)
+        self.worker = create_worker(
+            _train_job, pairs, entry.ref(), name, steps=steps, lr=float(self.lr.value),
+            strength=float(self.strength.value), background_label=self._background(),
+            device=self.device.value, stop=self._stop, _ignore_errors=True)
+        self.worker.yielded.connect(self._on_yielded)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(
+            lambda e: show_error(f"Fine-tuning failed: {user_message(e)}"))
+        self.worker.finished.connect(self._on_finished)
+        self.plot.clear(steps)
+        self.progress_bar.setRange(0, steps)
+        self.progress_bar.setValue(0)
+        self._progress = progress(total=steps, desc=f"U-Net fine-tuning ({name})")
+        self.status.setText(f"Preparing {len(pairs)} pair(s)…")
+        self._set_running(True)
+        self.worker.start()
+        return self.worker
+
+    def stop(self) -> None:
+        """End training after the current step; the best model so far is kept."""
+        if self.worker is not None:
+            self.status.setText("Stopping: keeping the best model so far…")
+            self._stop.set()
+
+    def _set_running(self, running: bool) -> None:
+        for w in (self.train_button, self.base_model, self.device, self.steps, self.lr,
+                  self.add_pair, self.remove_pair, self.image, self.labels, self.region,
+                  self.scribbles):
+            w.enabled = not running
+        self.background_label.enabled = not running and bool(self.scribbles.value)
+        self.stop_button.enabled = running
+        self.save_button.enabled = not running and self.model is not None
+
+    def _on_yielded(self, ev: Any) -> None:
+        if isinstance(ev, tuple) and ev and ev[0] == "loaded":
+            self.registry.set_loaded(ev[1], ev[2])
+            return
+        self.progress_bar.setValue(ev.step)
+        self.plot.add(ev.step, ev.loss, ev.val_score)
+        if self._progress is not None:
+            self._progress.update(ev.step - self._progress.n)
+        text = f"step {ev.step}/{ev.total}, loss {ev.loss:.4f}"
+        if ev.val_score is not None:
+            text += f", validation IoU {ev.val_score:.3f} (best {ev.best_score:.3f})"
+        if ev.eta_s is not None:
+            text += f", {ev.eta_s:.0f} s left"
+        self.status.setText(text)
+
+    def _on_returned(self, model: Any) -> None:
+        base = self.base_model.value or "model"
+        self.model = model
+        self.model_name = self.registry.add_model(f"{base} fine-tuned", model)
+        self.registry.current = self.model_name
+        score = (model.provenance or {}).get("validation_iou")
+        extra = f" (validation IoU {score:.3f})" if isinstance(score, float) else ""
+        show_info(f"Fine-tuned model '{self.model_name}' is ready in the Segment widget{extra}.")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._set_running(False)
+        if self.model_name and self.model is not None:
+            self.status.setText(f"Model '{self.model_name}' ready; Save writes it to a file.")
+
+    # ------------------------------------------------------------------ save
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the fine-tuned model",
+                                              f"{self.model_name or 'model'}.safetensors",
+                                              "napari-unet models (*.safetensors)")
+        if path:
+            self.save(path)
+
+    def save(self, path: str) -> str | None:
+        """Write the last fine-tuned model to ``path``; returns the written file's path."""
+        if self.model is None:
+            show_error("Nothing to save yet: fine-tune a model first.")
+            return None
+        from ..core.io import save_model
+
+        try:
+            written = save_model(self.model, path)
+        except Exception as exc:
+            show_error(f"Cannot save the model: {user_message(exc)}")
+            return None
+        if self.model_name in self.registry:
+            self.registry[self.model_name].path = str(written)
+        show_info(f"Saved '{self.model_name}' to {written}")
+        return str(written)
+
+    # ------------------------------------------------------------------ cleanup
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        self.cleanup()
+        super().closeEvent(event)
+
+    def cleanup(self) -> None:
+        """Stop a running training (its result is dropped) and disconnect from the viewer."""
+        if self.worker is not None:
+            self._stop.set()
+            self.worker.quit()
+        events = self.viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.disconnect(self._layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.name.disconnect(self._layers_changed)
+        self.registry.changed.disconnect(self._models_changed)
+
+
+def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
+               strength: float, background_label: int | None, device: str,
+               stop: threading.Event) -> Any:
+    """Worker generator: load the base model if needed, then train (see ``_training``)."""
+    from ..core.io import UNetModel, load_model
+    from ._training import start_training
+
+    if not isinstance(model, UNetModel):
+        model = load_model(model)
+        yield ("loaded", model_name, model)
+    with one_core_for_the_viewer(device):
+        return (yield from start_training(pairs, model, steps=steps, lr=lr,
+                                          augmentation_strength=strength,
+                                          background_label=background_label, device=device,
+                                          stop=stop))

@@ -1,0 +1,200 @@
+"""Worker-side generators of the widgets: plain data in, small events out (no Qt, no layers).
+
+The Segment widget runs :func:`segment_jobs` in a napari ``thread_worker``. It queues several images
+in one generator (one progress bar, one Cancel), yields :class:`JobProgress` after every tile batch
+(so ``worker.quit()`` stops between tiles) and :class:`JobResult` when an image is complete; an image
+that fails yields :class:`JobFailed` and the queue goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """One image to segment: ``data`` is the layer's array (numpy or dask; level 0 of a pyramid)."""
+
+    name: str
+    data: Any
+    rgb: bool = False
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """The model file of registry entry ``name`` was loaded in the worker."""
+
+    name: str
+    model: Any
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    index: int  # which job (0-based)
+    count: int  # jobs in the queue
+    name: str
+    done: int  # tiles done in this job
+    total: int  # tiles in this job
+    plane: int
+    planes: int
+    device: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished image: ``data`` the output array, ``axes`` the source's axes as the core read them
+    (without an RGB colour axis; "C" marks a channel axis that the output does not have)."""
+
+    index: int
+    name: str
+    data: Any
+    axes: str
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    index: int
+    name: str
+    message: str
+
+
+def user_message(exc: BaseException) -> str:
+    """The sentence shown to the user for an exception raised by the core."""
+    if isinstance(exc, ValueError | TypeError | KeyError | OSError):
+        msg = str(exc).strip("'\"")
+    else:
+        msg = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, MemoryError):
+        msg = "not enough memory: choose a smaller tile size under Advanced"
+    return msg
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def one_core_for_the_viewer(device: str) -> Iterator[None]:
+    """While a CPU job runs, let torch use all cores but one, so that napari's event loop keeps a
+    core (with torch on every core of a 2-core machine the viewer's event loop ticked every ~40-60
+    ms instead of 10 ms, and the job was no faster; see benchmarks/bench_responsiveness.py)."""
+    import torch
+
+    if device not in ("auto", "cpu") or (device == "auto" and torch.cuda.is_available()):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, usable_cores() - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def segment_jobs(
+    jobs: list[SegmentJob],
+    model: Any,
+    model_name: str,
+    *,
+    output: str = "instances",
+    tile_size: int | None = None,
+    padding: str = "mirror",
+    device: str = "auto",
+) -> Generator[Any, None, int]:
+    """Segment each job's image in turn; returns the number of images that succeeded.
+
+    ``model`` is a loaded UNetModel or the path of a model file (loaded here, then reported with
+    :class:`ModelLoaded` so the caller can cache it).
+    """
+    from ..core.io import UNetModel, load_model
+
+    if not isinstance(model, UNetModel):
+        model = load_model(model)
+        yield ModelLoaded(model_name, model)
+    with one_core_for_the_viewer(device):
+        return (yield from _segment_all(jobs, model, output, tile_size, padding, device))
+
+
+def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int | None,
+                 padding: str, device: str) -> Generator[Any, None, int]:
+    from ..core.segment import segment
+    from ..core.tiling import infer_layout
+
+    ok = 0
+    for i, job in enumerate(jobs):
+        try:
+            layout = infer_layout(tuple(job.data.shape), model.config.in_channels, None, job.rgb)
+            gen = segment(job.data, model, output=output, rgb=job.rgb, tile_size=tile_size,
+                          padding=padding, device=device)
+            while True:
+                try:
+                    ev = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield JobProgress(i, len(jobs), job.name, ev.done, ev.total, ev.plane, ev.planes,
+                                  ev.device)
+        except Exception as exc:  # one bad image does not stop the queue
+            yield JobFailed(i, job.name, user_message(exc))
+            continue
+        axes = layout.axes[:-1] if job.rgb and layout.axes.endswith("C") else layout.axes
+        ok += 1
+        yield JobResult(i, job.name, result, axes)
+    return ok
+
+
+# ---------------------------------------------------------------------------- spatial metadata
+SPATIAL = ("scale", "translate", "units", "axis_labels")
+
+
+def spatial_metadata(layer: Any) -> dict[str, Any]:
+    """The spatial metadata of a layer, per (non-RGB) axis, plus its affine pieces."""
+    meta: dict[str, Any] = {}
+    for key in SPATIAL:
+        value = getattr(layer, key, None)
+        if value is not None:
+            meta[key] = list(value)
+    for key in ("rotate", "shear"):
+        value = getattr(layer, key, None)
+        if value is not None:
+            meta[key] = value
+    affine = getattr(layer, "affine", None)
+    if affine is not None:
+        meta["affine"] = affine.affine_matrix
+    return meta
+
+
+_FILL = {"scale": 1.0, "translate": 0.0, "units": "pixel", "axis_labels": "class"}
+
+
+def output_metadata(meta: dict[str, Any], axes: str, probabilities: bool) -> dict[str, Any]:
+    """Spatial keyword arguments for the result layer of a source with ``meta`` and ``axes``.
+
+    Axes the output lacks (a channel axis "C") are dropped; probabilities get a class axis before
+    (Y, X) with unit scale. Rotation, shear and affine are copied only when the axes are unchanged.
+    """
+    keep = [i for i, a in enumerate(axes) if a != "C"]
+    same = len(keep) == len(axes) and not probabilities
+    out: dict[str, Any] = {}
+    for key in SPATIAL:
+        if key not in meta or len(meta[key]) != len(axes):
+            continue
+        values = [meta[key][i] for i in keep]
+        if probabilities:
+            fill = _FILL[key]
+            if key == "axis_labels":
+                fill = "class" if "class" not in values else "classes"
+            values = values[:-2] + [fill] + values[-2:]
+        out[key] = tuple(values)
+    if same:
+        for key in ("rotate", "shear", "affine"):
+            if key in meta:
+                out[key] = meta[key]
+    return out

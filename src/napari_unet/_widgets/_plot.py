@@ -1,0 +1,77 @@
+"""A tiny loss / validation-score plot drawn with QPainter (no matplotlib)."""
+
+from __future__ import annotations
+
+import math
+
+from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QWidget
+
+LOSS_COLOR = QColor(255, 140, 0)
+SCORE_COLOR = QColor(80, 180, 255)
+
+
+class LossPlot(QWidget):
+    """Training loss (orange, log scale, left) and validation score (blue, 0..1, right) per step."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.loss: list[tuple[int, float]] = []
+        self.score: list[tuple[int, float]] = []
+        self.total = 1
+        self.setMinimumHeight(110)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setToolTip("Training loss (orange, log scale) and validation score "
+                        "(blue: foreground IoU on held-back annotation, 0 to 1) per step")
+
+    def clear(self, total: int = 1) -> None:
+        self.loss, self.score, self.total = [], [], max(int(total), 1)
+        self.update()
+
+    def add(self, step: int, loss: float, score: float | None) -> None:
+        if math.isfinite(loss):
+            self.loss.append((step, loss))
+        if score is not None and math.isfinite(score):
+            if not self.score or self.score[-1] != (step, score):
+                self.score.append((step, score))
+        self.update()
+
+    def paintEvent(self, event: object) -> None:  # noqa: N802 - Qt name
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, h = self.width(), self.height()
+        m = 6
+        p.fillRect(self.rect(), QColor(30, 30, 30))
+        p.setPen(QPen(QColor(90, 90, 90), 1))
+        p.drawRect(m, m, w - 2 * m, h - 2 * m - 12)
+        ph = h - 2 * m - 12
+
+        def x_of(step: int) -> float:
+            return m + (w - 2 * m) * step / self.total
+
+        if len(self.loss) >= 1:
+            vals = [math.log10(max(v, 1e-8)) for _, v in self.loss]
+            lo, hi = min(vals), max(vals)
+            span = max(hi - lo, 1e-6)
+            poly = QPolygonF([QPointF(x_of(s), m + ph * (1 - (v - lo) / span))
+                              for (s, _), v in zip(self.loss, vals, strict=True)])
+            p.setPen(QPen(LOSS_COLOR, 1.5))
+            p.drawPolyline(poly)
+        if self.score:
+            poly = QPolygonF([QPointF(x_of(s), m + ph * (1 - v)) for s, v in self.score])
+            p.setPen(QPen(SCORE_COLOR, 1.5))
+            p.drawPolyline(poly)
+            for s, v in self.score:
+                p.drawEllipse(QPointF(x_of(s), m + ph * (1 - v)), 2, 2)
+        p.setPen(QColor(200, 200, 200))
+        last = ""
+        if self.loss:
+            last = f"loss {self.loss[-1][1]:.3g}"
+        if self.score:
+            last += f"   val IoU {self.score[-1][1]:.3f}"
+        p.drawText(m, h - 4, last or "no training yet")
+        if self.loss:
+            p.drawText(QRectF(w - m - 100, h - 16, 100, 14), Qt.AlignmentFlag.AlignRight,
+                       f"{self.total} steps")
+        p.end()

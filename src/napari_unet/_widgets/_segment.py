@@ -1,0 +1,303 @@
+"""Segment widget: image layer(s) + model -> Labels (or probability Image) layers.
+
+Results are named ``"<image name> <output type>"`` (e.g. ``"nuclei instances"``, ``"nuclei semantic"``,
+``"nuclei probabilities"``), carry the source's scale, translate, units and axis labels, and replace
+the layer of that name when the widget runs again. Several selected images are queued in one worker
+(one progress bar, one Cancel); each finished image is added as soon as it is complete, and Cancel
+stops between tiles without adding a half-filled layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import napari
+from magicgui.widgets import ComboBox, Container, PushButton, Select, SpinBox
+from napari.layers import Image
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+from ._common import layer_names, level0, put_layer, warm_up_labels
+from ._jobs import (
+    JobFailed,
+    JobProgress,
+    JobResult,
+    ModelLoaded,
+    SegmentJob,
+    output_metadata,
+    segment_jobs,
+    spatial_metadata,
+    user_message,
+)
+from ._state import registry_for
+
+OUTPUT_TYPES = ("instances", "semantic", "probabilities")
+PADDINGS = ("mirror", "zero")
+
+
+def result_name(source: str, output: str) -> str:
+    """Name of the layer that holds the result of segmenting layer ``source``."""
+    return f"{source} {output}"
+
+
+class SegmentWidget(QWidget):
+    """Segment one or more image layers with a U-Net (see the module docstring)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from ..core.device import available_devices  # torch: when the widget opens, not on import
+
+        self.viewer = viewer
+        self.registry = registry_for(viewer)
+        warm_up_labels()
+        self.worker: Any = None
+        self._progress: Any = None
+        self._pending: dict[int, tuple[str, dict[str, Any], str]] = {}
+        self._failed: list[str] = []
+        self._added: list[str] = []
+
+        self.images = Select(
+            choices=self._image_choices, allow_multiple=True, label="Images",
+            tooltip="Image layers to segment; select several (Ctrl/Shift-click) to segment them "
+                    "one after another. Stacks (Z or T, Y, X) are segmented plane by plane.")
+        self.model = ComboBox(
+            choices=self._model_choices, label="Model",
+            tooltip="The U-Net to use: shipped models, files you opened, and models fine-tuned "
+                    "in this session")
+        self.open_model = PushButton(
+            text="Open model file…",
+            tooltip="Add a napari-unet model file (.safetensors) to the model list")
+        self.device = ComboBox(
+            choices=["auto", *available_devices()], value="auto", label="Device",
+            tooltip="Where the network runs: auto = CUDA GPU, then Apple MPS, else the CPU")
+        self.output = ComboBox(
+            choices=list(OUTPUT_TYPES), value="instances", label="Output",
+            tooltip="instances: one id per object (Labels); semantic: one id per class (Labels); "
+                    "probabilities: the softmax of every class (Image, one class axis)")
+        self.tile_size = SpinBox(
+            value=0, min=0, max=8192, step=16, label="Tile size",
+            tooltip="Network input tile in pixels (overlap-tile strategy); auto picks it from the "
+                    "free memory. Smaller tiles need less memory; results are identical.")
+        self.tile_size.native.setSpecialValueText("auto")
+        self.padding = ComboBox(
+            choices=list(PADDINGS), value="mirror", label="Border",
+            tooltip="Context beyond the image border: mirror (the paper) or zero")
+        self.run_button = PushButton(text="Run", tooltip="Segment the selected image layers")
+        self.cancel_button = PushButton(
+            text="Cancel", tooltip="Stop after the current tile; no half-finished layer is added")
+        self.cancel_button.enabled = False
+
+        main = Container(widgets=[self.images, self.model, self.open_model, self.device,
+                                  self.output], labels=True)
+        advanced_box = Container(widgets=[self.tile_size, self.padding], labels=True)
+        self.advanced = QCollapsible("Advanced", self)
+        self.advanced.addWidget(advanced_box.native)
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setToolTip("Tiles done in the current image")
+        self.progress_bar.setValue(0)
+        self.status = QLabel("", self)
+        self.status.setWordWrap(True)
+        self.status.setToolTip("What the widget is doing")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button.native)
+        buttons.addWidget(self.cancel_button.native)
+        layout = QVBoxLayout(self)
+        layout.addWidget(main.native)
+        layout.addWidget(self.advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self._containers = (main, advanced_box)
+
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.open_model.changed.connect(self._ask_model_file)
+        self.model.changed.connect(self._model_chosen)
+        self.registry.changed.connect(self._models_changed)
+        self.registry.current_changed.connect(self._current_changed)
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self._layers_changed)
+        for layer in viewer.layers:
+            layer.events.name.connect(self._layers_changed)
+        if self.registry.current:
+            self.model.value = self.registry.current
+        self._select_default()
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, _w: Any = None) -> list[str]:
+        return layer_names(self.viewer, (Image,))
+
+    def _model_choices(self, _w: Any = None) -> list[str]:
+        return self.registry.names()
+
+    def _layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._layers_changed)
+        self.images.reset_choices()
+        self._select_default()
+
+    def _select_default(self) -> None:
+        if self.images.value or not self.images.choices:
+            return
+        active = self.viewer.layers.selection.active
+        pick = active.name if isinstance(active, Image) else self.images.choices[-1]
+        self.images.value = [pick]
+
+    def _models_changed(self) -> None:
+        self.model.reset_choices()
+
+    def _current_changed(self, name: str) -> None:
+        self.model.reset_choices()
+        if name and self.model.value != name:
+            self.model.value = name
+
+    def _model_chosen(self, name: str | None) -> None:
+        if name and name in self.registry and self.registry.current != name:
+            self.registry.current = name
+
+    def _ask_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a U-Net model", "",
+                                              "napari-unet models (*.safetensors);;All files (*)")
+        if path:
+            self.load_model_file(path)
+
+    def load_model_file(self, path: str) -> str | None:
+        """Add a model file to the list and make it the current model; returns its name."""
+        try:
+            name = self.registry.add_file(path)
+        except Exception as exc:
+            show_error(f"Cannot open the model: {user_message(exc)}")
+            return None
+        self.registry.current = name
+        return name
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def run(self) -> Any:
+        """Start segmenting the selected layers; returns the worker (None if nothing started)."""
+        if self.running:
+            return None
+        names = list(self.images.value or [])
+        if not names:
+            show_error("Choose at least one image layer to segment (Images list).")
+            return None
+        if not self.model.value or self.model.value not in self.registry:
+            show_error("No model is available: open a model file (Open model file…) or fine-tune one.")
+            return None
+        output = self.output.value
+        jobs, self._pending = [], {}
+        for name in names:
+            if name not in self.viewer.layers:
+                continue
+            layer = self.viewer.layers[name]
+            data = level0(layer.data)
+            if getattr(layer, "multiscale", False):
+                show_info(f"'{name}' is multiscale: segmenting its full-resolution level.")
+            self._pending[len(jobs)] = (name, spatial_metadata(layer), output)
+            jobs.append(SegmentJob(name, data, bool(getattr(layer, "rgb", False))))
+        if not jobs:
+            show_error("The chosen image layers are no longer in the viewer.")
+            return None
+        entry = self.registry[self.model.value]
+        from napari.qt.threading import create_worker
+
+        tile = int(self.tile_size.value) or None
+        self.worker = create_worker(
+            segment_jobs, jobs, entry.ref(), entry.name, output=output, tile_size=tile,
+            padding=self.padding.value, device=self.device.value, _ignore_errors=True)
+        self._failed, self._added = [], []
+        self._progress = progress(total=0, desc=f"U-Net: {names[0]}")
+        self.progress_bar.setRange(0, 0)
+        self.status.setText(f"Segmenting {len(jobs)} image(s) with '{entry.name}'…")
+        self.worker.yielded.connect(self._on_yielded)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_finished)
+        self._set_running(True)
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop the running job after its current tile (nothing half-done is added)."""
+        if self.worker is not None:
+            self.status.setText("Cancelling…")
+            self.worker.quit()
+
+    def _set_running(self, running: bool) -> None:
+        for w in (self.run_button, self.open_model, self.images, self.model, self.device,
+                  self.output, self.tile_size, self.padding):
+            w.enabled = not running
+        self.cancel_button.enabled = running
+
+    def _on_yielded(self, ev: Any) -> None:
+        if isinstance(ev, JobProgress):
+            if self.progress_bar.maximum() != ev.total:
+                self.progress_bar.setRange(0, ev.total)
+            self.progress_bar.setValue(ev.done)
+            pb = self._progress
+            if pb is not None:
+                if pb.total != ev.total:
+                    pb.total = ev.total
+                    pb.set_description(f"U-Net: {ev.name} ({ev.index + 1}/{ev.count})")
+                pb.update(ev.done - pb.n)
+            where = f", plane {ev.plane + 1}/{ev.planes}" if ev.planes > 1 else ""
+            self.status.setText(f"{ev.name} ({ev.index + 1}/{ev.count}): tile {ev.done}/{ev.total}"
+                                f"{where} on {ev.device}")
+        elif isinstance(ev, JobResult):
+            source, meta, output = self._pending[ev.index]
+            kind = "image" if output == "probabilities" else "labels"
+            kw = output_metadata(meta, ev.axes, output == "probabilities")
+            name = result_name(source, output)
+            extra = {"colormap": "magma"} if kind == "image" else {}
+            put_layer(self.viewer, name, ev.data, kind, kw, **extra)
+            self._added.append(name)
+        elif isinstance(ev, JobFailed):
+            self._failed.append(ev.name)
+            show_error(f"Could not segment '{ev.name}': {ev.message}")
+        elif isinstance(ev, ModelLoaded):
+            self.registry.set_loaded(ev.name, ev.model)
+
+    def _on_errored(self, exc: BaseException) -> None:
+        show_error(f"Segmentation failed: {user_message(exc)}")
+
+    def _on_finished(self) -> None:
+        worker, self.worker = self.worker, None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._set_running(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        cancelled = worker is not None and worker.abort_requested
+        parts = []
+        if self._added:
+            parts.append(f"added {', '.join(self._added)}")
+        if self._failed:
+            parts.append(f"failed: {', '.join(self._failed)}")
+        if cancelled:
+            parts.insert(0, "Cancelled")
+            show_warning("Segmentation cancelled; unfinished images were not added.")
+        self.status.setText("; ".join(parts) or "Done")
+
+    # ------------------------------------------------------------------ cleanup
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        self.cleanup()
+        super().closeEvent(event)
+
+    def cleanup(self) -> None:
+        """Quit a running job and disconnect from the viewer and the model registry."""
+        if self.worker is not None:
+            self.worker.quit()
+        events = self.viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.disconnect(self._layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.name.disconnect(self._layers_changed)
+        self.registry.changed.disconnect(self._models_changed)
+        self.registry.current_changed.disconnect(self._current_changed)

@@ -1,0 +1,127 @@
+"""The one place where the Fine-tune widget calls the training core (adapt here if its API moves).
+
+Everything here runs in a worker thread on plain data: arrays copied from the layers, a model, and
+a ``threading.Event`` for Stop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """One (image, labels[, region mask]) pair, as plain arrays.
+
+    ``image``: (Y, X), a stack (Z, Y, X), or RGB (..., Y, X, 3) with ``rgb``; ``labels``: the painted
+    ids, same spatial shape (a copy: painting during training does not affect it); ``mask``: nonzero
+    where the annotation is complete, or None.
+    """
+
+    name: str
+    image: Any
+    labels: np.ndarray
+    mask: np.ndarray | None = None
+    rgb: bool = False
+
+
+def augmentation_for(strength: float) -> Any:
+    """Augmentation settings for a strength in [0, 2]: 1 is the paper's elastic deformation (3x3
+    grid, 10 px standard deviation) with flips, 90-degree turns and 10% intensity jitter; 0 is off;
+    the displacement and the jitter scale with the strength."""
+    from ..core.augment import Augmentation
+
+    s = float(strength)
+    if s <= 0:
+        return Augmentation.none()
+    return Augmentation(elastic=True, grid_points=3, sigma=10.0 * s, flip=True, rot90=True,
+                        intensity=min(0.1 * s, 0.5))
+
+
+def start_training(
+    pairs: list[TrainingPair],
+    base_model: Any,
+    *,
+    steps: int,
+    lr: float,
+    augmentation_strength: float = 1.0,
+    background_label: int | None = None,
+    device: str = "auto",
+    stop: threading.Event | None = None,
+    name: str | None = None,
+) -> Generator[Any, None, Any]:
+    """Fine-tune ``base_model`` (not modified) on ``pairs``; yields ``StepDone``, returns the best
+    UNetModel. Setting ``stop`` ends training after the current step and returns the best model."""
+    from ..core.train import TrainConfig, train
+
+    rgb = {p.rgb for p in pairs}
+    if len(rgb) > 1:
+        raise ValueError("mix of RGB and grey-value images: fine-tune on one kind at a time")
+    config = TrainConfig(steps=int(steps), lr=float(lr),
+                         augmentation=augmentation_for(augmentation_strength))
+    masks = [p.mask for p in pairs]
+    return (yield from train(
+        [p.image for p in pairs],
+        [p.labels for p in pairs],
+        masks if any(m is not None for m in masks) else None,
+        model=base_model,
+        config=config,
+        background_label=background_label,
+        channel_axis=-1 if rgb == {True} else None,
+        device=device,
+        stop=stop,
+        name=name,
+    ))
+
+
+def preview_sample(
+    pair: TrainingPair,
+    plane: int | None = None,
+    *,
+    augmentation_strength: float = 1.0,
+    background_label: int | None = None,
+    seed: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented training sample of ``pair`` (plane ``plane`` of a stack, else the first painted
+    one): returns (image, target, weight map), all (Y, X), deformed by the same random field.
+
+    ``target``: 0 background, 1.. classes, -1 unknown; the weight map is the paper's eq. 2 (0 where
+    nothing is known), as the training loss sees it.
+    """
+    import torch
+
+    from ..core.annotations import labels_to_target
+    from ..core.augment import augment
+    from ..core.weights import weight_map
+
+    image = np.asarray(pair.image)
+    labels = pair.labels
+    mask = pair.mask
+    if labels.ndim == 3:
+        if plane is None:
+            painted = [z for z in range(labels.shape[0]) if np.any(labels[z])]
+            plane = painted[0] if painted else 0
+        image, labels = image[plane], labels[plane]
+        mask = None if mask is None else mask[plane]
+    img = image.astype(np.float32)
+    if pair.rgb:
+        img = img.mean(-1)
+    lo, hi = np.percentile(img, (1, 99.8))
+    img = (img - lo) / max(hi - lo, 1e-6)
+    tg = labels_to_target(labels, mask, background_label, "binary")
+    wm = weight_map(tg.target, tg.objects, 2)
+    gen = torch.Generator()
+    if seed is not None:
+        gen.manual_seed(int(seed))
+    else:
+        gen.seed()
+    x = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+    t = torch.from_numpy(tg.target.astype(np.int64))[None]
+    w = torch.from_numpy(wm)[None]
+    xo, (to, wo) = augment(x, [t, w], augmentation_for(augmentation_strength), gen)
+    return xo[0, 0].numpy(), to[0].numpy(), wo[0].numpy()

@@ -1,0 +1,55 @@
+"""Shared test fixtures: tiny model files, real sample images, captured napari notifications."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-channel, 2-class U-Net of depth 2 with 4 base channels, saved as a model file."""
+    import torch
+
+    from napari_unet.core.io import UNetModel, save_model
+    from napari_unet.core.model import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    model = UNetModel(UNet(UNetConfig(depth=2, base_channels=4)), name="tiny")
+    return save_model(model, tmp_path_factory.mktemp("models") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def nuclei_image() -> np.ndarray:
+    """The real 512x512 uint16 fluorescence nuclei image shipped as sample data."""
+    import tifffile
+
+    from napari_unet._sample_data import sample_path
+
+    return tifffile.imread(sample_path("nuclei"))
+
+
+@pytest.fixture(scope="session")
+def nuclei_mask() -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(DATA / "nuclei_dsb2018_mask_instances.tif")
+
+
+@pytest.fixture
+def notifications():
+    """Notifications napari shows during the test (a list of napari Notification objects)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list = []
+
+    def _keep(event) -> None:
+        seen.append(event.value if hasattr(event, "value") else event)
+
+    notification_manager.notification_ready.connect(_keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(_keep)

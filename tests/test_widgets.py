@@ -1,0 +1,252 @@
+"""Segment widget, manifest and sample data under a real napari viewer (run with xvfb-run)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
+
+PLUGIN = "napari-unet"
+TIMEOUT = 120_000  # ms
+
+
+# ---------------------------------------------------------------------------- helpers
+def segment_widget(viewer):
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    return widget
+
+
+def click(qtbot, button) -> None:
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+
+
+def wait_done(qtbot, widget, timeout: int = TIMEOUT) -> None:
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def errors(notes) -> list[str]:
+    return [str(n.message) for n in notes if str(getattr(n, "severity", "")).lower() == "error"]
+
+
+def ready(qtbot, viewer, model_path):
+    w = segment_widget(viewer)
+    assert w.load_model_file(str(model_path)) == "tiny"
+    assert w.model.value == "tiny"
+    return w
+
+
+# ---------------------------------------------------------------------------- light imports
+def test_plugin_menu_and_samples_do_not_import_torch():
+    code = textwrap.dedent("""
+        import sys
+        import napari_unet
+        import napari_unet._widgets._segment, napari_unet._widgets._finetune
+        import napari_unet._widgets._state, napari_unet._widgets._jobs, napari_unet._widgets._training
+        import napari_unet._sample_data as s
+        import npe2
+        pm = npe2.PluginManager.instance()
+        pm.discover()
+        mf = pm.get_manifest("napari-unet")
+        assert [w.display_name for w in mf.contributions.widgets] == ["Segment", "Fine-tune"]
+        (data, meta, kind), = s.nuclei()
+        assert data.shape == (512, 512) and kind == "image"
+        s.em()
+        from napari_unet._widgets._state import ModelRegistry
+        ModelRegistry()
+        assert "torch" not in sys.modules, "torch was imported"
+    """)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**__import__("os").environ, "PYTHONPATH": src}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_manifest_validates_and_its_commands_import():
+    import npe2
+
+    path = Path(__file__).resolve().parents[1] / "src" / "napari_unet" / "napari.yaml"
+    mf = npe2.PluginManifest.from_file(path)
+    mf.validate_imports()
+    assert {s.key for s in mf.contributions.sample_data} == {"nuclei", "em"}
+
+
+# ---------------------------------------------------------------------------- viewer
+def test_sample_data_opens(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "nuclei")
+    viewer.open_sample(PLUGIN, "em")
+    assert [layer.data.shape for layer in viewer.layers] == [(512, 512), (625, 625)]
+
+
+def test_widgets_are_added_through_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _d1, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _d2, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    assert type(seg).__name__ == "SegmentWidget" and type(ft).__name__ == "FineTuneWidget"
+    assert seg.registry is ft.registry  # one shared model list per viewer
+    # every control has a tooltip
+    for w in (seg, ft):
+        for c in w._containers:
+            for sub in c:
+                assert sub.tooltip, f"{type(w).__name__}.{sub.label} has no tooltip"
+
+
+def test_segment_real_image_end_to_end(make_napari_viewer, qtbot, tiny_model_path, nuclei_image):
+    viewer = make_napari_viewer()
+    src = viewer.add_image(nuclei_image, name="nuclei", scale=(0.5, 0.25), translate=(10, 20))
+    before = nuclei_image.copy()
+    w = ready(qtbot, viewer, tiny_model_path)
+    assert w.images.value == ["nuclei"]
+    w.output.value = "instances"
+    click(qtbot, w.run_button)
+    assert w.running and not w.run_button.enabled and w.cancel_button.enabled
+    wait_done(qtbot, w)
+    out = viewer.layers["nuclei instances"]
+    assert isinstance(out, Labels)
+    assert out.data.shape == (512, 512) and out.data.dtype.kind == "u"
+    assert tuple(out.scale) == (0.5, 0.25) and tuple(out.translate) == (10, 20)
+    assert w.run_button.enabled and not w.cancel_button.enabled
+    assert w.status.text() == "added nuclei instances"
+    np.testing.assert_array_equal(src.data, before)
+
+    # re-running replaces the layer's data instead of adding a copy
+    first = out.data.copy()
+    n_layers = len(viewer.layers)
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    assert len(viewer.layers) == n_layers and viewer.layers["nuclei instances"] is out
+    np.testing.assert_array_equal(out.data, first)  # deterministic
+    np.testing.assert_array_equal(src.data, before)
+
+
+def test_semantic_and_probability_outputs(make_napari_viewer, qtbot, tiny_model_path, nuclei_image):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[:200, :300], name="crop", scale=(2.0, 3.0))
+    w = ready(qtbot, viewer, tiny_model_path)
+    w.output.value = "semantic"
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    sem = viewer.layers["crop semantic"]
+    assert isinstance(sem, Labels) and sem.data.shape == (200, 300) and sem.data.dtype == np.uint8
+    w.output.value = "probabilities"
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    prob = viewer.layers["crop probabilities"]
+    assert isinstance(prob, Image) and prob.data.shape == (2, 200, 300)
+    assert prob.data.dtype == np.float32 and tuple(prob.scale) == (1.0, 2.0, 3.0)
+    np.testing.assert_allclose(prob.data.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(prob.data.argmax(0), sem.data)
+
+
+def test_cancel_mid_run_adds_nothing(make_napari_viewer, qtbot, tiny_model_path, nuclei_image):
+    viewer = make_napari_viewer()
+    big = np.tile(nuclei_image, (2, 2))  # 1024 x 1024, with small tiles: hundreds of tiles
+    viewer.add_image(big, name="big")
+    w = ready(qtbot, viewer, tiny_model_path)
+    w.tile_size.value = 48
+    click(qtbot, w.run_button)
+    qtbot.waitUntil(lambda: w.progress_bar.value() > 0, timeout=TIMEOUT)
+    assert w.progress_bar.value() < w.progress_bar.maximum()
+    click(qtbot, w.cancel_button)
+    wait_done(qtbot, w)
+    assert "big instances" not in viewer.layers
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    assert w.run_button.enabled and not w.cancel_button.enabled
+    assert w.images.enabled and w.model.enabled
+
+
+def test_batch_over_two_layers_and_a_stack(make_napari_viewer, qtbot, tiny_model_path, nuclei_image):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    a = viewer.add_image(nuclei_image[:256, :256], name="a", scale=(0.5, 0.5))
+    b = viewer.add_image(nuclei_image[256:, 128:], name="b", translate=(5, 7))
+    planes = np.stack([nuclei_image[:128, :160], nuclei_image[128:256, :160],
+                       nuclei_image[256:384, :160]])
+    stack = viewer.add_image(da.from_array(planes, chunks=(1, 128, 160)), name="stack",
+                             scale=(2.0, 0.5, 0.5), translate=(1, 2, 3))
+    copies = [a.data.copy(), b.data.copy(), planes.copy()]
+    w = ready(qtbot, viewer, tiny_model_path)
+    w.images.value = ["a", "b", "stack"]
+    worker = w.run()
+    assert worker is not None
+    wait_done(qtbot, w)
+    ra, rb, rs = (viewer.layers[f"{n} instances"] for n in ("a", "b", "stack"))
+    assert ra.data.shape == (256, 256) and tuple(ra.scale) == (0.5, 0.5)
+    assert rb.data.shape == (256, 384) and tuple(rb.translate) == (5, 7)
+    assert isinstance(rs, Labels) and rs.data.shape == (3, 128, 160)
+    assert tuple(rs.scale) == (2.0, 0.5, 0.5) and tuple(rs.translate) == (1, 2, 3)
+    # each plane of the stack equals that plane segmented on its own
+    from napari_unet.core.io import load_model
+    from napari_unet.core.segment import segment_image
+
+    model = load_model(tiny_model_path)
+    for z in range(3):
+        np.testing.assert_array_equal(rs.data[z], segment_image(planes[z], model, device="cpu"))
+    for got, want in zip((a.data, b.data, np.asarray(stack.data)), copies, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+class _Recorder:
+    """An array-like that remembers the largest block ever read from it."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.largest = 0
+
+    def __getitem__(self, key):
+        out = self.data[key]
+        self.largest = max(self.largest, int(np.size(out)))
+        return out
+
+
+def test_dask_stack_is_read_plane_by_plane(make_napari_viewer, qtbot, tiny_model_path, nuclei_image):
+    import dask.array as da
+
+    planes = np.stack([nuclei_image[:200, :200]] * 4)
+    rec = _Recorder(planes)
+    lazy = da.from_array(rec, chunks=(1, 200, 200), asarray=False)
+    viewer = make_napari_viewer()
+    viewer.add_image(lazy, name="lazy")
+    w = ready(qtbot, viewer, tiny_model_path)
+    rec.largest = 0
+    w.run()
+    wait_done(qtbot, w)
+    assert viewer.layers["lazy instances"].data.shape == (4, 200, 200)
+    assert 0 < rec.largest <= 200 * 200  # never more than one plane at a time
+
+
+def test_rgb_image_with_a_grey_model_shows_an_error(make_napari_viewer, qtbot, tiny_model_path,
+                                                     nuclei_image, notifications):
+    viewer = make_napari_viewer()
+    rgb = np.stack([nuclei_image.astype(np.uint8)] * 3, axis=-1)
+    layer = viewer.add_image(rgb, name="colour", rgb=True)
+    before = rgb.copy()
+    w = ready(qtbot, viewer, tiny_model_path)
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    msgs = errors(notifications)
+    assert any("colour" in m and "RGB" in m for m in msgs), msgs
+    assert "colour instances" not in viewer.layers
+    assert w.run_button.enabled
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_bad_model_file_and_no_selection_show_errors(make_napari_viewer, qtbot, tmp_path,
+                                                      tiny_model_path, notifications):
+    viewer = make_napari_viewer()
+    w = segment_widget(viewer)
+    bad = tmp_path / "not_a_model.safetensors"
+    bad.write_bytes(b"nonsense")
+    assert w.load_model_file(str(bad)) is None
+    assert w.load_model_file(str(tiny_model_path)) == "tiny"
+    assert w.run() is None  # no image layer
+    msgs = errors(notifications)
+    assert any("not_a_model" in m for m in msgs), msgs
+    assert any("image layer" in m for m in msgs), msgs

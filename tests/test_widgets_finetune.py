@@ -1,0 +1,113 @@
+"""Fine-tune widget under a real napari viewer (run with xvfb-run). Skipped until core.train exists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
+
+pytest.importorskip("napari_unet.core.train")
+
+PLUGIN = "napari-unet"
+TIMEOUT = 180_000  # ms
+
+
+def click(qtbot, button) -> None:
+    qtbot.mouseClick(button.native, Qt.MouseButton.LeftButton)
+
+
+def setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask, region=True):
+    """Viewer with the real nuclei image, labels painted in its top-left quarter, a rectangle
+    marking that quarter as completely annotated, and both widgets."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image, name="nuclei")
+    painted = np.zeros_like(nuclei_mask)
+    painted[:256, :256] = nuclei_mask[:256, :256]
+    viewer.add_labels(painted, name="painted")
+    if region:
+        viewer.add_shapes([np.array([[0, 0], [0, 255], [255, 255], [255, 0]])],
+                          shape_type="rectangle", name="region")
+    _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    assert seg.load_model_file(str(tiny_model_path)) == "tiny"
+    ft.image.value, ft.labels.value = "nuclei", "painted"
+    if region:
+        ft.region.value = "region"
+    ft.base_model.value = "tiny"
+    return viewer, seg, ft
+
+
+def test_finetune_from_painted_layer_then_segment(make_napari_viewer, qtbot, tiny_model_path,
+                                                  nuclei_image, nuclei_mask, tmp_path):
+    viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
+    labels_before = viewer.layers["painted"].data.copy()
+    image_before = nuclei_image.copy()
+    ft.steps.value = 3
+    ft.device.value = "cpu"
+    click(qtbot, ft.add_pair)
+    assert ft.pair_list.count() == 1
+    click(qtbot, ft.train_button)
+    assert ft.running and ft.stop_button.enabled and not ft.train_button.enabled
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    assert ft.model is not None and ft.model_name == "tiny fine-tuned"
+    assert ft.plot.loss and len(ft.plot.loss) == 3
+    assert ft.save_button.enabled and ft.train_button.enabled
+    # the new model appears in the Segment widget at once, as the current model
+    assert "tiny fine-tuned" in seg.model.choices and seg.model.value == "tiny fine-tuned"
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.running, timeout=TIMEOUT)
+    out = viewer.layers["nuclei instances"]
+    assert isinstance(out, Labels) and out.data.shape == (512, 512)
+    np.testing.assert_array_equal(viewer.layers["painted"].data, labels_before)
+    np.testing.assert_array_equal(viewer.layers["nuclei"].data, image_before)
+    # Save writes a model file that loads back to the same network
+    from napari_unet.core.io import load_model
+
+    path = ft.save(str(tmp_path / "ft.safetensors"))
+    loaded = load_model(path)
+    for k, v in ft.model.net.state_dict().items():
+        np.testing.assert_array_equal(loaded.net.state_dict()[k].numpy(), v.numpy())
+
+
+def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, tiny_model_path, nuclei_image,
+                                   nuclei_mask):
+    viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask,
+                            region=False)
+    lab = viewer.layers["painted"]
+    lab.data[300:310, 300:400] = 9  # a background scribble
+    ft.scribbles.value = True
+    ft.background_label.value = 9
+    ft.steps.value = 5000
+    ft.device.value = "cpu"
+    ft.train()
+    qtbot.waitUntil(lambda: ft.progress_bar.value() >= 2, timeout=TIMEOUT)
+    click(qtbot, ft.stop_button)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    assert ft.model is not None
+    prov = ft.model.provenance
+    assert prov["steps"] < 5000 and prov["background_label"] == 9
+    assert seg.model.value == ft.model_name
+
+
+def test_preview_adds_an_augmented_sample_and_its_weight_map(make_napari_viewer, qtbot,
+                                                             tiny_model_path, nuclei_image,
+                                                             nuclei_mask):
+    viewer, _seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
+    ft.strength.value = 1.0
+    click(qtbot, ft.preview_button)
+    qtbot.waitUntil(lambda: ft.preview_worker is None, timeout=TIMEOUT)
+    img, wm = viewer.layers["augmented sample"], viewer.layers["augmented weight map"]
+    assert isinstance(img, Image) and img.data.shape == (512, 512)
+    assert wm.data.shape == (512, 512) and wm.data.max() > 1.0  # border weights (eq. 2)
+    # unknown pixels (outside the complete region, which moved with the deformation) weigh 0
+    assert (wm.data == 0).mean() > 0.5
+
+
+def test_training_errors_are_notified(make_napari_viewer, qtbot, tiny_model_path, nuclei_image,
+                                      nuclei_mask, notifications):
+    viewer, _seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
+    viewer.add_labels(np.zeros((100, 100), np.uint8), name="wrong size")
+    ft.labels.value = "wrong size"
+    assert ft.train() is None
+    assert any("differ in shape" in str(n.message) for n in notifications)
