@@ -110,6 +110,9 @@ def save_model(model: UNetModel, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         save_file(state, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files: give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
