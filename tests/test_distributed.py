@@ -99,7 +99,10 @@ def test_cli_scheduler_address(client, stack_file, tmp_path, capsys):
             "--tile-size", str(TILE), "--chunk", "112", "--scheduler", client.scheduler.address, "-q"]
     assert main(args) == 0
     got = zarr.open_array(store=str(out / "hela_semantic.zarr"), mode="r")
-    assert got.chunks == (1, 112, 112)
+    from napari_unet.core.blocks import block_grid
+
+    grid = block_grid(tiny_model().config, got.shape[-2:], TILE, 112)
+    assert got.chunks == (1,) + grid.block
     expected = segment_image(tifffile.imread(stack_file), tiny_model(), output="semantic", tile_size=TILE,
                              device="cpu")
     assert np.array_equal(got[...], expected)
