@@ -132,13 +132,15 @@ def auto_tile_size(config: UNetConfig, device: torch.device, batch_size: int = 1
     """A network input tile size chosen from the device's free memory.
 
     Inference keeps roughly six level-0 feature maps alive at once: about 24 * base_channels bytes
-    per input pixel. On the CPU larger tiles stop paying off beyond ~700 px (cache), so the CPU uses
-    at most that; GPUs use up to a quarter of the free memory, at most 2048 px.
+    per input pixel. Larger tiles waste less on the halo (2 x 92 px for a valid depth-4 model, 2 x 112
+    for a same-padded one): 1024-px tiles were faster than 640-px ones in every paired measurement on
+    a 2-core CPU (docs/benchmarks.md), so the CPU uses up to 1024 px; GPUs use up to a quarter of
+    the free memory, at most 2048 px.
     """
     bytes_per_px = 24 * config.base_channels + 8 * config.in_channels + 8 * config.num_classes
     budget = free_memory_bytes(device) * (0.25 if device.type != "cpu" else 0.1)
     side = int(math.sqrt(max(budget / max(batch_size, 1) / bytes_per_px, 1)))
-    cap = 2048 if device.type != "cpu" else 700
+    cap = 2048 if device.type != "cpu" else 1024
     side = max(min(side, cap), 2 * config.halo + config.grid)
     if config.padding == "valid":
         below, above = config.nearest_valid_input_sizes(side)
