@@ -18,7 +18,7 @@ DATA = Path(__file__).parent / "data"
 def test_shipped_models_are_listed_and_documented():
     models = shipped_models()
     assert {"nuclei", "em"} <= set(models)
-    for name, path in models.items():
+    for path in models.values():
         assert path.stat().st_size < 20 * 2**20
         h = read_header(path)
         prov = h["provenance"]
