@@ -336,7 +336,7 @@ class FineTuneWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         for w in (self.train_button, self.base_model, self.device, self.steps, self.lr,
                   self.add_pair, self.remove_pair, self.image, self.labels, self.region,
-                  self.scribbles):
+                  self.scribbles, self.strength):
             w.enabled = not running
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
