@@ -17,7 +17,8 @@ DATA = Path(__file__).parent / "data"
 
 
 def _real_image():
-    for p in (DATA / "nuclei-dsb2018" / "image.tif", SHARED / "nuclei-dsb2018" / "image.tif"):
+    sample = Path(__file__).parents[1] / "src" / "napari_unet" / "_sample_data" / "nuclei_dsb2018.tif"
+    for p in (sample, SHARED / "nuclei-dsb2018" / "image.tif"):
         if p.exists():
             return tifffile.imread(p)[:200, :240]
     pytest.skip("no real nuclei image available")
