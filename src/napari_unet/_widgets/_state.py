@@ -38,6 +38,9 @@ class ModelEntry:
         return self.model if self.model is not None else self.path
 
 
+DEFAULT_MODEL = "nuclei"
+
+
 def shipped_model_files() -> dict[str, Path]:
     """Name -> file of the shipped models (same rule as ``core.io.shipped_models``, without torch)."""
     d = Path(str(resources.files("napari_unet") / "models"))
@@ -63,7 +66,8 @@ class ModelRegistry:
             for name, path in shipped_model_files().items():
                 self._entries[name] = ModelEntry(name, "shipped", str(path))
         if self._entries:
-            self._current = next(iter(self._entries))
+            # the default model is the general-purpose nuclei model, as on the command line
+            self._current = DEFAULT_MODEL if DEFAULT_MODEL in self._entries else next(iter(self._entries))
 
     # ------------------------------------------------------------------ read
     def names(self) -> list[str]:
