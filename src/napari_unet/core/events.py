@@ -6,7 +6,11 @@ work by closing the generator (or, in a napari thread worker, ``worker.quit()``)
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -46,3 +50,12 @@ class ItemDone:
     name: str
     status: str = "done"  # "done", "skipped" (already complete) or "failed"
     message: str = ""
+
+
+def run_to_end(gen: Generator[Any, None, R]) -> R:
+    """Drive a progress generator to its end, ignoring the events; return its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

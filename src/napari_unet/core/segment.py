@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .device import resolve_device
-from .events import TileDone
+from .events import TileDone, run_to_end
 from .io import UNetModel
 from .model import UNet
 from .postprocess import instances_from_semantic, semantic_labels
@@ -112,8 +112,4 @@ def _needs_probs(post: Any, output: str) -> bool:
 def segment_image(image: Any, model: UNetModel | UNet, **kwargs: Any) -> Any:
     """Plain-function form of :func:`segment`: returns the output array."""
     gen = segment(image, model, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(gen)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .device import free_memory_bytes, resolve_device
-from .events import TileDone
+from .events import TileDone, run_to_end
 from .io import UNetModel
 from .model import UNet, UNetConfig
 from .normalize import Normalization
@@ -410,8 +410,4 @@ def predict(
 def predict_image(image: Any, model: UNetModel | UNet, **kwargs: Any) -> Any:
     """Plain-function form of :func:`predict`: runs all tiles and returns the output array."""
     gen = predict(image, model, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(gen)

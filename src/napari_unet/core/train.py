@@ -48,7 +48,7 @@ from .annotations import (
 )
 from .augment import Augmentation, augment
 from .device import resolve_device
-from .events import StepDone
+from .events import StepDone, run_to_end
 from .io import Postprocessing, UNetModel
 from .model import UNet, UNetConfig
 from .normalize import Normalization
@@ -625,11 +625,7 @@ def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 def train_model(images: Any, labels: Any, masks: Any = None, **kwargs: Any) -> UNetModel:
     """Run :func:`train` to the end and return the trained model (same arguments)."""
     gen = train(images, labels, masks, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_end(gen)
 
 
 __all__ = [
