@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.events import ItemDone, TileDone
+from .core.events import ItemDone, TileDone, relay
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr")
 
@@ -237,13 +237,7 @@ def segment_arrays(
     for i, n in enumerate(names):
         try:
             gen = segment(images[n], model, output=output_type, device=dev, **opts[n])
-            while True:
-                try:
-                    ev = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                yield replace(ev, done=done + ev.done, total=total)
+            result = yield from relay(gen, lambda ev, done=done: replace(ev, done=done + ev.done, total=total))
         except (ValueError, TypeError) as exc:
             done += tiles[n]
             yield ArrayDone(i + 1, len(names), n, "failed", str(exc))

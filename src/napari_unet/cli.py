@@ -100,7 +100,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 def _run_segment(args: argparse.Namespace) -> int:
     from .batch import expand_inputs, segment_files
     from .core.device import resolve_device
-    from .core.events import ItemDone
+    from .core.events import ItemDone, relay
     from .core.io import ModelFileError, load_model
 
     try:
@@ -122,7 +122,8 @@ def _run_segment(args: argparse.Namespace) -> int:
         raise CLIError("distributed runs write zarr: give an output ending in .zarr or a folder")
     counts = {"done": 0, "skipped": 0, "failed": 0}
 
-    def report(ev: Any) -> None:
+    def report(ev: Any) -> Any:
+        """Print what happened to each file; pass every event on to the progress bar."""
         if isinstance(ev, ItemDone):
             counts[ev.status] = counts.get(ev.status, 0) + 1
             if ev.status == "failed":
@@ -130,6 +131,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             elif not args.quiet:
                 what = "skipped, exists:" if ev.status == "skipped" else "->"
                 print(f"{ev.name} {what} {ev.message}", file=sys.stderr)
+        return ev
 
     with _dask_client(args) as client:
         gen = segment_files(args.images, model, out, output_type=args.output_type,
@@ -138,7 +140,7 @@ def _run_segment(args: argparse.Namespace) -> int:
                             padding=args.padding, device=device if client is None else args.device,
                             batch_size=args.batch_size, axes=args.axes)
         where = f"{args.workers} workers" if args.workers else args.scheduler or device.type
-        drive(_tap(gen, report), desc=f"segment ({model.name}, {where})", quiet=args.quiet)
+        drive(relay(gen, report), desc=f"segment ({model.name}, {where})", quiet=args.quiet)
     if not args.quiet or counts["failed"]:
         print(f"napari-unet segment: {counts['done']} done, {counts['skipped']} skipped (already "
               f"complete), {counts['failed']} failed", file=sys.stderr)
@@ -167,17 +169,6 @@ def _dask_client(args: argparse.Namespace) -> Iterator[Any]:
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
-
-
-def _tap(gen: Generator[Any, None, Any], fn: Any) -> Generator[Any, None, Any]:
-    """Pass events through, calling ``fn`` on each; returns the generator's value."""
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        fn(ev)
-        yield ev
 
 
 # ---------------------------------------------------------------------------- train

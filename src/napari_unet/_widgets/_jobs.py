@@ -124,6 +124,7 @@ def segment_jobs(
 
 def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int | None,
                  padding: str, device: str) -> Generator[Any, None, int]:
+    from ..core.events import relay
     from ..core.segment import segment
     from ..core.tiling import infer_layout
 
@@ -133,14 +134,8 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
             layout = infer_layout(tuple(job.data.shape), model.config.in_channels, None, job.rgb)
             gen = segment(job.data, model, output=output, rgb=job.rgb, tile_size=tile_size,
                           padding=padding, device=device)
-            while True:
-                try:
-                    ev = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                yield JobProgress(i, len(jobs), job.name, ev.done, ev.total, ev.plane, ev.planes,
-                                  ev.device)
+            result = yield from relay(gen, lambda ev, i=i, job=job: JobProgress(
+                i, len(jobs), job.name, ev.done, ev.total, ev.plane, ev.planes, ev.device))
         except Exception as exc:  # one bad image does not stop the queue
             yield JobFailed(i, job.name, user_message(exc))
             continue

@@ -21,7 +21,15 @@ import torch
 from .io import UNetModel
 from .model import UNet, UNetConfig
 from .normalize import Normalization
-from .tiling import Layout, PlaneReader, TilePlan, _axis_origins, _inference_net, plan_tiles
+from .tiling import (
+    Layout,
+    PlaneReader,
+    TilePlan,
+    _axis_origins,
+    _inference_net,
+    plan_tiles,
+    predict_tiles,
+)
 
 
 @dataclass(frozen=True)
@@ -141,18 +149,10 @@ def predict_block(
                for dx in _axis_origins(bw, kept_max[1], plan.keep[1])]
     k = net.config.num_classes
     out = np.zeros((k, bh, bw), np.float32) if output == "probabilities" else np.zeros((bh, bw), np.uint8)
-    th, tw = plan.tile_in
     s = plan.skip
     for b0 in range(0, len(origins), batch_size):
         batch_origins = origins[b0 : b0 + batch_size]
-        batch = np.stack([reader.block(y - plan.context, x - plan.context, th, tw) for y, x in batch_origins])
-        with torch.inference_mode():
-            xb = torch.from_numpy(batch).to(dev)
-            if dev.type != "mps":
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            logits = net(xb)
-            res = torch.softmax(logits, dim=1) if output == "probabilities" else logits.argmax(1)
-            res = res.to("cpu").numpy()
+        res = predict_tiles(net, reader, plan, batch_origins, dev, output)
         for r, (y, x) in zip(res, batch_origins, strict=True):
             kh, kw = min(kept_max[0], y0 + bh - y), min(kept_max[1], x0 + bw - x)
             oy, ox = y - y0, x - x0

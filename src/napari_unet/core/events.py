@@ -59,3 +59,14 @@ def run_to_end(gen: Generator[Any, None, R]) -> R:
             next(gen)
         except StopIteration as stop:
             return stop.value
+
+
+def relay(gen: Generator[Any, None, R], fn: Any) -> Generator[Any, None, R]:
+    """Yield ``fn(event)`` for each event of ``gen`` and return its value: ``result = yield from
+    relay(inner, fn)`` re-labels an inner job's progress for an outer one."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield fn(ev)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .device import resolve_device
-from .events import TileDone, run_to_end
+from .events import TileDone, relay, run_to_end
 from .io import UNetModel
 from .model import UNet
 from .postprocess import instances_from_semantic, semantic_labels
@@ -82,13 +82,8 @@ def segment(
             else "probabilities"
         gen = predict(plane, model, axes=plane_axes_str, output=mode, tile_size=tile_size,
                       padding=padding, device=dev, batch_size=batch_size)
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            yield replace(ev, done=done + ev.done, total=total, plane=pi, planes=len(planes))
+        result = yield from relay(gen, lambda ev, done=done, pi=pi: replace(
+            ev, done=done + ev.done, total=total, plane=pi, planes=len(planes)))
         done += n_tiles
         if output == "instances":
             sem = result if mode == "semantic" else semantic_labels(result)

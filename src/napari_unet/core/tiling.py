@@ -306,6 +306,21 @@ def _validate_dtype(image: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- prediction
+def predict_tiles(net: UNet, reader: PlaneReader, plan: TilePlan, origins: Any, device: torch.device,
+                  output: str) -> np.ndarray:
+    """One forward pass over the tiles whose first output pixels are ``origins``: (n, classes, h, w)
+    float32 softmax for "probabilities", (n, h, w) class ids for "semantic" (network output size)."""
+    th, tw = plan.tile_in
+    batch = np.stack([reader.block(y - plan.context, x - plan.context, th, tw) for y, x in origins])
+    with torch.inference_mode():
+        xb = torch.from_numpy(batch).to(device)
+        if device.type != "mps":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        logits = net(xb)
+        res = torch.softmax(logits, dim=1) if output == "probabilities" else logits.argmax(1)
+        return res.to("cpu").numpy()
+
+
 def _inference_net(model: UNetModel | UNet, device: torch.device) -> UNet:
     net = model.net if isinstance(model, UNetModel) else model
     # a private copy: the caller's model keeps its device, mode and memory layout
@@ -376,7 +391,6 @@ def predict(
     planes = list(np.ndindex(*plane_shape)) if plane_shape else [()]
     total = len(planes) * len(plan)
     net = _inference_net(model, dev)
-    th, tw = plan.tile_in
     kept_max = plan.tile_out if cfg.padding == "valid" else plan.keep
     done = 0
     for pi, pidx in enumerate(planes):
@@ -386,14 +400,7 @@ def predict(
         reader = PlaneReader(image, tuple(index), (layout.y, layout.x), layout.c, norm, padding)
         for b0 in range(0, len(plan), batch_size):
             origins = plan.origins[b0 : b0 + batch_size]
-            batch = np.stack([reader.block(y - plan.context, x - plan.context, th, tw) for y, x in origins])
-            with torch.inference_mode():
-                xb = torch.from_numpy(batch).to(dev)
-                if dev.type != "mps":
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                logits = net(xb)
-                res = torch.softmax(logits, dim=1) if output == "probabilities" else logits.argmax(1)
-                res = res.to("cpu").numpy()
+            res = predict_tiles(net, reader, plan, origins, dev, output)
             for r, (y, x) in zip(res, origins, strict=True):
                 # every output pixel of every tile is exact: keep all of it inside the image
                 kh, kw = min(kept_max[0], h - y), min(kept_max[1], w - x)
