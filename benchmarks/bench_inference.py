@@ -44,6 +44,7 @@ SHIPPED = ROOT / "src" / "napari_unet" / "models" / "nuclei.safetensors"
 RESULTS = ROOT / "benchmarks" / "results_inference.md"
 SIZE = 2048
 ROI = 512
+VROI = 516  # MONAI window for valid nets: a valid output size (input 700), the nearest to 512
 CPU = torch.device("cpu")
 
 
@@ -111,13 +112,37 @@ def whole_mirror(img, net, norm=None):
     x = normalised(img, norm)
     _, h, w = x.shape
     halo, g = cfg.halo, cfg.grid
-    th, tw = (int(np.ceil((s + 2 * halo) / g) * g) for s in (h, w))
+    if cfg.padding == "valid":
+        th, tw = cfg.input_size(h), cfg.input_size(w)
+    else:
+        th, tw = (int(np.ceil((s + 2 * halo) / g) * g) for s in (h, w))
     ry = mirror_index(np.arange(-halo, th - halo), h)
     rx = mirror_index(np.arange(-halo, tw - halo), w)
     padded = x[:, ry[:, None], rx[None, :]]
+    del x
     with torch.inference_mode():
         p = torch.softmax(channels_last(net)(torch.from_numpy(padded[None].copy())), 1)[0].numpy()
-    return p[:, halo : halo + h, halo : halo + w]
+    s = 0 if cfg.padding == "valid" else halo
+    return p[:, s : s + h, s : s + w]
+
+
+def monai_valid(overlap: float, roi: int) -> Callable:
+    """MONAI with a valid (unpadded) U-Net: its windows must come back at their own size, so the
+    predictor mirror-pads each window by the halo first (what a user has to write), and ``roi`` is a
+    valid output size (516: input 700, the valid size nearest MONAI's usual 512)."""
+    def run(img, net, norm=None):
+        import torch.nn.functional as F
+        from monai.inferers import sliding_window_inference
+
+        halo = net.config.halo
+        f = channels_last(net)
+        x = torch.from_numpy(normalised(img, norm))[None]
+        with torch.inference_mode():
+            logits = sliding_window_inference(
+                x, (roi, roi), 1, lambda w: f(F.pad(w, (halo,) * 4, mode="reflect")),
+                overlap=overlap, mode="gaussian")
+            return torch.softmax(logits, 1)[0].numpy()
+    return run
 
 
 def whole_plain(img, net, norm=None):
@@ -214,8 +239,18 @@ def memory_child(key: str, size: int) -> None:
     parent's peak across fork + exec)."""
     torch.set_grad_enabled(False)
     img = real_image(size)
-    net = same_net()
-    fn = METHODS[key][1]
+    if ":" in key:  # a valid model: "paper64:ours", "shipped:monai", ...
+        which, method = key.split(":")
+        if which == "paper64":
+            net, norm = valid_net(), None
+        else:
+            m = load_model(SHIPPED)
+            net, norm = m.net, m.normalization
+        run = ours(None) if method == "ours" else monai_valid(0.25, VROI)
+        fn = lambda img, net: run(img, net, norm)  # noqa: E731
+    else:
+        net = same_net()
+        fn = METHODS[key][1]
     import psutil
 
     base = psutil.Process().memory_info().rss
@@ -251,7 +286,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the timed methods")
-    ap.add_argument("--valid-crop", type=int, default=768, help="crop for the paper's 64-ch net")
+    ap.add_argument("--skip-paper64", action="store_true", help="skip the paper's 64-channel net (~6 min)")
+    ap.add_argument("--skip-shipped", action="store_true", help="skip the shipped valid model")
     ap.add_argument("--size", type=int, default=SIZE, help="image side (2048; smaller to smoke-test)")
     ap.add_argument("--nchw", action="store_true", help="also time MONAI with the plain NCHW net")
     ap.add_argument("--no-memory", action="store_true", help="skip the subprocess memory runs")
@@ -295,32 +331,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r}: matmul ceiling {ceilings[-2]:.0f} / {ceilings[-1]:.0f} GFLOP/s", flush=True)
     ceiling = max(ceilings)
 
-    # -- the paper's valid 64-channel U-Net on a crop: tiled end to end, and one bare 572 tile
+    # -- valid (the paper's) models on the same image: the paper's 64-channel net and the shipped one
     vnet = valid_net()
     vcfg = vnet.config
-    c = args.valid_crop
-    crop = np.ascontiguousarray(img[:c, :c])
-    vplan = plan_tiles(vcfg, crop.shape, 572)
-    v_ceil_before = matmul_gflops()
-    v_time, _ = _timed(lambda: predict_image(crop, vnet, device="cpu", tile_size=572, batch_size=1))
     v_fwd = forward_seconds(vnet, 572, reps=2)
-    v_ceil = max(v_ceil_before, matmul_gflops())
-    ceilings.append(v_ceil)
-    ceiling = max(ceiling, v_ceil)
-    v_computed = len(vplan) * vcfg.tile_flops(vplan.tile_in[0])
-    v_useful = vcfg.flops_per_output_pixel(572) * c * c
-    print(f"valid-64 {c}x{c}: {len(vplan)} tiles of {vplan.tile_in[0]}, {v_time:.1f} s; bare 572 "
-          f"forward {v_fwd:.2f} s; ceiling {v_ceil:.0f}", flush=True)
-
-    # -- the shipped model, if there is one
-    shipped = None
-    if SHIPPED.exists():
-        model = load_model(SHIPPED)
-        sh = {}
-        for tile in (None, 1024):
-            sh[tile] = min(_timed(lambda t=tile: predict_image(img, model, device="cpu",
-                                                                tile_size=t))[0] for _ in range(1))
-        shipped = (model, sh)
+    v_fwd_tiles = {}
+    if not args.skip_paper64:
+        vt_in = plan_tiles(vcfg, shape, auto_tile_size(vcfg, CPU)).tile_in[0]
+        v_fwd_tiles[vt_in] = forward_seconds(vnet, vt_in, reps=1)
+    valid_rows = []
+    valid_nets = [("paper's U-Net: valid, depth 4, 64 channels, He init (seed 0)", vnet, None)]
+    if SHIPPED.exists() and not args.skip_shipped:
+        m = load_model(SHIPPED)
+        valid_nets.append((f"shipped `{SHIPPED.stem}`: valid, depth 4, {m.config.base_channels} channels, "
+                           "trained", m.net, m.normalization))
+    for title, vn, vnorm in valid_nets:
+        if args.skip_paper64 and vn is vnet:
+            continue
+        vc = vn.config
+        vkeys = {"ours": ("ours, auto tile", ours(None)),
+                 "monai": (f"MONAI {VROI} (input {vc.input_size(VROI)}), overlap 0.25, gaussian, "
+                           "mirror-padding predictor", monai_valid(0.25, VROI))}
+        vt: dict[str, list[float]] = {k: [] for k in vkeys}
+        vout, vmem = {}, {}
+        for r in range(args.repeats):
+            ceilings.append(matmul_gflops())
+            for k in (list(vkeys) if r % 2 == 0 else list(vkeys)[::-1]):
+                t, out = _timed(lambda f=vkeys[k][1], vn=vn, vnorm=vnorm: f(img, vn, vnorm))
+                vt[k].append(t)
+                vout.setdefault(k, out)
+                print(f"valid {vc.base_channels}-ch round {r}: {k:6s} {t:7.2f} s (load {loadavg()})", flush=True)
+            ceilings.append(matmul_gflops())
+        t_ref, ref = _timed(lambda vn=vn, vnorm=vnorm: whole_mirror(img, vn, vnorm))
+        print(f"valid {vc.base_channels}-ch whole image: {t_ref:.1f} s", flush=True)
+        tag = "paper64" if vn is vnet else "shipped"
+        if not args.no_memory:  # fresh processes, one at a time (the 64-channel runs are large)
+            for k in vkeys:
+                vmem[k] = memory_of(f"{tag}:{k}", args.size)["peak_mib"]
+                print(f"memory {tag}:{k}: {vmem[k]:.0f} MiB above baseline", flush=True)
+        plan = plan_tiles(vc, shape, auto_tile_size(vc, CPU))
+        n_m = [int(np.ceil((sz - VROI) / int(VROI * 0.75))) + 1 for sz in shape]
+        flops = {"ours": len(plan) * vc.tile_flops(plan.tile_in[0]),
+                 "monai": n_m[0] * n_m[1] * vc.tile_flops(vc.input_size(VROI))}
+        tiles = {"ours": f"{len(plan)} x {plan.tile_in[0]} -> {plan.tile_out[0]}",
+                 "monai": f"{n_m[0] * n_m[1]} x {vc.input_size(VROI)} -> {VROI}"}
+        vseam = {k: seam_errors(vout[k], ref) for k in vkeys}
+        valid_rows.append((title, vc, vkeys, vt, vseam, vmem, t_ref, flops, tiles))
+        del vout, ref
+    ceiling = max(ceilings)
 
     # -- peak memory, each method in a fresh process
     mem = {}
@@ -376,22 +434,23 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| base-16 same, {size}x{size} | {min(ts):.3f} | {f:.0f} ({100 * f / ceiling:.0f}%) |")
     vf = vcfg.tile_flops(572) / v_fwd / 1e9
     lines.append(f"| paper's valid 64-ch, 572x572 -> 388 | {v_fwd:.2f} | {vf:.0f} ({100 * vf / ceiling:.0f}%) |")
-    lines += [
-        "",
-        f"Paper's valid 64-channel U-Net (random He weights), {c}x{c} crop, ours with tile_size=572: "
-        f"{len(vplan)} tiles of {vplan.tile_in[0]} -> {vplan.tile_out[0]}, {v_time:.1f} s end to end; "
-        f"computed {v_computed / v_time / 1e9:.0f} GFLOP/s = {100 * v_computed / v_time / 1e9 / ceiling:.0f}% "
-        f"of the ceiling; useful ({vcfg.flops_per_output_pixel(572) / 1e6:.2f} MFLOP/px x {c}^2 px) "
-        f"{v_useful / v_time / 1e9:.0f} GFLOP/s = {100 * v_useful / v_time / 1e9 / ceiling:.0f}%.",
-    ]
-    if shipped is not None:
-        model, sh = shipped
-        mc = model.config
-        lines += ["", f"Shipped model `{SHIPPED.name}` ({mc.padding}, depth {mc.depth}, base "
-                      f"{mc.base_channels}): ours auto tile {sh[None]:.2f} s, tile_size=1024 {sh[1024]:.2f} s "
-                      f"({shape[0] * shape[1] / min(sh.values()) / 1e6:.2f} Mpx/s, one run each)."]
-    else:
-        lines += ["", f"Shipped model: `{SHIPPED.relative_to(ROOT)}` not present at this run: skipped."]
+    for size, t in v_fwd_tiles.items():
+        vf = vcfg.tile_flops(size) / t / 1e9
+        lines.append(f"| paper's valid 64-ch, {size}x{size} -> {vcfg.output_size(size)} (our tile) | {t:.2f} | "
+                     f"{vf:.0f} ({100 * vf / ceiling:.0f}%) |")
+    for title, _vc, vkeys, vt, vseam, vmem, t_ref, flops, tiles in valid_rows:
+        base = min(vt["monai"])
+        lines += ["", f"**Valid model: {title}**, same image; ours against the whole image mirror-padded "
+                      f"once ({t_ref:.1f} s):", "",
+                  "| method | tiles | time min (median) s | speed vs MONAI | Mpx/s | peak MiB | "
+                  "max abs prob diff | labels changed | GFLOP/s computed (% ceiling) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for k, (label, _) in vkeys.items():
+            t = min(vt[k])
+            d, lab = vseam[k]
+            lines.append(
+                f"| {label} | {tiles[k]} | {t:.2f} ({statistics.median(vt[k]):.2f}) | {base / t:.2f}x | "
+                f"{shape[0] * shape[1] / t / 1e6:.2f} | {vmem.get(k, float('nan')):.0f} | {d:.2g} | {lab:.3f}% | {flops[k] / t / 1e9:.0f} ({100 * flops[k] / t / 1e9 / ceiling:.0f}%) |")
     lines += ["", f"Machine: {machine()}. Whole benchmark: {time.perf_counter() - t_start:.0f} s."]
     table = "\n".join(lines)
     print("\n" + table)

@@ -7,7 +7,8 @@ Reproducible: a fixed seed per model; the same data, steps and device give the s
 CPU. Each model is evaluated on regions it never saw (held back below) and the scores are stored in
 the model's provenance and printed as JSON (docs/models.md is written from them).
 
-Held-back evaluation regions (never used for training or validation):
+Held-back evaluation regions (their labels are never used for training or validation; the model
+reads the whole image, so the training part is context, and the scores count the region only):
 - nuclei: the bottom quarter (rows 810-1080) of nuclei-widefield, and the right third (columns
   341-512) of nuclei-dsb2018.
 
@@ -53,7 +54,10 @@ def _read(data: Path, name: str) -> np.ndarray:
     return tifffile.imread(data / name)
 
 
-def nuclei_data(data: Path):
+NUCLEI_SETS = ("widefield", "dsb", "huh7", "hela")
+
+
+def nuclei_data(data: Path, sets: tuple[str, ...] = NUCLEI_SETS):
     wf_img, wf_lab = _read(data, "nuclei-widefield/image.tif"), _read(data, "nuclei-widefield/instances.tif")
     dsb_img, dsb_lab = _read(data, "nuclei-dsb2018/image.tif"), _read(data, "nuclei-dsb2018/mask_instances.tif")
     huh_img, huh_lab = _read(data, "touching-cells-huh7/t20_image.tif"), _read(data, "touching-cells-huh7/t20_labels.tif")
@@ -61,21 +65,18 @@ def nuclei_data(data: Path):
     hela_img = tifffile.imread(data / "hela-stack/stack.tif", key=[0, 10])
     hela_lab = tifffile.imread(data / "hela-stack/stack_silver_labels.tif", key=[0, 10])
     train_set = [
-        (wf_img[:810], wf_lab[:810], None, "nuclei-widefield rows 0-810"),
-        (dsb_img[:, :341], dsb_lab[:, :341], None, "nuclei-dsb2018 columns 0-341"),
-        (huh_img, huh_lab, huh_mask, "touching-cells-huh7 t=20, annotated region"),
-        (hela_img[0], hela_lab[0], None, "hela-stack t=0 (silver labels)"),
-        (hela_img[1], hela_lab[1], None, "hela-stack t=10 (silver labels)"),
+        ("widefield", (wf_img[:810], wf_lab[:810], None, "nuclei-widefield rows 0-810")),
+        ("dsb", (dsb_img[:, :341], dsb_lab[:, :341], None, "nuclei-dsb2018 columns 0-341")),
+        ("huh7", (huh_img, huh_lab, huh_mask, "touching-cells-huh7 t=20, annotated region")),
+        ("hela", (hela_img[0], hela_lab[0], None, "hela-stack t=0 (silver labels)")),
+        ("hela", (hela_img[1], hela_lab[1], None, "hela-stack t=10 (silver labels)")),
     ]
-    # evaluation images get their full context (the model reads mirrored/real pixels around them),
-    # scores are computed only on the held-back region
-    wf_mask = np.zeros(wf_img.shape, bool)
-    wf_mask[810:] = True
-    dsb_mask = np.zeros(dsb_img.shape, bool)
-    dsb_mask[:, 341:] = True
+    train_set = [item for key, item in train_set if key in sets]
+    # evaluation: the model reads the whole image (the training part is context only, as a user's
+    # image would be); prediction and labels are then cut to the held-back region and scored there
     eval_set = [
-        (wf_img[810:], wf_lab[810:], None, "nuclei-widefield rows 810-1080 (held back)"),
-        (dsb_img[:, 341:], dsb_lab[:, 341:], None, "nuclei-dsb2018 columns 341-512 (held back)"),
+        (wf_img, wf_lab, np.s_[810:, :], "nuclei-widefield rows 810-1080 (held back)"),
+        (dsb_img, dsb_lab, np.s_[:, 341:], "nuclei-dsb2018 columns 341-512 (held back)"),
     ]
     return train_set, eval_set
 
@@ -86,44 +87,61 @@ def em_data(data: Path):
     # the separating lines between different ids are the membranes the network learns
     train_set = [(img[:, :469], lab[:, :469], lab[:, :469] > 0,
                   "em-cremi z=4 columns 0-469 (sparse: unpainted = unknown)")]
-    eval_set = [(img[:, 469:], lab[:, 469:], lab[:, 469:] > 0, "em-cremi z=4 columns 469-625 (held back)")]
+    eval_set = [(img, lab, np.s_[:, 469:], "em-cremi z=4 columns 469-625 (held back)")]
     return train_set, eval_set
 
 
-def em_boundary_map(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def em_boundary_map(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ground-truth membrane map of sparse neuron labels, as the training target defines it: painted
-    pixels touching another painted id are membrane; unpainted pixels are unknown."""
+    pixels touching another painted id (8-neighbourhood) are membrane; unpainted pixels are unknown.
+
+    Returns (membrane, painted, determined): ``determined`` are the painted pixels whose whole
+    8-neighbourhood is painted too, the pixels for which the painting says whether they touch
+    another neuron. At the edge of the painting it does not: there the real membrane toward an
+    unpainted neighbour is in the image but cannot be in the labels."""
+    from scipy import ndimage as ndi
+
     t = labels_to_target(labels, mask=labels > 0, mode="binary")
-    return t.target == 0, t.known
+    determined = ndi.binary_erosion(labels > 0, np.ones((3, 3), bool), border_value=1)
+    return t.target == 0, t.known, determined
 
 
 def score(model, eval_set, kind: str) -> dict:
     out = {}
-    for img, gt, mask, desc in eval_set:
+    for img, gt, region, desc in eval_set:
         if kind == "em":
-            sem = segment_image(img, model, output="semantic", device="cpu")
+            sem = segment_image(img, model, output="semantic", device="cpu")[region]
             membrane_pred = sem == 0
-            membrane_gt, known = em_boundary_map(gt)
-            inst = segment_image(img, model, output="instances", device="cpu")
+            membrane_gt, known, determined = em_boundary_map(gt)
+            membrane_gt, known, determined = membrane_gt[region], known[region], determined[region]
+            inst = segment_image(img, model, output="instances", device="cpu")[region]
+            gt = gt[region]
             res = {
-                "pixel_error_boundary_map": float(np.mean(membrane_pred[known] != membrane_gt[known])),
+                "pixel_error_boundary_map": float(np.mean(membrane_pred[determined]
+                                                          != membrane_gt[determined])),
+                "pixel_error_boundary_map_all_painted": float(np.mean(membrane_pred[known]
+                                                                      != membrane_gt[known])),
                 **{k: v for k, v in evaluate(inst, gt, mask=known).items()
                    if k in ("rand_error", "foreground_iou")},
             }
         else:
-            inst = segment_image(img, model, output="instances", device="cpu")
-            res = evaluate(inst, gt, mask=mask)
+            inst = segment_image(img, model, output="instances", device="cpu")[region]
+            res = evaluate(inst, gt[region])
         out[desc] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
     return out
 
 
-def train_one(kind: str, data: Path, out_dir: Path, steps: int, device: str) -> dict:
-    train_set, eval_set = nuclei_data(data) if kind == "nuclei" else em_data(data)
+def train_one(kind: str, data: Path, out_dir: Path, steps: int, device: str, class_balance: bool = True,
+              sets: tuple[str, ...] = NUCLEI_SETS, base_channels: int = 16,
+              logit_adjustment: bool = False) -> dict:
+    train_set, eval_set = nuclei_data(data, sets) if kind == "nuclei" else em_data(data)
     images = [t[0] for t in train_set]
     labels = [t[1] for t in train_set]
     masks = [t[2] for t in train_set]
-    cfg = TrainConfig(steps=steps, batch_size=4, patch_size=192, augmentation=Augmentation())
+    cfg = TrainConfig(steps=steps, batch_size=4, patch_size=192, augmentation=Augmentation(),
+                      class_balance=class_balance, logit_adjustment=logit_adjustment)
     arch = default_architecture(1, "binary")
+    arch = type(arch)(**{**arch.to_dict(), "base_channels": base_channels})
     if kind == "em":
         arch = type(arch)(**{**arch.to_dict(), "class_names": ("membrane", "neuron")})
     else:
@@ -159,7 +177,10 @@ def train_one(kind: str, data: Path, out_dir: Path, steps: int, device: str) -> 
         "held_back_evaluation": scores,
         "training_seconds": round(seconds, 1),
         "training_command": f"python scripts/train_default_models.py --models {kind} --steps {steps} "
-                            f"--device {device}",
+                            f"--device {device}" + ("" if class_balance else " --no-class-balance")
+                            + (f" --nuclei-sets {' '.join(sets)}" if kind == "nuclei" and sets != NUCLEI_SETS
+                               else "") + (f" --base-channels {base_channels}" if base_channels != 16 else "")
+                            + (" --logit-adjustment" if logit_adjustment else ""),
     })
     path = save_model(model, out_dir / kind)
     return {"model": kind, "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
@@ -176,11 +197,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--out", type=Path, default=ROOT / "src" / "napari_unet" / "models")
+    p.add_argument("--no-class-balance", action="store_true",
+                   help="w_c = 1 in the weight map (only the border term)")
+    p.add_argument("--nuclei-sets", nargs="+", default=list(NUCLEI_SETS), choices=NUCLEI_SETS)
+    p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--logit-adjustment", action="store_true",
+                   help="shift the output bias by -log(mean class weight) after training")
+    p.add_argument("--score", type=Path, metavar="MODEL",
+                   help="only score this model file on the held-back regions of --models (no training)")
     args = p.parse_args(argv)
+    if args.score:
+        from napari_unet.core.io import load_model
+
+        model = load_model(args.score)
+        for kind in args.models:
+            _, eval_set = nuclei_data(args.data) if kind == "nuclei" else em_data(args.data)
+            print(json.dumps({kind: score(model, eval_set, kind)}, indent=2), flush=True)
+        return 0
     results = []
     for kind in args.models:
         steps = args.steps or {"nuclei": 1200, "em": 800}[kind]
-        results.append(train_one(kind, args.data, args.out, steps, args.device))
+        results.append(train_one(kind, args.data, args.out, steps, args.device,
+                                 class_balance=not args.no_class_balance, sets=tuple(args.nuclei_sets),
+                                 base_channels=args.base_channels,
+                                 logit_adjustment=args.logit_adjustment))
         print(json.dumps(results[-1], indent=2), flush=True)
     return 0
 

@@ -281,3 +281,38 @@ def test_augmentation_settings_are_recorded(crop):
                     device="cpu", seed=0)
     assert m.provenance["augmentation"]["sigma"] == 4.0
     assert m.provenance["augmentation"]["rot90"] is False
+
+
+def test_logit_adjustment_shifts_the_output_bias_and_is_undone_for_fine_tuning(crop):
+    """Weighted cross-entropy is minimised by q_k ~ w_k p_k: the adjusted model adds -log(mean w_k)
+    (centred) to its logits; fine-tuning it starts from the unadjusted (weighted) parametrisation."""
+    img, lab = crop
+    cfg = fast_config(steps=3, val_fraction=0.0)
+    plain = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=3)
+    adjusted = train_model(img, lab, model=tiny_model(), device="cpu", seed=3,
+                           config=fast_config(steps=3, val_fraction=0.0, logit_adjustment=True))
+    w = np.array(adjusted.provenance["class_mean_weights"])
+    assert (w > 0).all() and abs(w[1] - w[0]) > 0.1  # class balance + border term differ per class
+    expected = -np.log(w) - (-np.log(w)).mean()
+    assert np.allclose(adjusted.provenance["logit_adjustment"], expected)
+    assert plain.provenance["logit_adjustment"] is None
+    # same seed, same training: only the output bias differs, by exactly the adjustment
+    sp, sa = plain.net.state_dict(), adjusted.net.state_dict()
+    assert all(torch.equal(sp[k], sa[k]) for k in sp if k != "head.bias")
+    assert torch.allclose(sa["head.bias"] - sp["head.bias"], torch.tensor(expected, dtype=torch.float32))
+    # the adjusted model predicts less of the more heavily weighted class
+    fg_plain = predict_foreground(plain, img).mean()
+    fg_adj = predict_foreground(adjusted, img).mean()
+    assert (fg_adj < fg_plain) if w[1] > w[0] else (fg_adj > fg_plain)
+
+    # fine-tuning an adjusted model: stopped before the first step, on the same data, it comes back
+    # with the same bias (undone, then the same adjustment re-applied: inherited by default) ...
+    again = train_model(img, lab, model=adjusted, device="cpu", seed=3, stop=lambda: True,
+                        config=fast_config(steps=3, val_fraction=0.0))
+    assert torch.allclose(again.net.head.bias, adjusted.net.head.bias, atol=1e-6)
+    assert again.provenance["logit_adjustment"] is not None
+    # ... and switched off, it is the weighted net again
+    off = train_model(img, lab, model=adjusted, device="cpu", seed=3, stop=lambda: True,
+                      config=fast_config(steps=3, val_fraction=0.0, logit_adjustment=False))
+    assert torch.allclose(off.net.head.bias, plain.net.head.bias, atol=1e-6)
+    assert off.provenance["logit_adjustment"] is None

@@ -96,6 +96,15 @@ def test_class_balance():
     w = weight_map(t, np.zeros_like(t, dtype=np.int32), 2)
     assert w[t >= 0].mean() == pytest.approx(1.0)
     assert class_balance(t, 3)[2] == 0.0
+    # without class balance: w_c = 1 on every known pixel, the border term on background as before
+    lab = touching_squares()
+    tg = labels_to_target(lab)
+    plain = weight_map(tg.target, tg.objects, 2, balance=False)
+    balanced = weight_map(tg.target, tg.objects, 2)
+    wc = class_balance(tg.target, 2)
+    assert np.all(plain[tg.target == 1] == 1.0)
+    np.testing.assert_allclose(plain - 1, balanced - wc[tg.target.clip(0)], atol=1e-5)
+    assert (plain[tg.target == 0] > 1.5).any()  # the separating line keeps its border weight
 
 
 def test_unknown_pixels_get_zero_weight():

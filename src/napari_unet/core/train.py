@@ -76,7 +76,18 @@ class TrainConfig:
     - ``patch_size=256`` output pixels, ``batch_size=4``: large enough for cell-sized context, and
       one step of the shipped depth-4 base-16 model costs about a second on a laptop CPU.
       Patches are shrunk to the image when the image is smaller.
-    - ``w0=10``, ``sigma=5`` px: the paper's border weight map (eq. 2).
+    - ``w0=10``, ``sigma=5`` px: the paper's border weight map (eq. 2). ``class_balance=True``: its
+      w_c balances the class frequencies (the paper's choice). It also moves the decision boundary
+      toward the rare class (objects come out a little larger, membranes thicker);
+      ``class_balance=False`` keeps w_c = 1 and only the border term.
+    - ``logit_adjustment``: a loss weighted by w(x) is minimised by q_k proportional to w_k p_k
+      (w_k the mean weight of class k), not by the class posterior p_k, so the weighted net draws
+      its boundaries toward the heavily weighted classes (thick membranes on EM, where every
+      membrane is a weighted separating line). With ``True`` the trained net's output bias is
+      shifted by -log w_k (centred; "logit adjustment"), which turns its argmax into the decision
+      for the unweighted frequencies; validation scores the adjusted net. The shift is stored in
+      the model (provenance ``logit_adjustment``) and undone before a later fine-tuning. ``None``
+      (default): as the model being fine-tuned, else off (the paper's plain argmax).
     - ``val_fraction=0.2``, validation every ``val_every`` steps (default: 20 validations per run).
     """
 
@@ -90,6 +101,8 @@ class TrainConfig:
     cosine_decay: bool = True
     w0: float = W0
     sigma: float = SIGMA
+    class_balance: bool = True
+    logit_adjustment: bool | None = None
     val_fraction: float = 0.2
     val_every: int | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -163,6 +176,18 @@ class TrainingData:
     shapes: list[tuple[int, ...]]
     known_pixels: int
     val_pixels: int
+    class_weights: np.ndarray | None = None  # (K,) mean weight per class over the training pixels
+
+    def logit_adjustment(self) -> np.ndarray:
+        """-log(mean weight of each class), centred (zero for a class absent from the training)."""
+        w = self.class_weights
+        if w is None:
+            return np.zeros(self.num_classes)
+        present = w > 0
+        adj = np.zeros(self.num_classes)
+        adj[present] = -np.log(w[present])
+        adj[present] -= adj[present].mean()
+        return adj
 
 
 def _as_list(x: Any, name: str) -> list[Any]:
@@ -268,6 +293,8 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
     halo = (in_size - out_size) // 2
     pad = halo + out_size + 1
     planes: list[_Plane] = []
+    wsum = np.zeros(num_classes)
+    wcount = np.zeros(num_classes)
     known_total = val_total = 0
     val_ok = tc.val_fraction > 0
     splits = []
@@ -286,7 +313,7 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
         img = Normalization.apply(chw, stats)
         if not np.all(np.isfinite(img)):
             raise AnnotationError("the image contains NaN or infinite values")
-        w = weight_map(tg.target, tg.objects, num_classes, tc.w0, tc.sigma)
+        w = weight_map(tg.target, tg.objects, num_classes, tc.w0, tc.sigma, balance=tc.class_balance)
         t = tg.target.copy()
         if val is not None:
             t[val] = IGNORE
@@ -296,6 +323,9 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
             continue
         known_total += int(tg.known.sum())
         val_total += 0 if val is None else int(val.sum())
+        tk = t[t >= 0].astype(np.int64)
+        wsum += np.bincount(tk, weights=w[t >= 0], minlength=num_classes)[:num_classes]
+        wcount += np.bincount(tk, minlength=num_classes)[:num_classes]
         planes.append(_Plane(
             image=np.pad(img, ((0, 0), (pad, pad), (pad, pad)), mode="reflect"),
             target=np.pad(t, pad, mode="constant", constant_values=IGNORE),
@@ -306,8 +336,9 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
             shape=tg.target.shape,
             pad=pad,
         ))
+    class_weights = np.divide(wsum, wcount, out=np.zeros(num_classes), where=wcount > 0)
     return TrainingData(planes, mode, num_classes, out_size, in_size, halo, shapes, known_total,
-                        val_total)
+                        val_total, class_weights)
 
 
 def _sample_batch(data: TrainingData, rng: np.random.Generator, n: int
@@ -350,9 +381,12 @@ def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- validation
 @torch.no_grad()
+@torch.no_grad()
 def _predict_classes(net: UNet, image_padded: np.ndarray, pad: int, box: tuple[int, int, int, int],
-                     out_size: int, halo: int, device: torch.device) -> np.ndarray:
-    """argmax classes on the output window ``box`` = (y0, y1, x0, x1) of a padded plane, in tiles."""
+                     out_size: int, halo: int, device: torch.device,
+                     bias: torch.Tensor | None = None) -> np.ndarray:
+    """argmax classes on the output window ``box`` = (y0, y1, x0, x1) of a padded plane, in tiles
+    (``bias``: (K,) added to the logits first)."""
     y0, y1, x0, x1 = box
     h, w = y1 - y0, x1 - x0
     out = np.zeros((h, w), np.int64)
@@ -368,15 +402,20 @@ def _predict_classes(net: UNet, image_padded: np.ndarray, pad: int, box: tuple[i
             sy, sx = ty - halo + pad, tx - halo + pad
             tile = image_padded[:, sy : sy + out_size + 2 * halo, sx : sx + out_size + 2 * halo]
             x = torch.from_numpy(np.ascontiguousarray(tile))[None].to(device)
-            cls = net(x).argmax(1)[0].cpu().numpy()
+            logits = net(x)
+            if bias is not None:
+                logits = logits + bias.to(logits.device)[None, :, None, None]
+            cls = logits.argmax(1)[0].cpu().numpy()
             cy0, cx0 = ty - y0, tx - x0
             hh, ww = min(out_size, h - cy0), min(out_size, w - cx0)
             out[cy0 : cy0 + hh, cx0 : cx0 + ww] = cls[:hh, :ww]
     return out
 
 
-def validation_iou(net: UNet, data: TrainingData, device: torch.device) -> float | None:
-    """Foreground IoU (object classes together against background) on the held-back pixels."""
+def validation_iou(net: UNet, data: TrainingData, device: torch.device,
+                   bias: torch.Tensor | None = None) -> float | None:
+    """Foreground IoU (object classes together against background) on the held-back pixels
+    (``bias``: a logit adjustment applied first)."""
     inter = union = 0
     any_val = False
     was_training = net.training
@@ -388,7 +427,7 @@ def validation_iou(net: UNet, data: TrainingData, device: torch.device) -> float
             any_val = True
             ys, xs = np.nonzero(p.val)
             box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
-            pred = _predict_classes(net, p.image, p.pad, box, data.out_size, data.halo, device)
+            pred = _predict_classes(net, p.image, p.pad, box, data.out_size, data.halo, device, bias)
             v = p.val[box[0] : box[1], box[2] : box[3]]
             t = p.val_target[box[0] : box[1], box[2] : box[3]]
             pf = (pred > 0) & v
@@ -511,11 +550,18 @@ def train(
                         background_label=background_label, channel_axis=channel_axis,
                         train_config=tc)
 
+    base_adj = None if model is None else model.provenance.get("logit_adjustment")
+    use_adj = tc.logit_adjustment if tc.logit_adjustment is not None else base_adj is not None
+    adj = torch.from_numpy(data.logit_adjustment()).float() if use_adj else None
+
     rng_t = _TorchRng(seed, dev)
     with rng_t.active():
         if model is not None:
             net = UNet(arch)
             net.load_state_dict(model.net.state_dict())
+            if base_adj is not None:  # train in the weighted parametrisation the loss expects
+                with torch.no_grad():
+                    net.head.bias -= torch.tensor(base_adj, dtype=net.head.bias.dtype)
         else:
             net = UNet(arch)
     net.to(dev)
@@ -534,7 +580,7 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     val_every = tc.validation_interval()
 
-    best_score = validation_iou(net, data, dev)
+    best_score = validation_iou(net, data, dev, adj)
     start_score = best_score
     best_state = _clone_state(net)
     best_step = 0
@@ -548,6 +594,9 @@ def train(
             net.load_state_dict(best_state)  # the best validated weights
         # without validation: the last weights
         net.eval()
+        if adj is not None:
+            with torch.no_grad():
+                net.head.bias += adj.to(net.head.bias.device)
         base = None if model is None else {"name": model.name, "source": model.source}
         prov = {
             "base_model": base,
@@ -567,6 +616,8 @@ def train(
             "augmentation": tc.augmentation.to_dict(),
             "validation_iou": best_score,
             "validation_iou_start": start_score,
+            "class_mean_weights": None if data.class_weights is None else [float(v) for v in data.class_weights],
+            "logit_adjustment": None if adj is None else [float(v) for v in adj],
             "final_loss": losses[-1] if losses else None,
             "seed": seed,
             "device": str(dev),
@@ -604,7 +655,7 @@ def train(
             losses.append(lv)
             if step % val_every == 0 or step == tc.steps:
                 with rng_t.active():
-                    val_score = validation_iou(net, data, dev)
+                    val_score = validation_iou(net, data, dev, adj)
                 if val_score is not None and (best_score is None or val_score > best_score):
                     best_score, best_step = val_score, step
                     best_state = _clone_state(net)

@@ -107,7 +107,8 @@ def border_term(objects: np.ndarray, w0: float = W0, sigma: float = SIGMA,
 
 
 def weight_map(target: np.ndarray, objects: np.ndarray, num_classes: int, w0: float = W0,
-               sigma: float = SIGMA, border_on_background_only: bool = True) -> np.ndarray:
+               sigma: float = SIGMA, border_on_background_only: bool = True,
+               balance: bool = True) -> np.ndarray:
     """The weight map of paper eq. 2, float32 (H, W); 0 on unknown pixels (``target == -1``).
 
     ``target``: (H, W) class ids (0 background, -1 unknown); ``objects``: (H, W) the objects whose
@@ -115,12 +116,13 @@ def weight_map(target: np.ndarray, objects: np.ndarray, num_classes: int, w0: fl
     lines were cut, so the lines are background between two objects). The border term is added on
     background pixels only by default (the separating lines and narrow gaps; the usual reading of
     the paper's Fig. 3d); ``border_on_background_only=False`` adds it on every known pixel.
-    ``w0 = 0`` gives class balance only.
+    ``w0 = 0`` gives class balance only; ``balance=False`` sets w_c = 1 for every known pixel (the
+    border term stays), which keeps the decision boundary where the class frequencies put it.
     """
     t = np.asarray(target)
     if t.shape != np.asarray(objects).shape:
         raise ValueError(f"target {t.shape} and objects {np.asarray(objects).shape} differ in shape")
-    wc = class_balance(t, num_classes).astype(np.float32)
+    wc = (class_balance(t, num_classes) if balance else np.ones(num_classes)).astype(np.float32)
     known = t >= 0
     out = np.zeros(t.shape, np.float32)
     out[known] = wc[t[known]]
