@@ -264,6 +264,15 @@ def test_cli_train_end_to_end(tmp_path, crop):
     assert m.provenance["steps"] == 2 and m.provenance["seed"] == 3
     assert m.provenance["base_model"]["source"] == str(base)
     assert m.config == tiny_model().config
+    assert m.provenance["training"]["class_balance"] is True and m.provenance["logit_adjustment"] is None
+    out2 = tmp_path / "tuned2.safetensors"
+    assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
+                 "--base-model", str(base), "--steps", "1", "--patch-size", "32", "--batch-size", "2",
+                 "--device", "cpu", "--no-class-balance", "--logit-adjustment", "--output", str(out2),
+                 "--quiet"]) == 0
+    m2 = load_model(out2)
+    assert m2.provenance["training"]["class_balance"] is False
+    assert len(m2.provenance["logit_adjustment"]) == 2
     # errors: mismatched counts and missing files exit with 2
     assert main(["train", "--images", str(tmp_path / "a.tif"), str(tmp_path / "a.tif"),
                  "--labels", str(tmp_path / "a_labels.tif"), "--output", str(out)]) == 2

@@ -199,6 +199,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="learning rate (default 1e-3 from scratch, 3e-4 fine-tuning)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="fraction of the painted pixels held back for validation (0 = none)")
+    p.add_argument("--no-class-balance", action="store_true",
+                   help="w_c = 1 in the weight map: keep only the paper's border term")
+    adj = p.add_mutually_exclusive_group()
+    adj.add_argument("--logit-adjustment", dest="logit_adjustment", action="store_true", default=None,
+                     help="shift the output bias by -log(mean class weight) so that the argmax is not "
+                          "drawn toward the heavily weighted class (default: as the base model)")
+    adj.add_argument("--no-logit-adjustment", dest="logit_adjustment", action="store_false")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--seed", type=int, default=None, help="random seed (reproducible on CPU)")
     p.add_argument("--name", default=None, help="name stored in the model file")
@@ -244,7 +251,9 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         config = TrainConfig(steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
-                             lr=args.lr, val_fraction=args.val_fraction, augmentation=Augmentation())
+                             lr=args.lr, val_fraction=args.val_fraction, augmentation=Augmentation(),
+                             class_balance=not args.no_class_balance,
+                             logit_adjustment=args.logit_adjustment)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     base = None
