@@ -1,12 +1,14 @@
 """Inference benchmark (issue 2): our overlap-tile inference vs MONAI's ``sliding_window_inference``.
 
 Same model, same 2048x2048 real-derived image (nuclei-widefield, mirrored out to 2048x2048), in one
-run: wall time (competitors interleaved, several rounds, min and median), peak memory (each method in
+run, for a same-padded base-16 net (MONAI runs it as it is) and for valid nets, the paper's 64-channel
+U-Net and the shipped model (MONAI through a predictor that mirror-pads each window by the halo): wall time (competitors interleaved, several rounds, min and median), peak memory (each method in
 a fresh subprocess), max difference to the whole-image output (seams), and achieved GFLOP/s as a
 fraction of this machine's fp32 matmul GFLOP/s measured in the same rounds.
 
     python benchmarks/bench_inference.py            # full run, writes benchmarks/results_inference.md
-    python benchmarks/bench_inference.py --repeats 3 --valid-crop 1024 --nchw   # longer
+    python benchmarks/bench_inference.py --repeats 3 --nchw      # longer
+    python benchmarks/bench_inference.py --skip-paper64           # ~4 min instead of ~10
 
 The machine may be shared: read the ratios measured within a round, and the min over rounds.
 """
