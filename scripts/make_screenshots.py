@@ -116,7 +116,8 @@ def main() -> int:
     viewer.layers["painted"].visible = False
     viewer.layers["complete region"].visible = False
     seg.run_button.native.click()
-    wait(app, lambda: not seg.running)
+    wait(app, lambda: not seg.running and seg.status.text().startswith(("added", "Done")))
+    settle(app)
     print("segment status:", seg.status.text())
     shot(viewer, app, "segment-instances.png")
     viewer.close()

@@ -250,3 +250,22 @@ def test_cuda_matches_cpu():
     cpu = predict_image(img, net, tile_size=64, device="cpu")
     gpu = predict_image(img, net, tile_size=64, device="cuda")
     np.testing.assert_allclose(cpu, gpu, atol=1e-4)
+
+
+def test_counting_percentiles_equal_numpy():
+    """Integer images get their normalisation percentiles by counting values: the same float64
+    numbers as np.percentile (bitwise), for every integer dtype, ranges and edge quantiles."""
+    from napari_unet.core.normalize import percentiles
+
+    rng = np.random.default_rng(0)
+    for dt in (np.uint8, np.uint16, np.int16, np.int32, np.int64, np.uint32, bool):
+        for n in (1, 2, 7, 1000):
+            if dt is bool:
+                a = rng.integers(0, 2, n).astype(bool)
+            else:
+                lo = max(np.iinfo(dt).min, -70000)
+                a = rng.integers(lo, min(np.iinfo(dt).max, 70000), n, endpoint=True).astype(dt)
+            qs = [0.0, 1.0, 37.3, 50.0, 99.8, 100.0]
+            np.testing.assert_array_equal(percentiles(a, qs), np.percentile(a.astype(np.float64), qs))
+    wide = np.array([0, 2**40, 5], np.int64)  # too wide a range to count: falls back to numpy
+    assert percentiles(wide, [50.0]) == [5.0]

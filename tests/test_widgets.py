@@ -113,6 +113,7 @@ def test_segment_real_image_end_to_end(make_napari_viewer, qtbot, tiny_model_pat
     assert tuple(out.scale) == (0.5, 0.25) and tuple(out.translate) == (10, 20)
     assert w.run_button.enabled and not w.cancel_button.enabled
     assert w.status.text() == "added nuclei instances"
+    assert w.progress_bar.value() == w.progress_bar.maximum() > 0  # a finished job shows a full bar
     np.testing.assert_array_equal(src.data, before)
 
     # re-running replaces the layer's data instead of adding a copy

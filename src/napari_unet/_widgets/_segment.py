@@ -272,9 +272,9 @@ class SegmentWidget(QWidget):
             self._progress.close()
             self._progress = None
         self._set_running(False)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
         cancelled = worker is not None and worker.abort_requested
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0 if cancelled or not self._added else 1)  # full when done
         parts = []
         if self._added:
             parts.append(f"added {', '.join(self._added)}")

@@ -202,9 +202,11 @@ class PlaneReader:
             return normalization.stats(np.zeros((c, 1, 1)), channel_axis=0)
         # a regular subsample of the plane, read block-wise through _read
         step = max(1, int(np.ceil(np.sqrt(self.h * self.w / (1 << 22)))))
-        sample = self._read(slice(None, None, step), slice(None, None, step)).astype(np.float64)
-        if not np.all(np.isfinite(sample)):
-            raise ValueError(_NONFINITE)
+        sample = self._read(slice(None, None, step), slice(None, None, step))
+        if sample.dtype.kind not in "biu":  # integer images are finite and keep the fast percentiles
+            sample = sample.astype(np.float64)
+            if not np.all(np.isfinite(sample)):
+                raise ValueError(_NONFINITE)
         return normalization.stats(sample, channel_axis=0)
 
     def block(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
