@@ -114,6 +114,12 @@ def test_segment_real_image_end_to_end(make_napari_viewer, qtbot, tiny_model_pat
     assert w.run_button.enabled and not w.cancel_button.enabled
     assert w.status.text() == "added nuclei instances"
     assert w.progress_bar.value() == w.progress_bar.maximum() > 0  # a finished job shows a full bar
+    # napari's progress bar processes events re-entrantly, so a progress event can be handled after
+    # the job's `finished`: it must not overwrite the final status
+    from napari_unet._widgets._jobs import JobProgress
+
+    w._on_yielded(JobProgress(0, 1, "nuclei", 1, 1, 0, 1, "cpu"))
+    assert w.status.text() == "added nuclei instances"
     np.testing.assert_array_equal(src.data, before)
 
     # re-running replaces the layer's data instead of adding a copy

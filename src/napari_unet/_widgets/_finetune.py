@@ -348,14 +348,15 @@ class FineTuneWidget(QWidget):
             return
         self.progress_bar.setValue(ev.step)
         self.plot.add(ev.step, ev.loss, ev.val_score)
-        if self._progress is not None:
-            self._progress.update(ev.step - self._progress.n)
         text = f"step {ev.step}/{ev.total}, loss {ev.loss:.4f}"
         if ev.val_score is not None:
             text += f", validation IoU {ev.val_score:.3f} (best {ev.best_score:.3f})"
         if ev.eta_s is not None:
             text += f", {ev.eta_s:.0f} s left"
         self.status.setText(text)
+        # last: napari's progress bar may process events re-entrantly (see the Segment widget)
+        if self._progress is not None:
+            self._progress.update(ev.step - self._progress.n)
 
     def _on_returned(self, model: Any) -> None:
         base = self.base_model.value or "model"

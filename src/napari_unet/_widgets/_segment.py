@@ -237,18 +237,23 @@ class SegmentWidget(QWidget):
 
     def _on_yielded(self, ev: Any) -> None:
         if isinstance(ev, JobProgress):
+            if self.worker is None:
+                return  # the job has finished: a stale update must not overwrite the final status
             if self.progress_bar.maximum() != ev.total:
                 self.progress_bar.setRange(0, ev.total)
             self.progress_bar.setValue(ev.done)
-            pb = self._progress
-            if pb is not None:
-                if pb.total != ev.total:
-                    pb.total = ev.total
-                    pb.set_description(f"U-Net: {ev.name} ({ev.index + 1}/{ev.count})")
-                pb.update(ev.done - pb.n)
             where = f", plane {ev.plane + 1}/{ev.planes}" if ev.planes > 1 else ""
             self.status.setText(f"{ev.name} ({ev.index + 1}/{ev.count}): tile {ev.done}/{ev.total}"
                                 f"{where} on {ev.device}")
+            # napari's progress bar calls QApplication.processEvents() when its description
+            # changes, which can deliver the job's later events (even `finished`) right here:
+            # update it last, and only while it is still this job's
+            pb = self._progress
+            if pb is not None and pb.total != ev.total:
+                pb.total = ev.total
+                pb.set_description(f"U-Net: {ev.name} ({ev.index + 1}/{ev.count})")
+            if pb is not None and self._progress is pb:
+                pb.update(ev.done - pb.n)
         elif isinstance(ev, JobResult):
             source, meta, output = self._pending[ev.index]
             kind = "image" if output == "probabilities" else "labels"
