@@ -116,7 +116,11 @@ def main() -> int:
     viewer.layers["painted"].visible = False
     viewer.layers["complete region"].visible = False
     seg.run_button.native.click()
-    wait(app, lambda: not seg.running and seg.status.text().startswith(("added", "Done")))
+    try:
+        wait(app, lambda: not seg.running and seg.status.text().startswith(("added", "Done")), timeout=300)
+    except TimeoutError:
+        print("segment did not finish: running", seg.running, "status", repr(seg.status.text()))
+        raise
     settle(app)
     print("segment status:", seg.status.text())
     shot(viewer, app, "segment-instances.png")
