@@ -381,7 +381,6 @@ def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- validation
 @torch.no_grad()
-@torch.no_grad()
 def _predict_classes(net: UNet, image_padded: np.ndarray, pad: int, box: tuple[int, int, int, int],
                      out_size: int, halo: int, device: torch.device,
                      bias: torch.Tensor | None = None) -> np.ndarray:
