@@ -135,13 +135,14 @@ def score(model, eval_set, kind: str) -> dict:
 
 def train_one(kind: str, data: Path, out_dir: Path, steps: int, device: str, class_balance: bool = True,
               sets: tuple[str, ...] = NUCLEI_SETS, base_channels: int = 16,
-              logit_adjustment: bool = False) -> dict:
+              logit_adjustment: bool = False, sampling: str = "pixels") -> dict:
     train_set, eval_set = nuclei_data(data, sets) if kind == "nuclei" else em_data(data)
     images = [t[0] for t in train_set]
     labels = [t[1] for t in train_set]
     masks = [t[2] for t in train_set]
     cfg = TrainConfig(steps=steps, batch_size=4, patch_size=192, augmentation=Augmentation(),
-                      class_balance=class_balance, logit_adjustment=logit_adjustment)
+                      class_balance=class_balance, logit_adjustment=logit_adjustment,
+                      sampling=sampling)
     arch = default_architecture(1, "binary")
     arch = type(arch)(**{**arch.to_dict(), "base_channels": base_channels})
     if kind == "em":
@@ -182,7 +183,8 @@ def train_one(kind: str, data: Path, out_dir: Path, steps: int, device: str, cla
                             f"--device {device}" + ("" if class_balance else " --no-class-balance")
                             + (f" --nuclei-sets {' '.join(sets)}" if kind == "nuclei"
                                else "") + (f" --base-channels {base_channels}" if base_channels != 16 else "")
-                            + (" --logit-adjustment" if logit_adjustment else ""),
+                            + (" --logit-adjustment" if logit_adjustment else "")
+                            + (f" --sampling {sampling}" if sampling != "pixels" else ""),
     })
     path = save_model(model, out_dir / kind)
     return {"model": kind, "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
@@ -208,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--logit-adjustment", action="store_true",
                    help="shift the output bias by -log(mean class weight) after training")
+    p.add_argument("--sampling", choices=["pixels", "images"], default="pixels",
+                   help="patch sampling: in proportion to painted pixels, or each image equally")
     p.add_argument("--score", type=Path, metavar="MODEL",
                    help="only score this model file on the held-back regions of --models (no training)")
     p.add_argument("--update", action="store_true",
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(train_one(kind, args.data, args.out, steps, args.device,
                                  class_balance=balance == "on", sets=tuple(args.nuclei_sets),
                                  base_channels=args.base_channels,
-                                 logit_adjustment=args.logit_adjustment))
+                                 logit_adjustment=args.logit_adjustment, sampling=args.sampling))
         print(json.dumps(results[-1], indent=2), flush=True)
     return 0
 

@@ -228,6 +228,19 @@ def test_zarr_in_zarr_out_equals_in_memory(tmp_path, hela, output):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scratch left
 
 
+def test_zarr_with_tta_equals_in_memory(tmp_path, hela):
+    import zarr
+
+    model = tiny_model()
+    events, dest = run(segment_to_zarr(hela[:1], model, tmp_path / "out.zarr", output_type="probabilities",
+                                       tile_size=TILE, block_size=100, device="cpu", tta=True))
+    got = zarr.open_array(store=str(dest), mode="r")[...]
+    expected = segment_image(hela[:1], model, output="probabilities", tile_size=TILE, device="cpu", tta=True)
+    plain = segment_image(hela[:1], model, output="probabilities", tile_size=TILE, device="cpu")
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(got - plain).max() > 1e-3
+
+
 @pytest.mark.parametrize("post", [
     Postprocessing(instance_classes=(1,), min_size=5),
     Postprocessing(instance_classes=(1,), grow_classes=(0,), min_size=10),

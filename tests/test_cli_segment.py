@@ -43,6 +43,15 @@ def test_segment_one_file_equals_python_api(tmp_path, model_file):
     ref = segment_image(img, load_model(model_file), output="instances", tile_size=100, device="cpu")
     assert got.shape == img.shape and np.array_equal(got, ref)
     assert src.read_bytes() == before  # input untouched
+    # --tta: the 8-orientation average, as the Python API gives it
+    out = tmp_path / "probs_tta.tif"
+    assert main(["segment", str(src), "--model", str(model_file), "--output", str(out), "--tta",
+                 "--output-type", "probabilities", "--tile-size", "100", "--quiet"]) == 0
+    ref = segment_image(img, load_model(model_file), output="probabilities", tile_size=100,
+                        device="cpu", tta=True)
+    plain = segment_image(img, load_model(model_file), output="probabilities", tile_size=100, device="cpu")
+    np.testing.assert_array_equal(tifffile.imread(out), ref)
+    assert np.abs(ref - plain).max() > 1e-3
 
 
 def test_segment_many_files_into_folder_and_output_types(tmp_path, model_file):

@@ -109,6 +109,63 @@ def test_tiles_abut_exactly_probe(h, w, tile, padding, depth):
     np.testing.assert_allclose(out[0], expected, rtol=1e-6, atol=1e-6)
 
 
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(1, 120),
+       padding=st.sampled_from(["valid", "same"]), depth=st.integers(1, 3))
+def test_tta_undoes_each_flip_and_rotation_probe(h, w, tile, padding, depth):
+    """The probe commutes with flips and rotations, so test-time augmentation must give back
+    exactly its plain output: any transform not undone (or undone wrongly) on any tile,
+    square or not, would move pixels."""
+    cfg = UNetConfig(depth=depth, base_channels=1, padding=padding)
+    img = np.arange(h * w, dtype=np.float32).reshape(h, w)
+    norm = Normalization("fixed", offset=0.0, scale=float(h * w))
+    out = predict_image(img, _Probe(cfg), tile_size=(tile, tile + 16), device="cpu",
+                        normalization=norm, tta=True)
+    np.testing.assert_allclose(out[0], 1 / (1 + np.exp(-2 * img / (h * w))), rtol=1e-6, atol=1e-6)
+
+
+def _whole_image_tta_reference(net, img, padding):
+    """The 8 flips/rotations of the whole padded image, each through the net and back, averaged."""
+    cfg = net.config
+    chw = np.asarray(img, np.float64)[None]
+    stats = Normalization().stats(chw, channel_axis=0)
+    norm = ((chw - stats[:, 0, None, None]) / stats[:, 1, None, None]).astype(np.float32)
+    _, h, w = norm.shape
+    halo = cfg.halo
+    th, tw = cfg.input_size(h), cfg.input_size(w)
+    if padding == "mirror":
+        padded = norm[:, mirror_index(np.arange(-halo, th - halo), h)[:, None],
+                      mirror_index(np.arange(-halo, tw - halo), w)[None, :]]
+    else:
+        padded = np.pad(norm, ((0, 0), (halo, th - h - halo), (halo, tw - w - halo)))
+    acc = 0
+    for k in range(4):
+        for flip in (False, True):
+            x = np.rot90(padded, k, axes=(1, 2))
+            x = x[:, :, ::-1] if flip else x
+            with torch.no_grad():
+                p = torch.softmax(net(torch.from_numpy(x[None].copy())), 1)[0].numpy()
+            p = p[:, :, ::-1] if flip else p
+            acc = acc + np.rot90(p, -k, axes=(1, 2))
+    return (acc / 8)[:, :h, :w]
+
+
+@pytest.mark.parametrize("padding_mode", ["mirror", "zero"])
+@pytest.mark.parametrize("shape", [(67, 45), (120, 131)])
+def test_tta_tiled_equals_whole_image(padding_mode, shape):
+    net = _net("valid")
+    img = np.random.default_rng(3).gamma(2.0, 300.0, size=shape).astype(np.uint16)
+    ref = _whole_image_tta_reference(net, img, padding_mode)
+    plain = predict_image(img, net, padding=padding_mode, device="cpu")
+    assert np.abs(plain - ref).max() > 1e-3  # the averaging changes the output
+    for tile in (net.config.input_size(net.config.grid), 64, (52, 100)):
+        out = predict_image(img, net, tile_size=tile, padding=padding_mode, device="cpu", tta=True)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    sem = predict_image(img, net, tile_size=64, padding=padding_mode, device="cpu", tta=True,
+                        output="semantic")
+    np.testing.assert_array_equal(sem, ref.argmax(0))
+
+
 def test_mirror_index_matches_numpy_reflect():
     for n in (1, 2, 3, 8):
         a = np.arange(n)

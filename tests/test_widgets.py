@@ -150,6 +150,24 @@ def test_semantic_and_probability_outputs(make_napari_viewer, qtbot, tiny_model_
     np.testing.assert_allclose(prob.data.sum(0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(prob.data.argmax(0), sem.data)
 
+    # the Advanced box's test-time augmentation check box: the 8-orientation average
+    from napari_unet.core.io import load_model
+    from napari_unet.core.segment import segment_image
+
+    plain = prob.data.copy()
+    assert not w.tta.value
+    w.advanced.expand(animate=False)  # the check box sits in the collapsed Advanced box
+    qtbot.waitUntil(lambda: w.tta.native.isVisible(), timeout=5000)
+    click(qtbot, w.tta)
+    assert w.tta.value
+    click(qtbot, w.run_button)
+    assert not w.tta.enabled  # locked while running
+    wait_done(qtbot, w)
+    expected = segment_image(nuclei_image[:200, :300], load_model(tiny_model_path),
+                             output="probabilities", device="cpu", tta=True)
+    np.testing.assert_allclose(viewer.layers["crop probabilities"].data, expected, atol=1e-6)
+    assert np.abs(expected - plain).max() > 1e-3
+
 
 def test_cancel_mid_run_adds_nothing(make_napari_viewer, qtbot, tiny_model_path, nuclei_image):
     viewer = make_napari_viewer()

@@ -268,6 +268,7 @@ class _Job:
     layout: Any  # core.tiling.Layout
     stats: dict[tuple[int, ...], np.ndarray]
     planes: list[tuple[int, ...]]
+    tta: bool = False
 
 
 def _for_job(job: _Job) -> None:
@@ -320,7 +321,7 @@ def _task_predict(job: _Job, model: Any, pi: int, i: int, out_path: str, output:
     plane = job.planes[pi]
     res = predict_block(_open_source(job), net, job.grid, i, layout=job.layout, plane=plane,
                         stats=job.stats[plane], output=output, padding=job.padding,
-                        device=next(net.parameters()).device, batch_size=job.batch_size)
+                        device=next(net.parameters()).device, batch_size=job.batch_size, tta=job.tta)
     y0, x0, h, w = job.grid.region(i)
     lead = (slice(None),) if output == "probabilities" else ()
     _zopen(out_path)[plane + lead + (slice(y0, y0 + h), slice(x0, x0 + w))] = res
@@ -482,6 +483,7 @@ def segment_to_zarr(
     batch_size: int | None = None,
     client: Any = None,
     grow_halo: int = 64,
+    tta: bool = False,
 ) -> Generator[TileDone, None, Path]:
     """Segment ``image`` block by block into the zarr array ``output`` (written atomically).
 
@@ -493,6 +495,7 @@ def segment_to_zarr(
     client: a ``dask.distributed.Client``: blocks run on its workers. The image, the output folder
         and its scratch space must be reachable from every worker (a shared file system).
     grow_halo: first window margin for growing objects into grow classes; widened where needed.
+    tta: average over the 8 flips/rotations of each tile (8x the compute).
 
     Peak memory: a few blocks and their halos, plus label tables (8 bytes per object).
     Yields TileDone (tiles predicted, then blocks post-processed); returns the output path.
@@ -545,7 +548,7 @@ def segment_to_zarr(
         norm = Normalization()
     stats = {pl: plane_stats(arr, layout, pl, norm, padding) for pl in planes}
     job = _Job(uuid.uuid4().hex, src, axes, rgb, padding, str(dev or device), batch_size, grid, layout,
-               stats, planes)
+               stats, planes, bool(tta))
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_path(dest)
@@ -624,6 +627,7 @@ def instances_to_zarr(
     block_size: int | tuple[int, int] = 1024,
     client: Any = None,
     grow_halo: int = 64,
+    tta: bool = False,
 ) -> Generator[TileDone, None, Path]:
     """Instance labels of a semantic map (..., Y, X) of class ids, block by block, into the zarr
     array ``output`` (uint32, ids restart at 1 per plane), written atomically.

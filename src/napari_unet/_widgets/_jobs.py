@@ -107,6 +107,7 @@ def segment_jobs(
     tile_size: int | None = None,
     padding: str = "mirror",
     device: str = "auto",
+    tta: bool = False,
 ) -> Generator[Any, None, int]:
     """Segment each job's image in turn; returns the number of images that succeeded.
 
@@ -119,11 +120,11 @@ def segment_jobs(
         model = load_model(model)
         yield ModelLoaded(model_name, model)
     with one_core_for_the_viewer(device):
-        return (yield from _segment_all(jobs, model, output, tile_size, padding, device))
+        return (yield from _segment_all(jobs, model, output, tile_size, padding, device, tta))
 
 
 def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int | None,
-                 padding: str, device: str) -> Generator[Any, None, int]:
+                 padding: str, device: str, tta: bool = False) -> Generator[Any, None, int]:
     from ..core.events import relay
     from ..core.segment import segment
     from ..core.tiling import infer_layout
@@ -133,7 +134,7 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
         try:
             layout = infer_layout(tuple(job.data.shape), model.config.in_channels, None, job.rgb)
             gen = segment(job.data, model, output=output, rgb=job.rgb, tile_size=tile_size,
-                          padding=padding, device=device)
+                          padding=padding, device=device, tta=tta)
             result = yield from relay(gen, lambda ev, i=i, job=job: JobProgress(
                 i, len(jobs), job.name, ev.done, ev.total, ev.plane, ev.planes, ev.device))
         except Exception as exc:  # one bad image does not stop the queue

@@ -130,12 +130,13 @@ def predict_block(
     padding: str = "mirror",
     device: torch.device | None = None,
     batch_size: int = 1,
+    tta: bool = False,
 ) -> np.ndarray:
     """Predict block ``i`` of ``grid`` in ``plane`` of ``source``.
 
     ``net`` comes from :func:`inference_net`; ``stats`` from :func:`plane_stats` (whole plane).
     Returns float32 (classes, bh, bw) probabilities or uint8 (bh, bw) class ids, equal to the
-    corresponding part of ``predict(...)`` on the whole plane with the same tile size.
+    corresponding part of ``predict(...)`` on the whole plane with the same tile size (and ``tta``).
     """
     if output not in ("probabilities", "semantic"):
         raise ValueError(f"output must be 'probabilities' or 'semantic', got {output!r}")
@@ -152,7 +153,7 @@ def predict_block(
     s = plan.skip
     for b0 in range(0, len(origins), batch_size):
         batch_origins = origins[b0 : b0 + batch_size]
-        res = predict_tiles(net, reader, plan, batch_origins, dev, output)
+        res = predict_tiles(net, reader, plan, batch_origins, dev, output, tta)
         for r, (y, x) in zip(res, batch_origins, strict=True):
             kh, kw = min(kept_max[0], y0 + bh - y), min(kept_max[1], x0 + bw - x)
             oy, ox = y - y0, x - x0

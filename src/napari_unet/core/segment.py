@@ -41,13 +41,15 @@ def segment(
     padding: str = "mirror",
     device: str | torch.device = "auto",
     batch_size: int | None = None,
+    tta: bool = False,
     out: Any = None,
 ) -> Generator[TileDone, None, Any]:
     """Segment ``image`` (see :func:`~napari_unet.core.tiling.predict` for shapes and options).
 
     output: "instances" -> uint16/uint32 labels (*planes, Y, X), touching objects separated, ids
     restarting at 1 in each plane; "semantic" -> uint8 class ids; "probabilities" -> float32
-    (*planes, classes, Y, X). Yields TileDone over all tiles of all planes; returns the output.
+    (*planes, classes, Y, X). ``tta``: average over the 8 flips/rotations of each tile (8x the
+    compute, see :func:`~napari_unet.core.tiling.predict`). Yields TileDone over all tiles of all planes; returns the output.
     The input is never modified.
     """
     if output not in OUTPUT_TYPES:
@@ -81,7 +83,7 @@ def segment(
         mode = "semantic" if output in ("semantic", "instances") and not _needs_probs(post, output) \
             else "probabilities"
         gen = predict(plane, model, axes=plane_axes_str, output=mode, tile_size=tile_size,
-                      padding=padding, device=dev, batch_size=batch_size)
+                      padding=padding, device=dev, batch_size=batch_size, tta=tta)
         result = yield from relay(gen, lambda ev, done=done, pi=pi: replace(
             ev, done=done + ev.done, total=total, plane=pi, planes=len(planes)))
         done += n_tiles

@@ -55,6 +55,7 @@ from .normalize import Normalization
 from .weights import SIGMA, W0, weight_map
 
 OPTIMIZERS = ("adam", "sgd")
+SAMPLING = ("pixels", "images")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class TrainConfig:
       for the unweighted frequencies; validation scores the adjusted net. The shift is stored in
       the model (provenance ``logit_adjustment``) and undone before a later fine-tuning. ``None``
       (default): as the model being fine-tuned, else off (the paper's plain argmax).
+    - ``sampling="pixels"``: a patch is centred on a painted training pixel drawn uniformly from all
+      images, so an image's share of the patches is its share of the painted pixels (a large,
+      fully painted image dominates a small one). ``"images"``: first an image (plane) uniformly,
+      then a painted pixel in it, so each painted image gets the same share of patches.
     - ``val_fraction=0.2``, validation every ``val_every`` steps (default: 20 validations per run).
     """
 
@@ -103,6 +108,7 @@ class TrainConfig:
     sigma: float = SIGMA
     class_balance: bool = True
     logit_adjustment: bool | None = None
+    sampling: str = "pixels"
     val_fraction: float = 0.2
     val_every: int | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -114,6 +120,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {lo}, got {v!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.sampling not in SAMPLING:
+            raise ValueError(f"TrainConfig.sampling must be one of {SAMPLING}, got {self.sampling!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if not 0 <= self.val_fraction < 1:
@@ -341,11 +349,15 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
                         val_total, class_weights)
 
 
-def _sample_batch(data: TrainingData, rng: np.random.Generator, n: int
+def _sample_batch(data: TrainingData, rng: np.random.Generator, n: int, sampling: str = "pixels"
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` random patches centred on known training pixels: image (n, C, I, I), target and
-    weights (n, I, I) (I the input tile size; the target is cropped to the output after augmenting)."""
+    weights (n, I, I) (I the input tile size; the target is cropped to the output after augmenting).
+    ``sampling``: "pixels" (a plane in proportion to its training pixels) or "images" (planes
+    equally likely)."""
     counts = np.array([p.centres.size for p in data.planes], np.float64)
+    if sampling == "images":
+        counts = (counts > 0).astype(np.float64)
     which = rng.choice(len(data.planes), size=n, p=counts / counts.sum())
     i_sz, half, halo = data.in_size, data.out_size // 2, data.halo
     imgs, tgts, wts = [], [], []
@@ -635,7 +647,7 @@ def train(
             if _should_stop(stop):
                 break
             with rng_t.active():
-                x, t, w = _sample_batch(data, rng, tc.batch_size)
+                x, t, w = _sample_batch(data, rng, tc.batch_size, tc.sampling)
                 xt = torch.from_numpy(x).to(dev)
                 tt = torch.from_numpy(t).to(dev)
                 wt = torch.from_numpy(w).to(dev)
