@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QPoint, Qt
 
 PLUGIN = "napari-unet"
 TIMEOUT = 120_000  # ms
@@ -157,8 +157,9 @@ def test_semantic_and_probability_outputs(make_napari_viewer, qtbot, tiny_model_
     plain = prob.data.copy()
     assert not w.tta.value
     w.advanced.expand(animate=False)  # the check box sits in the collapsed Advanced box
-    qtbot.waitUntil(lambda: w.tta.native.isVisible(), timeout=5000)
-    click(qtbot, w.tta)
+    qtbot.waitUntil(lambda: w.tta.native.isVisibleTo(w) and w.tta.native.width() > 0, timeout=5000)
+    box = w.tta.native  # a check box reacts to clicks on its indicator or text, at its left
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton, pos=QPoint(6, box.height() // 2))
     assert w.tta.value
     click(qtbot, w.run_button)
     assert not w.tta.enabled  # locked while running
