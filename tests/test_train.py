@@ -325,3 +325,41 @@ def test_logit_adjustment_shifts_the_output_bias_and_is_undone_for_fine_tuning(c
                       config=fast_config(steps=3, val_fraction=0.0, logit_adjustment=False))
     assert torch.allclose(off.net.head.bias, plain.net.head.bias, atol=1e-6)
     assert off.provenance["logit_adjustment"] is None
+
+
+def test_patch_sampling_by_pixels_or_by_images(crop):
+    """'pixels': an image's share of the patches is its share of the painted pixels (a large image
+    dominates); 'images': each painted image equally often."""
+    from napari_unet.core import train as train_mod
+
+    img, lab = crop
+    small = np.zeros_like(lab, dtype=bool)
+    small[40:60, 40:60] = True  # a second image painted on 400 pixels only
+    model = tiny_model()
+    data = prepare_data([img, img[::-1].copy()], [lab, lab[::-1].copy()], [None, small],
+                        config=model.config, normalization=model.normalization, mode="binary",
+                        train_config=fast_config())
+    counts = np.array([p.centres.size for p in data.planes], float)
+    assert counts[0] > 1.5 * counts[1]  # the fully painted image has more patch centres
+
+    class Spy:
+        def __init__(self):
+            self.rng, self.p = np.random.default_rng(0), []
+
+        def choice(self, n, size, p):
+            self.p.append(np.asarray(p))
+            return self.rng.choice(n, size=size, p=p)
+
+        def integers(self, *a, **k):
+            return self.rng.integers(*a, **k)
+
+    for sampling, expected in (("pixels", counts / counts.sum()), ("images", np.array([0.5, 0.5]))):
+        spy = Spy()
+        x, t, w = train_mod._sample_batch(data, spy, 4, sampling)
+        assert x.shape[0] == t.shape[0] == w.shape[0] == 4
+        np.testing.assert_allclose(spy.p[0], expected)
+    with pytest.raises(ValueError, match="sampling"):
+        TrainConfig(sampling="tiles")
+    m = train_model([img, img[::-1].copy()], [lab, lab[::-1].copy()], [None, small], model=tiny_model(),
+                    config=fast_config(steps=2, sampling="images"), device="cpu", seed=0)
+    assert m.provenance["training"]["sampling"] == "images"
