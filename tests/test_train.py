@@ -268,10 +268,11 @@ def test_cli_train_end_to_end(tmp_path, crop):
     out2 = tmp_path / "tuned2.safetensors"
     assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
                  "--base-model", str(base), "--steps", "1", "--patch-size", "32", "--batch-size", "2",
-                 "--device", "cpu", "--no-class-balance", "--logit-adjustment", "--output", str(out2),
-                 "--quiet"]) == 0
+                 "--device", "cpu", "--no-class-balance", "--logit-adjustment", "--sampling", "images",
+                 "--output", str(out2), "--quiet"]) == 0
     m2 = load_model(out2)
     assert m2.provenance["training"]["class_balance"] is False
+    assert m.provenance["training"]["sampling"] == "pixels" and m2.provenance["training"]["sampling"] == "images"
     assert len(m2.provenance["logit_adjustment"]) == 2
     # errors: mismatched counts and missing files exit with 2
     assert main(["train", "--images", str(tmp_path / "a.tif"), str(tmp_path / "a.tif"),

@@ -204,6 +204,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="fraction of the painted pixels held back for validation (0 = none)")
     p.add_argument("--no-class-balance", action="store_true",
                    help="w_c = 1 in the weight map: keep only the paper's border term")
+    p.add_argument("--sampling", choices=("pixels", "images"), default="pixels",
+                   help="where training patches come from: in proportion to each image's painted "
+                        "pixels (default), or each image (plane) equally often")
     adj = p.add_mutually_exclusive_group()
     adj.add_argument("--logit-adjustment", dest="logit_adjustment", action="store_true", default=None,
                      help="shift the output bias by -log(mean class weight) so that the argmax is not "
@@ -256,7 +259,7 @@ def _run_train(args: argparse.Namespace) -> int:
         config = TrainConfig(steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
                              lr=args.lr, val_fraction=args.val_fraction, augmentation=Augmentation(),
                              class_balance=not args.no_class_balance,
-                             logit_adjustment=args.logit_adjustment)
+                             logit_adjustment=args.logit_adjustment, sampling=args.sampling)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     base = None
