@@ -1,5 +1,6 @@
 """`napari-unet segment` on real files."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,11 @@ def test_segment_one_file_equals_python_api(tmp_path, model_file):
     ref = segment_image(img, load_model(model_file), output="instances", tile_size=100, device="cpu")
     assert got.shape == img.shape and np.array_equal(got, ref)
     assert src.read_bytes() == before  # input untouched
+    # written atomically through a temporary file, yet with the permissions of a normal file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [q.name for q in tmp_path.iterdir() if q.name.startswith(".")] == []
     # --tta: the 8-orientation average, as the Python API gives it
     out = tmp_path / "probs_tta.tif"
     assert main(["segment", str(src), "--model", str(model_file), "--output", str(out), "--tta",

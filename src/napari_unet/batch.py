@@ -21,7 +21,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -99,16 +98,10 @@ def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:
         return p
     import tifffile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, data, compression="zlib" if data.dtype != np.float32 else None)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
+    from .core.io import atomic_write
+
+    return atomic_write(p, lambda tmp: tifffile.imwrite(
+        tmp, data, compression="zlib" if data.dtype != np.float32 else None))
 
 
 def _partial_path(dest: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -106,10 +107,18 @@ def save_model(model: UNetModel, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.net.state_dict().items()}
     meta = {_HEADER_KEY: json.dumps(model.header())}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Write a file atomically: ``write(tmp)`` fills a temporary file in the same folder, which
+    then replaces ``path`` in one rename. A crash or an error leaves the old file (or none), never a
+    half-written one; the temporary file is removed on failure. Returns ``path``."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(state, tmp, metadata=meta)
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files: give the usual permissions
