@@ -267,6 +267,12 @@ def test_generator_reports_progress_and_stops_between_tiles():
         next(gen)
     n = sum(1 for _ in predict(img, net, tile_size=44, device="cpu"))
     assert n == events[0].total
+    # test-time augmentation: 8 forward passes per tile, and a stopping point between them
+    gen = predict(img, net, tile_size=44, device="cpu", tta=True)
+    events = [next(gen) for _ in range(8)]
+    assert [e.done for e in events] == [0] * 7 + [1]
+    gen.close()
+    assert not torch.is_inference_mode_enabled()  # not left on by a suspended pass
 
 
 def test_semantic_output_streams_into_zarr():

@@ -338,21 +338,34 @@ def predict_tiles(net: UNet, reader: PlaneReader, plan: TilePlan, origins: Any, 
     tiles start on it, so a flipped or rotated tile's pooling grid lines up across tiles and tile
     sizes too: the averaged output does not depend on the tile size (tiled equals one whole-image
     tile), as without ``tta``."""
+    return run_to_end(predict_tiles_passes(net, reader, plan, origins, device, output, tta))
+
+
+def predict_tiles_passes(net: UNet, reader: PlaneReader, plan: TilePlan, origins: Any,
+                         device: torch.device, output: str, tta: bool = False
+                         ) -> Generator[None, None, np.ndarray]:
+    """:func:`predict_tiles` as a generator that yields between its forward passes (the eight of
+    ``tta``; without it, never), so that a job can be stopped between the passes of a large tile."""
     th, tw = plan.tile_in
     batch = np.stack([reader.block(y - plan.context, x - plan.context, th, tw) for y, x in origins])
+    xb = torch.from_numpy(batch).to(device)
+    acc = None
+    for i, g in enumerate(DIHEDRAL if tta else DIHEDRAL[:1]):
+        if i:
+            yield None
+        with torch.inference_mode():  # entered per pass: never held across a yield
+            logits = _untransform(net(_channels_last(_transform(xb, g), device)), g)
+            if not tta and output == "semantic":
+                acc = logits.argmax(1)
+            else:
+                p = torch.softmax(logits, dim=1)
+                acc = p if acc is None else acc.add_(p)
     with torch.inference_mode():
-        xb = torch.from_numpy(batch).to(device)
-        if not tta:
-            logits = net(_channels_last(xb, device))
-            res = torch.softmax(logits, dim=1) if output == "probabilities" else logits.argmax(1)
-            return res.to("cpu").numpy()
-        acc = None
-        for g in DIHEDRAL:
-            p = _untransform(torch.softmax(net(_channels_last(_transform(xb, g), device)), dim=1), g)
-            acc = p if acc is None else acc.add_(p)
-        acc = acc.div_(len(DIHEDRAL))
-        res = acc if output == "probabilities" else acc.argmax(1)
-        return res.to("cpu").numpy()
+        if tta:
+            acc = acc.div_(len(DIHEDRAL))
+            if output == "semantic":
+                acc = acc.argmax(1)
+        return acc.to("cpu").numpy()
 
 
 def _channels_last(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -442,7 +455,16 @@ def predict(
         reader = PlaneReader(image, tuple(index), (layout.y, layout.x), layout.c, norm, padding)
         for b0 in range(0, len(plan), batch_size):
             origins = plan.origins[b0 : b0 + batch_size]
-            res = predict_tiles(net, reader, plan, origins, dev, output, tta)
+            passes = predict_tiles_passes(net, reader, plan, origins, dev, output, tta)
+            while True:
+                try:
+                    next(passes)
+                except StopIteration as stop:
+                    res = stop.value
+                    break
+                # between the passes of test-time augmentation: no new tile yet, but a point
+                # where the job can be stopped
+                yield TileDone(done, total, pi, len(planes), str(dev))
             for r, (y, x) in zip(res, origins, strict=True):
                 # every output pixel of every tile is exact: keep all of it inside the image
                 kh, kw = min(kept_max[0], h - y), min(kept_max[1], w - x)
