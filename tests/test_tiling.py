@@ -28,6 +28,14 @@ def _net(padding="valid", depth=2, in_channels=1, classes=2, seed=0):
 
 def _whole_image_reference(net, img, padding):
     """Independent reference: normalise the whole image, pad it ONCE, run the net, crop."""
+    padded, (h, w), s = _pad_whole_image(net, img, padding)
+    with torch.no_grad():
+        p = torch.softmax(net(torch.from_numpy(padded[None].copy())), 1)[0].numpy()
+    return p[:, s : s + h, s : s + w]
+
+
+def _pad_whole_image(net, img, padding):
+    """The normalised image padded once to a valid network input; its (h, w) and output offset."""
     cfg = net.config
     img = np.asarray(img, np.float64)
     chw = img if img.ndim == 3 else img[None]
@@ -46,10 +54,7 @@ def _whole_image_reference(net, img, padding):
         padded = norm[:, ry[:, None], rx[None, :]]
     else:
         padded = np.pad(norm, ((0, 0), (halo, th - h - halo), (halo, tw - w - halo)))
-    with torch.no_grad():
-        p = torch.softmax(net(torch.from_numpy(padded[None].copy())), 1)[0].numpy()
-    s = 0 if cfg.padding == "valid" else halo
-    return p[:, s : s + h, s : s + w]
+    return padded, (h, w), 0 if cfg.padding == "valid" else halo
 
 
 @pytest.mark.parametrize("padding_mode", ["mirror", "zero"])
@@ -126,18 +131,7 @@ def test_tta_undoes_each_flip_and_rotation_probe(h, w, tile, padding, depth):
 
 def _whole_image_tta_reference(net, img, padding):
     """The 8 flips/rotations of the whole padded image, each through the net and back, averaged."""
-    cfg = net.config
-    chw = np.asarray(img, np.float64)[None]
-    stats = Normalization().stats(chw, channel_axis=0)
-    norm = ((chw - stats[:, 0, None, None]) / stats[:, 1, None, None]).astype(np.float32)
-    _, h, w = norm.shape
-    halo = cfg.halo
-    th, tw = cfg.input_size(h), cfg.input_size(w)
-    if padding == "mirror":
-        padded = norm[:, mirror_index(np.arange(-halo, th - halo), h)[:, None],
-                      mirror_index(np.arange(-halo, tw - halo), w)[None, :]]
-    else:
-        padded = np.pad(norm, ((0, 0), (halo, th - h - halo), (halo, tw - w - halo)))
+    padded, (h, w), _ = _pad_whole_image(net, img, padding)
     acc = 0
     for k in range(4):
         for flip in (False, True):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .device import free_memory_bytes, resolve_device
-from .events import TileDone, run_to_end
+from .events import TileDone, relay, run_to_end
 from .io import UNetModel
 from .model import UNet, UNetConfig
 from .normalize import Normalization
@@ -455,16 +455,10 @@ def predict(
         reader = PlaneReader(image, tuple(index), (layout.y, layout.x), layout.c, norm, padding)
         for b0 in range(0, len(plan), batch_size):
             origins = plan.origins[b0 : b0 + batch_size]
-            passes = predict_tiles_passes(net, reader, plan, origins, dev, output, tta)
-            while True:
-                try:
-                    next(passes)
-                except StopIteration as stop:
-                    res = stop.value
-                    break
-                # between the passes of test-time augmentation: no new tile yet, but a point
-                # where the job can be stopped
-                yield TileDone(done, total, pi, len(planes), str(dev))
+            # between the passes of test-time augmentation: no new tile yet, but a point where
+            # the job can be stopped
+            res = yield from relay(predict_tiles_passes(net, reader, plan, origins, dev, output, tta),
+                                   lambda _, pi=pi, done=done: TileDone(done, total, pi, len(planes), str(dev)))
             for r, (y, x) in zip(res, origins, strict=True):
                 # every output pixel of every tile is exact: keep all of it inside the image
                 kh, kw = min(kept_max[0], h - y), min(kept_max[1], w - x)
