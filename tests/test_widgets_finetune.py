@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 
@@ -68,6 +69,19 @@ def test_finetune_from_painted_layer_then_segment(make_napari_viewer, qtbot, tin
     loaded = load_model(path)
     for k, v in ft.model.net.state_dict().items():
         np.testing.assert_array_equal(loaded.net.state_dict()[k].numpy(), v.numpy())
+
+    # seeded: training again with the same seed gives the same weights, another seed others
+    def retrain():
+        click(qtbot, ft.train_button)
+        qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+        return {k: v.clone() for k, v in ft.model.net.state_dict().items()}
+
+    first = {k: v.clone() for k, v in ft.model.net.state_dict().items()}
+    again = retrain()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    ft.seed.value = 7
+    other = retrain()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
 def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, tiny_model_path, nuclei_image,

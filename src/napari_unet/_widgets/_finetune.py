@@ -99,6 +99,10 @@ class FineTuneWidget(QWidget):
             value=1.0, min=0.0, max=2.0, step=0.1, label="Augmentation",
             tooltip="Augmentation strength: 1 = the paper's elastic deformation (3x3 grid, 10 px) "
                     "with flips, turns and intensity jitter; 0 = none; 2 = twice the displacement")
+        self.seed = SpinBox(
+            value=0, min=0, max=2**31 - 1, label="Seed",
+            tooltip="Random seed of the patch sampling, augmentation and dropout: the same pairs, "
+                    "settings and seed give the same model (on the CPU); change it for another draw")
         self.preview_button = PushButton(
             text="Preview", tooltip="Add one augmented training sample and its weight map (paper "
                                     "eq. 2) as layers")
@@ -115,7 +119,7 @@ class FineTuneWidget(QWidget):
         pair_buttons.addWidget(self.add_pair.native)
         pair_buttons.addWidget(self.remove_pair.native)
         settings = Container(widgets=[self.scribbles, self.background_label, self.base_model,
-                                      self.device, self.steps, self.lr, self.strength],
+                                      self.device, self.steps, self.lr, self.strength, self.seed],
                              labels=True)
         buttons = QHBoxLayout()
         for b in (self.preview_button, self.train_button, self.stop_button, self.save_button):
@@ -312,7 +316,8 @@ class FineTuneWidget(QWidget):
         self.worker = create_worker(
             _train_job, pairs, entry.ref(), name, steps=steps, lr=float(self.lr.value),
             strength=float(self.strength.value), background_label=self._background(),
-            device=self.device.value, stop=self._stop, _ignore_errors=True)
+            device=self.device.value, seed=int(self.seed.value), stop=self._stop,
+            _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(
@@ -336,7 +341,7 @@ class FineTuneWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         for w in (self.train_button, self.base_model, self.device, self.steps, self.lr,
                   self.add_pair, self.remove_pair, self.image, self.labels, self.region,
-                  self.scribbles, self.strength):
+                  self.scribbles, self.strength, self.seed):
             w.enabled = not running
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
@@ -421,7 +426,7 @@ class FineTuneWidget(QWidget):
 
 def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
                strength: float, background_label: int | None, device: str,
-               stop: threading.Event) -> Any:
+               stop: threading.Event, seed: int | None = None) -> Any:
     """Worker generator: load the base model if needed, then train (see ``_training``)."""
     from ..core.io import UNetModel, load_model
     from ._training import start_training
@@ -433,4 +438,4 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
         return (yield from start_training(pairs, model, steps=steps, lr=lr,
                                           augmentation_strength=strength,
                                           background_label=background_label, device=device,
-                                          stop=stop))
+                                          stop=stop, seed=seed))

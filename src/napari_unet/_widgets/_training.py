@@ -54,9 +54,11 @@ def start_training(
     device: str = "auto",
     stop: threading.Event | None = None,
     name: str | None = None,
+    seed: int | None = None,
 ) -> Generator[Any, None, Any]:
     """Fine-tune ``base_model`` (not modified) on ``pairs``; yields ``StepDone``, returns the best
-    UNetModel. Setting ``stop`` ends training after the current step and returns the best model."""
+    UNetModel. Setting ``stop`` ends training after the current step and returns the best model.
+    ``seed``: same pairs, settings and seed -> same model on the CPU (None: a fresh draw)."""
     from ..core.train import TrainConfig, train
 
     rgb = {p.rgb for p in pairs}
@@ -76,6 +78,7 @@ def start_training(
         device=device,
         stop=stop,
         name=name,
+        seed=seed,
     ))
 
 
