@@ -620,7 +620,6 @@ def instances_to_zarr(
     block_size: int | tuple[int, int] = 1024,
     client: Any = None,
     grow_halo: int = 64,
-    tta: bool = False,
 ) -> Generator[TileDone, None, Path]:
     """Instance labels of a semantic map (..., Y, X) of class ids, block by block, into the zarr
     array ``output`` (uint32, ids restart at 1 per plane), written atomically.
