@@ -15,12 +15,14 @@ from napari_unet.core.events import StepDone
 from napari_unet.core.io import UNetModel, load_model, save_model
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.normalize import Normalization
+from napari_unet._synthetic import rod_colony
 from napari_unet.core.train import (
     TrainConfig,
+    postprocessing_for,
     prepare_data,
     train,
     train_model,
-    validation_iou,
+    validate,
     weighted_loss,
 )
 
@@ -60,8 +62,17 @@ def tiny_model(padding="valid", classes=2, seed=0, depth=2, base=4):
     return UNetModel(net, name="tiny", provenance={"origin": "test"})
 
 
+@pytest.fixture(scope="module")
+def colony():
+    """Two frames of a synthetic colony of packed rods (empty margins around it), 18 cells each."""
+    frames = [rod_colony(seed=s) for s in (0, 1)]
+    return [f[0] for f in frames], [f[1] for f in frames]
+
+
 def fast_config(**kw):
-    base = dict(steps=3, batch_size=2, patch_size=32, val_every=1)
+    """Tiny runs; validation allowed on small paintings (the defaults need 40 painted objects)."""
+    base = dict(steps=3, batch_size=2, patch_size=32, val_every=1, val_min_total=0,
+                val_min_objects=1, precision="fp32")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -106,8 +117,9 @@ def test_weighted_loss_ignores_unknown_pixels():
 
 
 # ---------------------------------------------------------------------------- generator
-def test_generator_yields_steps_and_returns_model(crop):
-    img, lab = crop
+def test_generator_yields_steps_and_returns_model(colony):
+    imgs, labs = colony
+    img, lab = imgs[0], labs[0]
     base = tiny_model()
     before = {k: v.clone() for k, v in base.net.state_dict().items()}
     img0, lab0 = img.copy(), lab.copy()
@@ -127,8 +139,12 @@ def test_generator_yields_steps_and_returns_model(crop):
     for key in ("base_model", "data_shapes", "steps", "augmentation", "validation_iou", "seed", "date"):
         assert key in prov
     assert prov["base_model"]["name"] == "tiny" and prov["seed"] == 1 and prov["steps"] == 3
-    assert prov["data_shapes"] == [[128, 128]]
-    assert model.postprocessing.instance_classes == (1,)
+    assert prov["data_shapes"] == [[192, 256]]
+    # packed rods: a boundary class was added to the 2-class model, instances from the interior
+    assert prov["mode"] == "boundary" and prov["boundary_class_added"]
+    assert model.config.num_classes == 3 and model.config.class_names[1] == "boundary"
+    assert model.postprocessing.instance_classes == (2,) and model.postprocessing.grow_classes == (1,)
+    assert prov["validation"]["available"] and prov["validation"]["objects"] >= 1
     # the caller's data and model are untouched
     np.testing.assert_array_equal(img, img0)
     np.testing.assert_array_equal(lab, lab0)
@@ -153,8 +169,8 @@ def test_same_seed_same_weights(crop):
     assert all(torch.equal(v, e.net.state_dict()[k]) for k, v in d.net.state_dict().items())
 
 
-def test_stop_keeps_the_best_model(crop):
-    img, lab = crop
+def test_stop_keeps_the_best_model(colony):
+    img, lab = colony[0][0], colony[1][0]
     cfg = fast_config(steps=50, lr=3e-2)
     calls = {"n": 0}
 
@@ -171,13 +187,15 @@ def test_stop_keeps_the_best_model(crop):
         model = s.value
     assert len(events) == 6
     prov = model.provenance
-    scores = [prov["validation_iou_start"]] + [e.val_score for e in events]
-    assert prov["validation_iou"] == max(scores)
+    v = prov["validation"]
+    scores = [v["start"]["score"]] + [e.val_score for e in events]
+    assert v["best"]["score"] == max(scores)
     assert prov["steps"] == 6
     # the returned weights really are the best ones: re-measure on the same held-back data
     data = prepare_data(img, lab, config=model.config, normalization=model.normalization,
-                        mode="binary", train_config=cfg)
-    assert validation_iou(model.net, data, torch.device("cpu")) == pytest.approx(max(scores))
+                        mode="boundary", train_config=cfg)
+    again = validate(model.net, data, torch.device("cpu"), model.postprocessing)
+    assert again.score == pytest.approx(max(scores))
     # a threading.Event works as a stop flag too
     ev = threading.Event()
     ev.set()
@@ -203,8 +221,9 @@ def test_errors_are_clear(crop):
         next(train(img, lab[:-1], model=tiny_model(), config=fast_config(), device="cpu"))
     with pytest.raises(AnnotationError, match="no painted pixel"):
         next(train(img, np.zeros_like(lab), model=tiny_model(), config=fast_config(), device="cpu"))
-    with pytest.raises(ValueError, match="mode 'boundary' needs 3 classes"):
-        next(train(img, lab, model=tiny_model(), mode="boundary", config=fast_config(), device="cpu"))
+    with pytest.raises(ValueError, match="mode 'binary' needs 2 classes"):
+        next(train(img, lab, model=tiny_model(classes=3), mode="binary", config=fast_config(),
+                   device="cpu"))
 
 
 def test_boundary_mode_scribbles_and_same_padding(crop):
@@ -242,7 +261,9 @@ def test_fine_tuning_improves_iou_on_a_different_region(huh7):
     end = iou(predict_foreground(model, img), truth, test_region)
     assert end > start + 0.25, (start, end)
     assert end > 0.55, (start, end)
-    assert model.provenance["validation_iou"] > model.provenance["validation_iou_start"]
+    # 10 painted cells are too few to hold some back: no validation, the final weights, said so
+    v = model.provenance["validation"]
+    assert not v["available"] and v["kept"] == "final averaged" and "no validation" in v["note"]
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -263,17 +284,19 @@ def test_cli_train_end_to_end(tmp_path, crop):
     m = load_model(out)
     assert m.provenance["steps"] == 2 and m.provenance["seed"] == 3
     assert m.provenance["base_model"]["source"] == str(base)
-    assert m.config == tiny_model().config
-    assert m.provenance["training"]["class_balance"] is True and m.provenance["logit_adjustment"] is None
+    # the painted cells touch: a boundary class was added (mode auto), the rest of the net as it was
+    assert m.config.num_classes == 3 and m.provenance["mode"] == "boundary"
+    assert m.config.depth == tiny_model().config.depth and m.config.padding == "valid"
+    assert m.provenance["training"]["class_balance"] is False and m.provenance["logit_adjustment"] is None
     out2 = tmp_path / "tuned2.safetensors"
     assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
                  "--base-model", str(base), "--steps", "1", "--patch-size", "32", "--batch-size", "2",
-                 "--device", "cpu", "--no-class-balance", "--logit-adjustment", "--sampling", "images",
+                 "--device", "cpu", "--class-balance", "--logit-adjustment", "--sampling", "images",
                  "--output", str(out2), "--quiet"]) == 0
     m2 = load_model(out2)
-    assert m2.provenance["training"]["class_balance"] is False
+    assert m2.provenance["training"]["class_balance"] is True
     assert m.provenance["training"]["sampling"] == "pixels" and m2.provenance["training"]["sampling"] == "images"
-    assert len(m2.provenance["logit_adjustment"]) == 2
+    assert len(m2.provenance["logit_adjustment"]) == m2.config.num_classes
     # errors: mismatched counts and missing files exit with 2
     assert main(["train", "--images", str(tmp_path / "a.tif"), str(tmp_path / "a.tif"),
                  "--labels", str(tmp_path / "a_labels.tif"), "--output", str(out)]) == 2
@@ -297,10 +320,11 @@ def test_logit_adjustment_shifts_the_output_bias_and_is_undone_for_fine_tuning(c
     """Weighted cross-entropy is minimised by q_k ~ w_k p_k: the adjusted model adds -log(mean w_k)
     (centred) to its logits; fine-tuning it starts from the unadjusted (weighted) parametrisation."""
     img, lab = crop
-    cfg = fast_config(steps=3, val_fraction=0.0)
-    plain = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=3)
-    adjusted = train_model(img, lab, model=tiny_model(), device="cpu", seed=3,
-                           config=fast_config(steps=3, val_fraction=0.0, logit_adjustment=True))
+    cfg = fast_config(steps=3, val_fraction=0.0, class_balance=True)
+    plain = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=3, mode="binary")
+    adjusted = train_model(img, lab, model=tiny_model(), device="cpu", seed=3, mode="binary",
+                           config=fast_config(steps=3, val_fraction=0.0, logit_adjustment=True,
+                                              class_balance=True))
     w = np.array(adjusted.provenance["class_mean_weights"])
     assert (w > 0).all() and abs(w[1] - w[0]) > 0.1  # class balance + border term differ per class
     expected = -np.log(w) - (-np.log(w)).mean()
@@ -318,12 +342,13 @@ def test_logit_adjustment_shifts_the_output_bias_and_is_undone_for_fine_tuning(c
     # fine-tuning an adjusted model: stopped before the first step, on the same data, it comes back
     # with the same bias (undone, then the same adjustment re-applied: inherited by default) ...
     again = train_model(img, lab, model=adjusted, device="cpu", seed=3, stop=lambda: True,
-                        config=fast_config(steps=3, val_fraction=0.0))
+                        mode="binary", config=fast_config(steps=3, val_fraction=0.0, class_balance=True))
     assert torch.allclose(again.net.head.bias, adjusted.net.head.bias, atol=1e-6)
     assert again.provenance["logit_adjustment"] is not None
     # ... and switched off, it is the weighted net again
-    off = train_model(img, lab, model=adjusted, device="cpu", seed=3, stop=lambda: True,
-                      config=fast_config(steps=3, val_fraction=0.0, logit_adjustment=False))
+    off = train_model(img, lab, model=adjusted, device="cpu", seed=3, stop=lambda: True, mode="binary",
+                      config=fast_config(steps=3, val_fraction=0.0, logit_adjustment=False,
+                                         class_balance=True))
     assert torch.allclose(off.net.head.bias, plain.net.head.bias, atol=1e-6)
     assert off.provenance["logit_adjustment"] is None
 
@@ -364,3 +389,182 @@ def test_patch_sampling_by_pixels_or_by_images(crop):
     m = train_model([img, img[::-1].copy()], [lab, lab[::-1].copy()], [None, small], model=tiny_model(),
                     config=fast_config(steps=2, sampling="images"), device="cpu", seed=0)
     assert m.provenance["training"]["sampling"] == "images"
+
+
+# ---------------------------------------------------------------------------- validation that means something
+def test_holdback_blocks_hold_whole_objects_and_background(colony):
+    """The colony sits in the middle of an empty frame: the old band at one end of the painting held
+    only background (an empty prediction scored a perfect 1.0). A block holds whole objects."""
+    from napari_unet.core.train.validation import choose_holdback
+
+    imgs, labs = colony
+    planes = [(np.ones(lab.shape, bool), lab) for lab in labs]
+    blocks, n, note = choose_holdback(planes, fast_config())
+    assert n == sum(len(np.unique(lab)) - 1 for lab in labs)
+    assert "validation on" in note
+    for hb, lab in zip(blocks, labs, strict=True):
+        assert hb is not None and hb.n_objects >= 2
+        y0, y1, x0, x1 = hb.box
+        ids = np.unique(hb.instances[hb.instances > 0])
+        assert len(ids) == hb.n_objects
+        for i in ids:  # complete: every pixel of the object lies in the block
+            assert (hb.instances == i).sum() == (lab == i).sum()
+        fg = hb.foreground[hb.mask]
+        assert 0.05 < fg.mean() < 0.95  # objects and background around them
+    # too few objects to rank models: no validation, and the note says so
+    few = [(np.ones(labs[0].shape, bool), np.where(np.isin(labs[0], [1, 2, 3]), labs[0], 0))]
+    blocks, n, note = choose_holdback(few, TrainConfig())
+    assert blocks == [None] and n == 3
+    assert note.startswith("no validation: 3 objects painted")
+
+
+def test_empty_margins_no_longer_return_the_base_model(colony):
+    imgs, labs = colony
+    base = tiny_model(depth=2, base=8)
+    cfg = fast_config(steps=60, patch_size=64, batch_size=4, val_every=10, lr=1e-2)
+    model = train_model(imgs, labs, model=base, config=cfg, device="cpu", seed=0)
+    v = model.provenance["validation"]
+    assert v["available"] and v["objects"] >= 2
+    assert v["start"]["score"] < 0.5  # an untrained model does not score a perfect 1.0
+    assert v["kept"] == "best validated" and model.provenance["best_step"] > 0
+    assert v["best"]["score"] > v["start"]["score"]
+
+
+def test_small_painting_keeps_the_final_weights_and_says_so(colony, tmp_path, capsys):
+    imgs, labs = colony
+    few = np.where(np.isin(labs[0], [1, 2, 3, 4]), labs[0], 0)  # 4 cells painted
+    bg = np.zeros_like(few)
+    bg[:12] = 99  # and a background scribble along the top
+    painted = np.where(bg > 0, bg, few)
+    base = tiny_model()
+    cfg = TrainConfig(steps=4, batch_size=2, patch_size=32, precision="fp32")
+    events = list_events(train(imgs[0], painted, model=base, config=cfg, device="cpu", seed=0,
+                               background_label=99))
+    steps, model = events
+    assert all(e.val_score is None and "no validation: 4 objects painted" in e.validation for e in steps)
+    v = model.provenance["validation"]
+    assert not v["available"] and v["kept"] == "final averaged" and v["best"] is None
+    assert "no validation" in model.description
+    assert model.provenance["best_step"] is None
+    changed = [k for k, t in model.net.state_dict().items() if not k.startswith("head.")
+               and not torch.equal(t, base.net.state_dict()[k])]
+    assert changed  # the trained weights, not the base model
+    # the CLI says it too
+    tifffile.imwrite(tmp_path / "a.tif", imgs[0])
+    tifffile.imwrite(tmp_path / "a_labels.tif", painted.astype(np.uint16))
+    bpath = save_model(base, tmp_path / "base.safetensors")
+    assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
+                 "--background-label", "99", "--base-model", str(bpath), "--steps", "2",
+                 "--patch-size", "32", "--batch-size", "2", "--device", "cpu", "--quiet",
+                 "--output", str(tmp_path / "m.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "no validation: 4 objects painted" in out and "final (averaged) weights" in out
+
+
+def list_events(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as s:
+            return events, s.value
+
+
+def test_the_start_is_kept_only_when_validation_says_so_and_loudly(colony, tmp_path, capsys):
+    """A learning rate that wrecks the network: validation on whole objects prefers the start, and
+    the model, its provenance and the CLI say so."""
+    imgs, labs = colony
+    base = tiny_model(depth=2, base=8)
+    trained = train_model(imgs, labs, model=base, device="cpu", seed=0,
+                          config=fast_config(steps=60, patch_size=64, batch_size=4, val_every=20, lr=1e-2))
+    assert trained.provenance["validation"]["best"]["score"] > 0.3
+    wreck = fast_config(steps=4, patch_size=64, batch_size=4, val_every=2, lr=50.0, warmup=0.0)
+    model = train_model(imgs, labs, model=trained, device="cpu", seed=0, config=wreck)
+    v = model.provenance["validation"]
+    assert v["kept"] == "start" and v["note"].startswith("WARNING") and "WARNING" in model.description
+    for k, t in model.net.state_dict().items():
+        assert torch.equal(t, trained.net.state_dict()[k])
+
+
+def test_time_budget_ends_training(colony):
+    imgs, labs = colony
+    cfg = fast_config(steps=10**6, minutes=0.03, val_every=None)
+    events, model = list_events(train(imgs, labs, model=tiny_model(), config=cfg, device="cpu", seed=0))
+    prov = model.provenance
+    assert 1 <= prov["steps"] < 10**6 and prov["minutes_planned"] == 0.03
+    assert 1.8 <= prov["training_seconds_measured"] < 30
+    assert events[-1].eta_s == pytest.approx(0.0, abs=1.0)
+    assert all(e.total < 10**6 for e in events)  # an estimate of the steps the budget allows
+    with pytest.raises(ValueError, match="minutes"):
+        TrainConfig(minutes=0)
+
+
+def test_widened_head_keeps_the_base_models_decision():
+    from napari_unet.core.train import widen_head
+
+    base = tiny_model(depth=2, base=4)
+    wide = widen_head(base.net)
+    assert wide.config.num_classes == 3 and wide.config.class_names == ("background", "boundary", "object")
+    x = torch.randn(1, 1, 44, 44)
+    with torch.no_grad():
+        a, b = base.net.eval()(x), wide.eval()(x)
+    torch.testing.assert_close(b[:, [0, 2]], a)
+    # the new boundary class starts below both old classes: the base model's decision is kept
+    assert bool((b[:, 1] < b[:, [0, 2]].max(1).values).all())
+
+
+def test_dice_loss_is_zero_for_a_perfect_prediction_and_ignores_unknown():
+    from napari_unet.core.train import dice_loss, training_loss
+
+    t = torch.tensor([[[0, 1, 2, -1]]])
+    perfect = torch.nn.functional.one_hot(t.clamp(min=0), 3).permute(0, 3, 1, 2).float() * 50
+    assert float(dice_loss(perfect, t)) < 1e-3
+    wrong_on_unknown = perfect.clone()
+    wrong_on_unknown[0, :, 0, 3] = torch.tensor([0.0, 50.0, 0.0])  # the unknown pixel says "boundary"
+    assert float(dice_loss(wrong_on_unknown, t)) == pytest.approx(float(dice_loss(perfect, t)))
+    w = torch.ones(1, 1, 4)
+    unsure = torch.zeros_like(perfect)  # uniform softmax: Dice adds 1 - 2/3 * ... > 0
+    ce = float(training_loss("ce", unsure, t, w))
+    assert ce == pytest.approx(np.log(3), rel=1e-5)
+    assert float(training_loss("ce+dice", unsure, t, w)) == pytest.approx(ce + float(dice_loss(unsure, t)))
+    assert float(dice_loss(unsure, t)) > 0.3
+
+
+def test_bf16_training_on_the_cpu_is_finite_and_recorded(colony):
+    from napari_unet.core.train.network import resolve_precision
+
+    imgs, labs = colony
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    m = train_model(imgs[0], labs[0], model=tiny_model(), device="cpu", seed=0,
+                    config=fast_config(steps=2, precision="bf16"))
+    assert m.provenance["training"]["precision"] == "bf16"
+    assert np.isfinite(m.provenance["final_loss"])
+    assert all(torch.isfinite(t).all() for t in m.net.state_dict().values())
+    assert next(m.net.parameters()).dtype == torch.float32  # weights stay fp32 (autocast only)
+
+
+@pytest.mark.slow
+def test_packed_rods_come_out_separated():
+    """Issue 11: a colony of touching rods (no background between cells) fine-tuned from two painted
+    frames comes out as separate cells on a third: the boundary class does what connected
+    components of a 2-class foreground cannot."""
+    from napari_unet.core.metrics import foreground_iou, instance_f1
+    from napari_unet.core.segment import segment_image
+
+    frames = [rod_colony(seed=s) for s in range(3)]
+    imgs, labs = [f[0] for f in frames[:2]], [f[1] for f in frames[:2]]
+    test_img, test_lab = frames[2]
+    base = tiny_model(depth=3, base=8, seed=0)
+    cfg = TrainConfig(steps=150, batch_size=4, patch_size=96, lr=3e-3, precision="fp32",
+                      val_fraction=0.0)
+    model = train_model(imgs, labs, model=base, config=cfg, device="cpu", seed=0)
+    assert model.provenance["mode"] == "boundary"
+    pred = segment_image(test_img, model, output="instances", device="cpu")
+    f1, iou = instance_f1(pred, test_lab), foreground_iou(pred, test_lab)
+    # the same network and steps, two classes: touching cells merge into few objects
+    binary = train_model(imgs, labs, model=base, config=cfg, device="cpu", seed=0, mode="binary")
+    pred_b = segment_image(test_img, binary, output="instances", device="cpu")
+    f1_b = instance_f1(pred_b, test_lab)
+    assert f1 >= 0.8 and iou >= 0.8, (f1, iou, f1_b)
+    assert f1 > f1_b + 0.2, (f1, f1_b)

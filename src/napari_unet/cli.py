@@ -35,7 +35,9 @@ def drive(gen: Generator[Any, None, Any], desc: str, quiet: bool = False) -> Any
             done = getattr(ev, "done", getattr(ev, "step", None))
             if quiet or total is None or done is None:
                 continue
-            if bar is None or bar.total != total:
+            if bar is not None and bar.total != total and hasattr(ev, "step"):
+                bar.total = total  # a time budget's step estimate settles: same bar
+            elif bar is None or bar.total != total:
                 if bar is not None:
                     bar.close()
                 bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, leave=True)
@@ -192,18 +194,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="label id painted on background (scribbles); other unpainted pixels are ignored")
     p.add_argument("--base-model", default=None, metavar="NAME_OR_PATH",
                    help="shipped model name or model file to fine-tune (default: train from scratch)")
-    p.add_argument("--mode", choices=("binary", "boundary"), default=None,
-                   help="classes when training from scratch: binary (background/object, default) or "
-                        "boundary (background/boundary/interior)")
-    p.add_argument("--steps", type=int, default=500, help="optimisation steps (default 500)")
+    p.add_argument("--mode", choices=("auto", "binary", "boundary"), default="auto",
+                   help="classes: auto (default: boundary when painted objects touch, else binary), "
+                        "binary (background/object with separating lines, the paper) or boundary "
+                        "(background/boundary/interior; a 2-class base model gets a boundary class)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget in minutes (validation included); training ends at the budget "
+                        "or at --steps, whichever comes first")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimisation steps (default 500, or no limit with --minutes)")
     p.add_argument("--patch-size", type=int, default=256, help="output patch size in pixels")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 1e-3 from scratch, 3e-4 fine-tuning)")
+                   help="learning rate (default 1e-3), warmed up, then a cosine decay")
     p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="fraction of the painted pixels held back for validation (0 = none)")
-    p.add_argument("--no-class-balance", action="store_true",
-                   help="w_c = 1 in the weight map: keep only the paper's border term")
+                   help="share of the painted objects held back for validation, whole, in one block "
+                        "per image (default 0.2; 0 = none). Nothing is held back when fewer than 40 "
+                        "objects are painted: then the final averaged weights are kept")
+    bal = p.add_mutually_exclusive_group()
+    bal.add_argument("--class-balance", dest="class_balance", action="store_true", default=False,
+                     help="add the paper's class-balancing w_c to the weight map (off by default: it "
+                          "thickens objects until packed neighbours merge)")
+    bal.add_argument("--no-class-balance", dest="class_balance", action="store_false",
+                     help="w_c = 1: only the paper's border term (the default)")
+    p.add_argument("--loss", choices=("ce", "ce+dice"), default="ce",
+                   help="ce: the paper's weighted cross-entropy (default); ce+dice: plus soft Dice")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 where the device computes it natively (faster), else fp32")
     p.add_argument("--sampling", choices=("pixels", "images"), default="pixels",
                    help="where training patches come from: in proportion to each image's painted "
                         "pixels (default), or each image (plane) equally often")
@@ -252,14 +269,16 @@ def _run_train(args: argparse.Namespace) -> int:
     from .core.augment import Augmentation
     from .core.device import resolve_device
     from .core.io import ModelFileError, load_model, save_model
-    from .core.train import TrainConfig, train
+    from .core.train import TrainConfig, train, training_summary
 
     try:
         device = resolve_device(args.device)
-        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, patch_size=args.patch_size,
-                             lr=args.lr, val_fraction=args.val_fraction, augmentation=Augmentation(),
-                             class_balance=not args.no_class_balance,
-                             logit_adjustment=args.logit_adjustment, sampling=args.sampling)
+        steps = args.steps if args.steps is not None else (10**9 if args.minutes else 500)
+        config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size,
+                             patch_size=args.patch_size, lr=args.lr, val_fraction=args.val_fraction,
+                             augmentation=Augmentation(), class_balance=args.class_balance,
+                             logit_adjustment=args.logit_adjustment, sampling=args.sampling,
+                             loss=args.loss, precision=args.precision)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     base = None
@@ -276,15 +295,11 @@ def _run_train(args: argparse.Namespace) -> int:
     except (AnnotationError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     path = save_model(model, args.output)
-    prov = model.provenance
-    score = prov.get("validation_iou")
-    start = prov.get("validation_iou_start")
-    if score is None:
-        print(f"trained {prov['steps']} steps (no validation data held back); wrote {path}")
-    else:
-        print(f"validation foreground IoU {score:.4f} (start {start:.4f}, best at step "
-              f"{prov['best_step']} of {prov['steps']}); wrote {path}")
+    print(training_summary(model.provenance) + f"; wrote {path}")
+    if model.provenance["validation"]["kept"] == "start":
+        print(model.provenance["validation"]["note"], file=sys.stderr)
     return 0
+
 
 
 # ---------------------------------------------------------------------------- evaluate

@@ -24,7 +24,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -62,6 +62,8 @@ class FineTuneWidget(QWidget):
         self._progress: Any = None
         self._pairs: list[tuple[str, str, str]] = []
         self._preview_source = ""
+        self._budget_s: float | None = None
+        self._summary = ""
 
         self.image = ComboBox(choices=self._images, label="Image",
                               tooltip="Image layer to learn from")
@@ -90,10 +92,16 @@ class FineTuneWidget(QWidget):
                                    tooltip="The model to start from (it is not changed)")
         self.device = ComboBox(choices=["auto", *available_devices()], value="auto",
                                label="Device", tooltip="Where to train: auto = GPU if any, else CPU")
-        self.steps = SpinBox(value=200, min=1, max=100000, step=50, label="Steps",
-                             tooltip="Optimisation steps (each a batch of augmented patches)")
-        self.lr = FloatSpinBox(value=3e-4, min=1e-6, max=1.0, step=1e-4, label="Learning rate",
-                               tooltip="Adam learning rate; it decays along a cosine to 5%")
+        self.minutes = FloatSpinBox(
+            value=2.0, min=0.0, max=1440.0, step=0.5, label="Minutes",
+            tooltip="Time budget of the training in minutes (0 = no time limit: train for Steps); "
+                    "training ends at the budget or after Steps, whichever comes first")
+        self.steps = SpinBox(value=0, min=0, max=1000000, step=50, label="Steps",
+                             tooltip="Optimisation steps, each a batch of augmented patches "
+                                     "(0 = no step limit: train for Minutes)")
+        self.lr = FloatSpinBox(value=1e-3, min=1e-6, max=1.0, step=1e-4, label="Learning rate",
+                               tooltip="Adam learning rate; warmed up, then it decays along a "
+                                       "cosine to 5%")
         self.lr.native.setDecimals(6)
         self.strength = FloatSlider(
             value=1.0, min=0.0, max=2.0, step=0.1, label="Augmentation",
@@ -119,7 +127,8 @@ class FineTuneWidget(QWidget):
         pair_buttons.addWidget(self.add_pair.native)
         pair_buttons.addWidget(self.remove_pair.native)
         settings = Container(widgets=[self.scribbles, self.background_label, self.base_model,
-                                      self.device, self.steps, self.lr, self.strength, self.seed],
+                                      self.device, self.minutes, self.steps, self.lr,
+                                      self.strength, self.seed],
                              labels=True)
         buttons = QHBoxLayout()
         for b in (self.preview_button, self.train_button, self.stop_button, self.save_button):
@@ -311,10 +320,14 @@ class FineTuneWidget(QWidget):
         entry = self.registry[name]
         from napari.qt.threading import create_worker
 
+        minutes = float(self.minutes.value) or None
+        steps = int(self.steps.value) or (0 if minutes else 500)
+        if not steps and not minutes:
+            steps = 500
         self._stop = threading.Event()
-        steps = int(self.steps.value)
         self.worker = create_worker(
-            _train_job, pairs, entry.ref(), name, steps=steps, lr=float(self.lr.value),
+            _train_job, pairs, entry.ref(), name, steps=steps or 10**9, minutes=minutes,
+            lr=float(self.lr.value),
             strength=float(self.strength.value), background_label=self._background(),
             device=self.device.value, seed=int(self.seed.value), stop=self._stop,
             _ignore_errors=True)
@@ -323,10 +336,13 @@ class FineTuneWidget(QWidget):
         self.worker.errored.connect(
             lambda e: show_error(f"Fine-tuning failed: {user_message(e)}"))
         self.worker.finished.connect(self._on_finished)
-        self.plot.clear(steps)
-        self.progress_bar.setRange(0, steps)
+        # with a time budget the bar counts seconds, else steps
+        self._budget_s = 60.0 * minutes if minutes and not int(self.steps.value) else None
+        total = int(self._budget_s) if self._budget_s else steps
+        self.plot.clear(total if not self._budget_s else 0)
+        self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
-        self._progress = progress(total=steps, desc=f"U-Net fine-tuning ({name})")
+        self._progress = progress(total=total, desc=f"U-Net fine-tuning ({name})")
         self.status.setText(f"Preparing {len(pairs)} pair(s)…")
         self._set_running(True)
         self.worker.start()
@@ -339,7 +355,7 @@ class FineTuneWidget(QWidget):
             self._stop.set()
 
     def _set_running(self, running: bool) -> None:
-        for w in (self.train_button, self.base_model, self.device, self.steps, self.lr,
+        for w in (self.train_button, self.base_model, self.device, self.minutes, self.steps, self.lr,
                   self.add_pair, self.remove_pair, self.image, self.labels, self.region,
                   self.scribbles, self.strength, self.seed):
             w.enabled = not running
@@ -351,26 +367,36 @@ class FineTuneWidget(QWidget):
         if isinstance(ev, tuple) and ev and ev[0] == "loaded":
             self.registry.set_loaded(ev[1], ev[2])
             return
-        self.progress_bar.setValue(ev.step)
-        self.plot.add(ev.step, ev.loss, ev.val_score)
-        text = f"step {ev.step}/{ev.total}, loss {ev.loss:.4f}"
+        done = ev.step
+        if self._budget_s and ev.eta_s is not None:
+            done = int(round(self._budget_s - ev.eta_s))
+        self.progress_bar.setValue(done)
+        self.plot.add(ev.step, ev.loss, ev.val_score, ev.total)
+        text = f"step {ev.step}, loss {ev.loss:.4f}" if self._budget_s else \
+            f"step {ev.step}/{ev.total}, loss {ev.loss:.4f}"
         if ev.val_score is not None:
-            text += f", validation IoU {ev.val_score:.3f} (best {ev.best_score:.3f})"
+            text += f", validation F1 {ev.val_f1:.3f}, IoU {ev.val_iou:.3f}"
         if ev.eta_s is not None:
             text += f", {ev.eta_s:.0f} s left"
+        if ev.validation:
+            text += f"\n{ev.validation}"
         self.status.setText(text)
         # last: napari's progress bar may process events re-entrantly (see the Segment widget)
         if self._progress is not None:
-            self._progress.update(ev.step - self._progress.n)
+            self._progress.update(done - self._progress.n)
 
     def _on_returned(self, model: Any) -> None:
         base = self.base_model.value or "model"
         self.model = model
         self.model_name = self.registry.add_model(f"{base} fine-tuned", model)
         self.registry.current = self.model_name
-        score = (model.provenance or {}).get("validation_iou")
-        extra = f" (validation IoU {score:.3f})" if isinstance(score, float) else ""
-        show_info(f"Fine-tuned model '{self.model_name}' is ready in the Segment widget{extra}.")
+        from ..core.train import training_summary
+
+        self._summary = training_summary(model.provenance)
+        if model.provenance["validation"]["kept"] == "start":
+            show_warning(model.provenance["validation"]["note"])
+        show_info(f"Fine-tuned model '{self.model_name}' is ready in the Segment widget: "
+                  f"{self._summary}.")
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -379,7 +405,8 @@ class FineTuneWidget(QWidget):
             self._progress = None
         self._set_running(False)
         if self.model_name and self.model is not None:
-            self.status.setText(f"Model '{self.model_name}' ready; Save writes it to a file.")
+            self.status.setText(f"Model '{self.model_name}' ready; Save writes it to a file.\n"
+                                f"{self._summary}")
 
     # ------------------------------------------------------------------ save
     def _ask_save(self) -> None:
@@ -426,7 +453,7 @@ class FineTuneWidget(QWidget):
 
 def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
                strength: float, background_label: int | None, device: str,
-               stop: threading.Event, seed: int | None = None) -> Any:
+               stop: threading.Event, seed: int | None = None, minutes: float | None = None) -> Any:
     """Worker generator: load the base model if needed, then train (see ``_training``)."""
     from ..core.io import UNetModel, load_model
     from ._training import start_training
@@ -435,7 +462,7 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
         model = load_model(model)
         yield ("loaded", model_name, model)
     with one_core_for_the_viewer(device):
-        return (yield from start_training(pairs, model, steps=steps, lr=lr,
+        return (yield from start_training(pairs, model, steps=steps, minutes=minutes, lr=lr,
                                           augmentation_strength=strength,
                                           background_label=background_label, device=device,
                                           stop=stop, seed=seed))

@@ -23,13 +23,16 @@ class LossPlot(QWidget):
         self.setMinimumHeight(110)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip("Training loss (orange, log scale) and validation score "
-                        "(blue: foreground IoU on held-back annotation, 0 to 1) per step")
+                        "(blue: mean of foreground IoU and instance F1 on the held-back whole objects, "
+                        "0 to 1) per step")
 
     def clear(self, total: int = 1) -> None:
         self.loss, self.score, self.total = [], [], max(int(total), 1)
         self.update()
 
-    def add(self, step: int, loss: float, score: float | None) -> None:
+    def add(self, step: int, loss: float, score: float | None, total: int | None = None) -> None:
+        if total:  # with a time budget the number of steps is an estimate that settles
+            self.total = max(int(total), step, 1)
         if math.isfinite(loss):
             self.loss.append((step, loss))
         if score is not None and math.isfinite(score):
@@ -69,7 +72,7 @@ class LossPlot(QWidget):
         if self.loss:
             last = f"loss {self.loss[-1][1]:.3g}"
         if self.score:
-            last += f"   val IoU {self.score[-1][1]:.3f}"
+            last += f"   validation {self.score[-1][1]:.3f}"
         p.drawText(m, h - 4, last or "no training yet")
         if self.loss:
             p.drawText(QRectF(w - m - 100, h - 16, 100, 14), Qt.AlignmentFlag.AlignRight,

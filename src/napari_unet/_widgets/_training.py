@@ -49,6 +49,7 @@ def start_training(
     *,
     steps: int,
     lr: float,
+    minutes: float | None = None,
     augmentation_strength: float = 1.0,
     background_label: int | None = None,
     device: str = "auto",
@@ -57,14 +58,15 @@ def start_training(
     seed: int | None = None,
 ) -> Generator[Any, None, Any]:
     """Fine-tune ``base_model`` (not modified) on ``pairs``; yields ``StepDone``, returns the best
-    UNetModel. Setting ``stop`` ends training after the current step and returns the best model.
+    UNetModel. Setting ``stop`` ends training after the current step and returns the kept model.
+    ``minutes``: a time budget (training ends at it or after ``steps``).
     ``seed``: same pairs, settings and seed -> same model on the CPU (None: a fresh draw)."""
     from ..core.train import TrainConfig, train
 
     rgb = {p.rgb for p in pairs}
     if len(rgb) > 1:
         raise ValueError("mix of RGB and grey-value images: fine-tune on one kind at a time")
-    config = TrainConfig(steps=int(steps), lr=float(lr),
+    config = TrainConfig(steps=int(steps), minutes=minutes, lr=float(lr),
                          augmentation=augmentation_for(augmentation_strength))
     masks = [p.mask for p in pairs]
     return (yield from train(

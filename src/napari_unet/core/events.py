@@ -28,9 +28,11 @@ class TileDone:
 class StepDone:
     """One optimisation step of training.
 
-    ``loss`` is the weighted cross-entropy of the step; ``val_score`` the latest validation score
-    (foreground IoU on the held-back annotation, higher is better; None before the first
-    validation); ``best_score`` the best so far; ``eta_s`` the estimated seconds left.
+    ``loss`` is the training loss of the step; ``val_score`` the latest validation score (the
+    mean of ``val_iou``, the foreground IoU, and ``val_f1``, the instance F1@0.5, on the held-back
+    whole objects; higher is better; None when nothing is held back); ``best_score`` the best so
+    far; ``eta_s`` the estimated seconds left; ``validation`` a sentence saying what is validated
+    (or why nothing is). With a time budget ``total`` is an estimate that settles as steps go.
     """
 
     step: int
@@ -39,6 +41,9 @@ class StepDone:
     val_score: float | None = None
     best_score: float | None = None
     eta_s: float | None = None
+    val_iou: float | None = None
+    val_f1: float | None = None
+    validation: str = ""
 
 
 @dataclass(frozen=True)

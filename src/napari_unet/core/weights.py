@@ -108,7 +108,7 @@ def border_term(objects: np.ndarray, w0: float = W0, sigma: float = SIGMA,
 
 def weight_map(target: np.ndarray, objects: np.ndarray, num_classes: int, w0: float = W0,
                sigma: float = SIGMA, border_on_background_only: bool = True,
-               balance: bool = True) -> np.ndarray:
+               balance: bool = True, border_classes: tuple[int, ...] | None = None) -> np.ndarray:
     """The weight map of paper eq. 2, float32 (H, W); 0 on unknown pixels (``target == -1``).
 
     ``target``: (H, W) class ids (0 background, -1 unknown); ``objects``: (H, W) the objects whose
@@ -118,6 +118,9 @@ def weight_map(target: np.ndarray, objects: np.ndarray, num_classes: int, w0: fl
     the paper's Fig. 3d); ``border_on_background_only=False`` adds it on every known pixel.
     ``w0 = 0`` gives class balance only; ``balance=False`` sets w_c = 1 for every known pixel (the
     border term stays), which keeps the decision boundary where the class frequencies put it.
+    ``border_classes``: the classes that get the border term (overrides
+    ``border_on_background_only``); a background/boundary/interior target uses (0, 1), so that the
+    boundary pixels where packed objects touch (no background between them) are weighted.
     """
     t = np.asarray(target)
     if t.shape != np.asarray(objects).shape:
@@ -128,7 +131,10 @@ def weight_map(target: np.ndarray, objects: np.ndarray, num_classes: int, w0: fl
     out[known] = wc[t[known]]
     if w0 > 0:
         border = border_term(objects, w0, sigma)
-        where = (t == 0) if border_on_background_only else known
+        if border_classes is not None:
+            where = np.isin(t, border_classes)
+        else:
+            where = (t == 0) if border_on_background_only else known
         # float32 w_c + float64 border, rounded once to float32
         out[where] = (out[where] + border[where]).astype(np.float32)
     return out

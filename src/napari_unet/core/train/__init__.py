@@ -1,0 +1,43 @@
+"""Fine-tune (or train from scratch) a U-Net on painted labels.
+
+:func:`train` is a generator: it yields a :class:`~napari_unet.core.events.StepDone` after every
+optimisation step and returns the trained :class:`~napari_unet.core.io.UNetModel`;
+:func:`train_model` runs it to the end. The package's files say what they hold:
+
+- :mod:`.config`: :class:`TrainConfig` and its measured defaults, the from-scratch architecture;
+- :mod:`.data`: painted pairs -> targets, weight maps, hold-back, random patches;
+- :mod:`.validation`: held-back blocks of whole objects, scored by foreground IoU and instance F1;
+- :mod:`.loss`: the paper's weighted cross-entropy, and Dice;
+- :mod:`.network`: the trained copy (boundary class added when needed), averaged weights,
+  precision, the private RNG, the learning-rate schedule;
+- :mod:`.loop`: the training generator.
+"""
+
+from .config import TrainConfig, default_architecture, postprocessing_for
+from .data import TrainingData, choose_mode, prepare_data, sample_batch, touching_fraction
+from .loop import train, train_model, training_summary
+from .loss import dice_loss, training_loss, weighted_loss
+from .network import widen_head
+from .validation import ValScore, validate
+
+_sample_batch = sample_batch  # the name older code and tests use
+
+__all__ = [
+    "TrainConfig",
+    "TrainingData",
+    "ValScore",
+    "choose_mode",
+    "default_architecture",
+    "dice_loss",
+    "postprocessing_for",
+    "prepare_data",
+    "sample_batch",
+    "touching_fraction",
+    "train",
+    "train_model",
+    "training_loss",
+    "training_summary",
+    "validate",
+    "weighted_loss",
+    "widen_head",
+]

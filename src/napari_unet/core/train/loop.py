@@ -1,0 +1,347 @@
+"""The training loop: :func:`train` yields a :class:`~..events.StepDone` after every step and returns
+the trained :class:`~..io.UNetModel`; :func:`train_model` runs it to the end.
+
+What one step does (paper section 3):
+
+1. draw ``batch_size`` random patches centred on known pixels of the training part of the painting
+   (a share of them on object pixels); for valid models the input tile is the output patch plus
+   the model's halo of real (mirrored at the image border) context;
+2. augment image, target and weight map together (elastic deformation, flips, 90-degree turns,
+   intensity jitter; :mod:`..augment`);
+3. crop target and weight map to the model's output and minimise the pixel-wise softmax
+   cross-entropy weighted by the border weight map of eq. 2, unknown pixels ignored.
+
+Which weights come back: with a held-back validation set (:mod:`.validation`), the best validated
+averaged weights; the starting model only when validation on whole objects says it beats every
+trained step, and then the provenance and the returned model's description say so. Without one,
+the final averaged weights, and the provenance says that nothing was validated.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Generator
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..annotations import check_mode, num_classes_for
+from ..augment import augment
+from ..device import resolve_device
+from ..events import StepDone, run_to_end
+from ..io import UNetModel
+from ..model import UNet, UNetConfig
+from ..normalize import Normalization
+from .config import TrainConfig, default_architecture, postprocessing_for
+from .data import as_list, choose_mode, prepare_data, sample_batch
+from .loss import training_loss
+from .network import AveragedWeights, TorchRng, autocast_for, resolve_precision, schedule, widen_head
+from .validation import ValScore, validate
+
+
+def _should_stop(stop: Any) -> bool:
+    if stop is None:
+        return False
+    if hasattr(stop, "is_set"):
+        return bool(stop.is_set())
+    if callable(stop):
+        return bool(stop())
+    return bool(stop)
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    dy = (x.shape[-2] - size) // 2
+    dx = (x.shape[-1] - size) // 2
+    return x[..., dy : dy + size, dx : dx + size]
+
+
+def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _resolve_mode(model: UNetModel | None, mode: str | None, labels: Any,
+                  background_label: int | None) -> tuple[str, bool]:
+    """(mode, widen): the target classes, and whether a 2-class base gets a boundary class."""
+    k = None if model is None else model.config.num_classes
+    if k is not None and k not in (2, 3):
+        raise ValueError(f"cannot fine-tune a {k}-class model from painted instance labels: "
+                         f"only 2-class (binary) and 3-class (boundary) models")
+    if mode in (None, "auto"):
+        if k == 3:
+            return "boundary", False
+        mode = choose_mode(labels, background_label)
+    check_mode(mode)
+    if k == 3 and mode == "binary":
+        raise ValueError("mode 'binary' needs 2 classes but the model has 3 (background / boundary "
+                         "/ interior): fine-tune it in mode 'boundary'")
+    return mode, k == 2 and mode == "boundary"
+
+
+def train(
+    images: Any,
+    labels: Any,
+    masks: Any = None,
+    *,
+    model: UNetModel | None = None,
+    architecture: UNetConfig | None = None,
+    config: TrainConfig | None = None,
+    mode: str | None = None,
+    background_label: int | None = None,
+    channel_axis: int | None = None,
+    device: str | torch.device = "auto",
+    seed: int | None = None,
+    stop: Callable[[], bool] | Any = None,
+    name: str | None = None,
+) -> Generator[StepDone, None, UNetModel]:
+    """Fine-tune ``model`` (or train a new one) on painted labels; yields StepDone, returns the model.
+
+    ``images``: a 2D image (Y, X), a multichannel image with ``channel_axis``, or a stack (Z, Y, X);
+    or a list of those. ``labels``: the matching integer labels (a napari Labels layer: one id per
+    object, 0 = not painted), same shapes. ``masks``: None, or one mask (or None) per image, nonzero
+    where the annotation is complete; without masks and without ``background_label`` the whole
+    frame counts as complete. ``background_label``: the id painted on background (scribbles).
+    ``model``: a :class:`UNetModel` to fine-tune (not modified: a copy is trained) or None to train
+    a new one with ``architecture`` (default :func:`default_architecture`).
+    ``mode``: None/"auto" (default): "boundary" (background / boundary / interior) when painted
+    objects touch (a 2-class base model gets a boundary class: :func:`.network.widen_head`), else
+    "binary" (the paper's background / object with separating lines); or either one explicitly.
+    With an explicit ``architecture``, "auto" follows its number of classes.
+    ``stop``: a callable (or an object with ``is_set()``) checked before every step; when it says
+    stop, training ends and the kept model is returned (see the module docstring). Closing the
+    generator also ends it. ``seed``: same seed, data and device -> same weights on the CPU.
+
+    Errors in the data (AnnotationError, a ValueError) are raised at the first ``next()``.
+    """
+    tc = config or TrainConfig()
+    dev = resolve_device(device)
+    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    if model is None and architecture is not None and mode in (None, "auto"):
+        mode = "boundary" if architecture.num_classes == 3 else "binary"  # as it was built
+    mode, widen = _resolve_mode(model, mode, labels, background_label)
+    if model is not None:
+        arch = model.config if not widen else widen_head(model.net).config
+        normalization = model.normalization
+    else:
+        if architecture is None:
+            c = 1 if channel_axis is None else int(np.shape(as_list(images, "images")[0])[channel_axis])
+            architecture = default_architecture(c, mode)
+        arch = architecture
+        if arch.num_classes != num_classes_for(mode):
+            raise ValueError(f"architecture has {arch.num_classes} classes but mode {mode!r} needs "
+                             f"{num_classes_for(mode)}")
+        normalization = Normalization()
+    post = postprocessing_for(mode) if model is None or widen else model.postprocessing
+
+    data = prepare_data(images, labels, masks, config=arch, normalization=normalization, mode=mode,
+                        background_label=background_label, channel_axis=channel_axis,
+                        train_config=tc)
+
+    base_adj = None if model is None else model.provenance.get("logit_adjustment")
+    use_adj = tc.logit_adjustment if tc.logit_adjustment is not None else base_adj is not None
+    adj = torch.from_numpy(data.logit_adjustment()).float() if use_adj else None
+
+    rng_t = TorchRng(seed, dev)
+    with rng_t.active():
+        if model is not None:
+            net = UNet(model.config)
+            net.load_state_dict(model.net.state_dict())
+            if base_adj is not None:  # train in the weighted parametrisation the loss expects
+                with torch.no_grad():
+                    net.head.bias -= torch.tensor(base_adj, dtype=net.head.bias.dtype)
+            if widen:
+                net = widen_head(net)
+        else:
+            net = UNet(arch)
+    net.to(dev, memory_format=torch.channels_last)
+    net.train()
+    precision = resolve_precision(tc.precision, dev)
+    autocast = autocast_for(precision, dev)
+    lr = tc.learning_rate(model is not None)
+    if tc.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=lr,
+                                                      weight_decay=tc.weight_decay)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=tc.momentum,
+                              weight_decay=tc.weight_decay)
+    averaged = AveragedWeights(net, tc.ema)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    budget = None if tc.minutes is None else 60.0 * float(tc.minutes)
+    val_every = tc.validation_interval()
+
+    t0 = time.perf_counter()
+    start = validate(averaged.net, data, dev, post, adj, autocast)
+    val_cost = time.perf_counter() - t0
+    start_state = _clone_state(averaged.net)
+    best: ValScore | None = start
+    best_state, best_step = start_state, 0
+    last: ValScore | None = start
+    last_val_step, last_val_t = 0, time.perf_counter()
+    step = 0
+    losses: list[float] = []
+    t0 = time.perf_counter()
+
+    def progress(now: float) -> float:
+        p = step / tc.steps
+        return max(p, (now - t0) / budget) if budget else p
+
+    def run_validation() -> None:
+        nonlocal best, best_state, best_step, last, last_val_step, last_val_t, val_cost
+        tv = time.perf_counter()
+        with rng_t.active():
+            last = validate(averaged.net, data, dev, post, adj, autocast)
+        val_cost = time.perf_counter() - tv
+        last_val_step, last_val_t = step, time.perf_counter()
+        if last is not None and (best is None or last.score > best.score or best_step == 0
+                                 and last.score >= best.score):
+            best, best_state, best_step = last, _clone_state(averaged.net), step
+
+    def validation_due(now: float) -> bool:
+        if not data.has_validation:
+            return False
+        if budget is None or tc.val_every:
+            return step % val_every == 0
+        # with a time budget: ~15 validations per run, never more than ~10 % of the time
+        return now - last_val_t >= max(budget / 15.0, 9.0 * val_cost)
+
+    def result() -> UNetModel:
+        if data.has_validation and last_val_step != step:
+            run_validation()  # stopped early: score the weights reached so far
+        if data.has_validation:
+            kept = "start" if best_step == 0 and step > 0 else "best validated"
+            state = best_state
+        else:
+            kept, state = "final averaged", _clone_state(averaged.net)
+        out = UNet(arch)
+        out.load_state_dict(state)
+        out.eval()
+        if adj is not None:
+            with torch.no_grad():
+                out.head.bias += adj
+        prov = _provenance(model, mode, widen, data, tc, lr, step, best_step, start, best, kept,
+                           adj, losses, seed, dev, precision, masks, background_label,
+                           time.perf_counter() - t0)
+        nm = name or (f"{model.name}-finetuned" if model is not None else f"unet-{mode}")
+        desc = (f"fine-tuned from {model.name}" if model is not None else "trained from scratch") + \
+            f" on {len(data.planes)} painted plane(s), {step} steps; {prov['validation']['note']}"
+        return UNetModel(net=out, normalization=normalization, postprocessing=post, name=nm,
+                         description=desc, provenance=prov)
+
+    try:
+        while step < tc.steps:
+            now = time.perf_counter()
+            if _should_stop(stop) or (budget is not None and now - t0 >= budget):
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr * schedule(progress(now), tc.warmup, tc.cosine_decay)
+            with rng_t.active():
+                x, t, w = sample_batch(data, rng, tc.batch_size, tc.sampling, tc.foreground_fraction)
+                xt = torch.from_numpy(x).to(dev)
+                tt = torch.from_numpy(t).to(dev)
+                wt = torch.from_numpy(w).to(dev)
+                xt, (tt, wt) = augment(xt, [tt, wt], tc.augmentation, gen)
+                xt = xt.contiguous(memory_format=torch.channels_last)
+                tt = _center_crop(tt, data.out_size)
+                wt = _center_crop(wt, data.out_size)
+                with autocast():
+                    logits = net(xt)
+                loss = training_loss(tc.loss, logits.float(), tt, wt)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                averaged.update()
+            step += 1
+            lv = float(loss.detach())
+            losses.append(lv)
+            now = time.perf_counter()
+            if validation_due(now) or step == tc.steps:
+                if data.has_validation:
+                    run_validation()
+            now = time.perf_counter()
+            if budget is not None:
+                eta = max(0.0, budget - (now - t0))
+                total = min(tc.steps, max(step, int(round(step / max(progress(now), 1e-9)))))
+            else:
+                eta = (now - t0) / step * (tc.steps - step)
+                total = tc.steps
+            yield StepDone(step=step, total=total, loss=lv,
+                           val_score=None if last is None else last.score,
+                           best_score=None if best is None else best.score, eta_s=eta,
+                           val_iou=None if last is None else last.iou,
+                           val_f1=None if last is None else last.f1,
+                           validation=data.validation_note)
+    except GeneratorExit:
+        # closed by the caller: end cleanly (Python >= 3.13 hands this value to close())
+        return result()
+    return result()
+
+
+def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: TrainConfig,
+                lr: float, step: int, best_step: int, start: ValScore | None,
+                best: ValScore | None, kept: str, adj: torch.Tensor | None, losses: list[float],
+                seed: int, dev: torch.device, precision: str, masks: Any,
+                background_label: int | None, seconds: float) -> dict[str, Any]:
+    def sc(v: ValScore | None) -> dict[str, Any] | None:
+        return None if v is None else {"iou": v.iou, "f1": v.f1, "score": v.score,
+                                       "objects": v.n_objects}
+
+    note = data.validation_note
+    if kept == "start":
+        note = (f"WARNING: validation on {data.val_objects} held-back objects scored the starting "
+                f"model ({start.score:.3f}) above every trained step: the starting model was kept")
+    prov = {
+        "base_model": None if model is None else {"name": model.name, "source": model.source},
+        "from_scratch": model is None,
+        "mode": mode,
+        "boundary_class_added": widen,
+        "data_shapes": [list(s) for s in data.shapes],
+        "planes": len(data.planes),
+        "known_pixels": data.known_pixels,
+        "painted_objects": data.objects,
+        "validation_pixels": data.val_pixels,
+        "validation": {"available": data.has_validation, "objects": data.val_objects, "note": note,
+                       "start": sc(start), "best": sc(best), "kept": kept},
+        "background_label": background_label,
+        "masks": masks is not None,
+        "steps": step,
+        "steps_planned": tc.steps,
+        "minutes_planned": tc.minutes,
+        "training_seconds_measured": round(seconds, 1),
+        "best_step": best_step if data.has_validation else None,
+        "patch": {"output": data.out_size, "input": data.in_size},
+        "training": {**tc.to_dict(), "lr": lr, "precision": precision},
+        "augmentation": tc.augmentation.to_dict(),
+        # kept for older readers: the ranking score (mean of IoU and F1), None without validation
+        "validation_iou": None if best is None else best.iou,
+        "validation_iou_start": None if start is None else start.iou,
+        "class_mean_weights": None if data.class_weights is None else [float(v) for v in data.class_weights],
+        "logit_adjustment": None if adj is None else [float(v) for v in adj],
+        "final_loss": losses[-1] if losses else None,
+        "seed": seed,
+        "device": str(dev),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if model is not None and model.provenance:
+        prov["base_provenance"] = model.provenance
+    return prov
+
+
+def training_summary(prov: dict[str, Any]) -> str:
+    """One line on what training did and what was validated (CLI, widget)."""
+    v = prov["validation"]
+    head = (f"trained {prov['steps']} steps in {prov['training_seconds_measured']:.0f} s "
+            f"({prov['mode']} mode{', boundary class added' if prov.get('boundary_class_added') else ''})")
+    if not v["available"]:
+        return f"{head}; {v['note']}"
+    b, s0 = v["best"], v["start"]
+    what = "the starting model" if v["kept"] == "start" else f"step {prov['best_step']}"
+    return (f"{head}; validation on {v['objects']} held-back objects: F1 {b['f1']:.3f}, IoU "
+            f"{b['iou']:.3f} (start F1 {s0['f1']:.3f}, IoU {s0['iou']:.3f}); kept {what}")
+
+
+def train_model(images: Any, labels: Any, masks: Any = None, **kwargs: Any) -> UNetModel:
+    """Run :func:`train` to the end and return the trained model (same arguments)."""
+    return run_to_end(train(images, labels, masks, **kwargs))
