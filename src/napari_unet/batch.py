@@ -506,7 +506,9 @@ def segment_to_zarr(
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     post = model.postprocessing if isinstance(model, UNetModel) else Postprocessing()
-    if output_type == "instances" and post.split == "watershed":
+    from .core.postprocess import NEEDS_PROBABILITIES
+
+    if output_type == "instances" and post.split in NEEDS_PROBABILITIES:
         raise ValueError("this model separates instances by a watershed over the whole plane, which "
                          "cannot be done block by block: write 'semantic' or 'probabilities' to zarr, "
                          "or segment to a TIFF output (in memory)")

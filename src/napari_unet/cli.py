@@ -206,10 +206,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, default=256, help="output patch size in pixels")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 1e-3), warmed up, then a cosine decay")
-    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="learning rate (default 2e-3), warmed up, then a cosine decay")
+    p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the painted objects held back for validation, whole, in one block "
-                        "per image (default 0.2; 0 = none). Nothing is held back when fewer than 40 "
+                        "per image (default 0.1; 0 = none). Nothing is held back when fewer than 60 "
                         "objects are painted: then the final averaged weights are kept")
     bal = p.add_mutually_exclusive_group()
     bal.add_argument("--class-balance", dest="class_balance", action="store_true", default=False,
@@ -217,8 +217,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                           "thickens objects until packed neighbours merge)")
     bal.add_argument("--no-class-balance", dest="class_balance", action="store_false",
                      help="w_c = 1: only the paper's border term (the default)")
-    p.add_argument("--loss", choices=("ce", "ce+dice"), default="ce",
-                   help="ce: the paper's weighted cross-entropy (default); ce+dice: plus soft Dice")
+    p.add_argument("--loss", choices=("ce", "ce+dice"), default="ce+dice",
+                   help="ce+dice (default): the paper's weighted cross-entropy plus a soft Dice of "
+                        "the object classes; ce: the weighted cross-entropy alone")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 where the device computes it natively (faster), else fp32")
     p.add_argument("--sampling", choices=("pixels", "images"), default="pixels",

@@ -99,7 +99,7 @@ class FineTuneWidget(QWidget):
         self.steps = SpinBox(value=0, min=0, max=1000000, step=50, label="Steps",
                              tooltip="Optimisation steps, each a batch of augmented patches "
                                      "(0 = no step limit: train for Minutes)")
-        self.lr = FloatSpinBox(value=1e-3, min=1e-6, max=1.0, step=1e-4, label="Learning rate",
+        self.lr = FloatSpinBox(value=2e-3, min=1e-6, max=1.0, step=1e-4, label="Learning rate",
                                tooltip="Adam learning rate; warmed up, then it decays along a "
                                        "cosine to 5%")
         self.lr.native.setDecimals(6)

@@ -40,18 +40,25 @@ class Postprocessing:
     background/foreground, the interior class of a background/boundary/interior model).
     ``grow_classes``: classes into which the objects are grown afterwards (e.g. the boundary class).
     ``min_size``: objects smaller than this (pixels) are removed. ``split``: "components" (connected
-    components, as the paper's separating background lines allow) or "watershed" (additionally
-    split touching objects at the saddles of their distance transform).
+    components, as the paper's separating background lines allow), "watershed" (additionally
+    split touching objects at the saddles of their distance transform) or "seeded" (seeds: the
+    connected regions where the probability of ``instance_classes`` exceeds ``seed_threshold``,
+    at least ``min_seed_size`` pixels; a watershed of that probability floods from them over the
+    pixels where background has probability < 0.5: what the network knows about borders
+    separates packed objects).
     """
 
     instance_classes: tuple[int, ...] = (1,)
     grow_classes: tuple[int, ...] = ()
     min_size: int = 10
     split: str = "components"
+    seed_threshold: float = 0.5
+    min_seed_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"instance_classes": list(self.instance_classes), "grow_classes": list(self.grow_classes),
-                "min_size": self.min_size, "split": self.split}
+                "min_size": self.min_size, "split": self.split,
+                "seed_threshold": self.seed_threshold, "min_seed_size": self.min_seed_size}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Postprocessing:

@@ -15,7 +15,8 @@ from scipy import ndimage as ndi
 
 from .io import Postprocessing
 
-SPLITS = ("components", "watershed")
+SPLITS = ("components", "watershed", "seeded")
+NEEDS_PROBABILITIES = ("watershed", "seeded")  # splits that read probabilities, not only classes
 
 
 def semantic_labels(probabilities: np.ndarray) -> np.ndarray:
@@ -34,13 +35,15 @@ def instances_from_semantic(
     semantic: np.ndarray,
     postprocessing: Postprocessing | None = None,
     foreground_probability: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> np.ndarray:
     """Instance labels of one 2D semantic map (Y, X) of class ids.
 
     Objects are the 4-connected components of ``instance_classes``; they are grown into the pixels
     of ``grow_classes`` (nearest object wins); objects below ``min_size`` pixels are dropped; with
     ``split="watershed"`` each component is additionally split at the saddles of its distance
-    transform (or of ``foreground_probability`` when given). Returns uint16 (uint32 if needed),
+    transform (or of ``foreground_probability`` when given). ``split="seeded"`` needs
+    ``probabilities`` (K, Y, X): see :func:`seeded_instances`. Returns uint16 (uint32 if needed),
     0 = background, ids 1..n in raster order.
     """
     post = postprocessing or Postprocessing()
@@ -49,6 +52,10 @@ def instances_from_semantic(
     sem = np.asarray(semantic)
     if sem.ndim != 2:
         raise ValueError(f"instances_from_semantic expects a 2D map, got shape {sem.shape}")
+    if post.split == "seeded":
+        if probabilities is None:
+            raise ValueError("split='seeded' reads the class probabilities: pass probabilities")
+        return _finish(seeded_instances(probabilities, post), post)
     fg = np.isin(sem, post.instance_classes)
     labels, n = ndi.label(fg)
     if post.split == "watershed" and n:
@@ -62,6 +69,51 @@ def instances_from_semantic(
             reach = ndi.label(grow | (labels > 0))[0]
             same_region = reach == reach[iy, ix]
             labels = np.where(grow & same_region, nearest, labels)
+    return _finish(labels, post)
+
+
+def seeded_instances(probabilities: np.ndarray, post: Postprocessing) -> np.ndarray:
+    """Objects seeded by confident interior, flooded over the foreground by a watershed of the
+    interior probability (``split="seeded"``).
+
+    ``probabilities``: (K, Y, X) softmax. Seeds: 4-connected regions where the summed probability
+    of ``post.instance_classes`` exceeds ``post.seed_threshold`` (or is the most probable class)
+    with at least ``post.min_seed_size`` pixels; foreground: background probability (class 0)
+    < 0.5 (or not the most probable class). Each
+    foreground pixel joins the seed it is reached from first when the interior probability is
+    flooded from high to low (``skimage.segmentation.watershed`` of its negative), so two packed
+    objects meet where the network is least sure they are interior: at the border it learnt. A
+    foreground region that holds no seed is kept as one object. Returns int32 labels (0 background), not yet filtered by ``min_size``.
+    """
+    from skimage.segmentation import watershed
+
+    p = np.asarray(probabilities, np.float32)
+    interior = p[list(post.instance_classes)].sum(axis=0)
+    top = np.argmax(p, axis=0)
+    seeds, n = ndi.label((interior > post.seed_threshold) | np.isin(top, post.instance_classes))
+    if n and post.min_seed_size > 1:
+        sizes = np.bincount(seeds.ravel())
+        small = sizes < post.min_seed_size
+        small[0] = False
+        seeds[small[seeds]] = 0
+    foreground = (p[0] < 0.5) | (top != 0)
+    seeds &= foreground
+    # a foreground region without any seed is one object of its own (never dropped silently)
+    regions, nr = ndi.label(foreground)
+    if nr:
+        seeded = np.zeros(nr + 1, bool)
+        seeded[regions[seeds > 0]] = True
+        orphan = ~seeded[regions] & (regions > 0)
+        if orphan.any():
+            extra, _ = ndi.label(orphan)
+            seeds = np.where(orphan, extra + int(seeds.max()), seeds)
+    if not seeds.any():
+        return np.zeros(interior.shape, np.int32)
+    return watershed(-interior, seeds, mask=foreground).astype(np.int32)
+
+
+def _finish(labels: np.ndarray, post: Postprocessing) -> np.ndarray:
+    """Drop objects below ``min_size`` and relabel 1..n in raster order (uint16, uint32 if needed)."""
     if post.min_size > 1 and labels.max() > 0:
         sizes = np.bincount(labels.ravel())
         small = sizes < post.min_size
@@ -102,8 +154,8 @@ def instances(
     p = np.asarray(probabilities)
     sem = semantic_labels(p)
     lead = sem.shape[:-2]
-    planes = [instances_from_semantic(sem[i], post, _fg_prob(p[i], post)) for i in np.ndindex(*lead)] \
-        if lead else [instances_from_semantic(sem, post, _fg_prob(p, post))]
+    planes = [instances_from_semantic(sem[i], post, _fg_prob(p[i], post), p[i]) for i in np.ndindex(*lead)] \
+        if lead else [instances_from_semantic(sem, post, _fg_prob(p, post), p)]
     dtype = max((pl.dtype for pl in planes), key=lambda d: d.itemsize)
     out = np.zeros(sem.shape, dtype)
     for i, pl in zip(np.ndindex(*lead) if lead else [()], planes, strict=True):

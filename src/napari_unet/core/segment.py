@@ -17,7 +17,7 @@ from .device import resolve_device
 from .events import TileDone, relay, run_to_end
 from .io import UNetModel
 from .model import UNet
-from .postprocess import instances_from_semantic, semantic_labels
+from .postprocess import NEEDS_PROBABILITIES, instances_from_semantic, semantic_labels
 from .tiling import auto_tile_size, infer_layout, plan_tiles, predict
 
 OUTPUT_TYPES = ("instances", "semantic", "probabilities")
@@ -90,7 +90,7 @@ def segment(
         if output == "instances":
             sem = result if mode == "semantic" else semantic_labels(result)
             fgp = None if mode == "semantic" else result[list(post.instance_classes)].sum(0)
-            result = instances_from_semantic(sem, post, fgp)
+            result = instances_from_semantic(sem, post, fgp, None if mode == "semantic" else result)
         elif output == "semantic" and mode == "probabilities":
             result = semantic_labels(result)
         if out is None:
@@ -103,7 +103,7 @@ def segment(
 
 
 def _needs_probs(post: Any, output: str) -> bool:
-    return output == "instances" and post is not None and post.split == "watershed"
+    return output == "instances" and post is not None and post.split in NEEDS_PROBABILITIES
 
 
 def segment_image(image: Any, model: UNetModel | UNet, **kwargs: Any) -> Any:

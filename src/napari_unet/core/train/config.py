@@ -55,8 +55,9 @@ class TrainConfig:
       per image that holds whole objects and background. With ``val_fraction=0``, fewer than
       ``val_min_total`` complete objects painted, or fewer than ``val_min_objects`` in the blocks,
       nothing is held back: training uses all of the painting and returns the final averaged
-      weights (and says so). ``val_every``: steps between validations (None: ~20 per run, or about
-      every 20 s with a time budget).
+      weights (and says so). ``val_every``: steps between validations (None: ~20 per run, or ~15
+      per time budget). The starting model comes back only when its score beats every trained
+      step's by more than ``start_margin`` (a few held-back objects do not outvote training).
     - ``ema``: decay of the exponential moving average of the weights (0 = off: raw weights).
     - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32),
       "fp32" or "bf16".
@@ -76,12 +77,13 @@ class TrainConfig:
     sigma: float = SIGMA
     class_balance: bool = False
     logit_adjustment: bool | None = None
-    loss: str = "ce"
+    loss: str = "ce+dice"
     foreground_fraction: float = 0.33
     sampling: str = "pixels"
     val_fraction: float = 0.2
     val_min_total: int = 40
-    val_min_objects: int = 6
+    val_min_objects: int = 8
+    start_margin: float = 0.05
     val_every: int | None = None
     ema: float = 0.95
     precision: str = "auto"
@@ -113,11 +115,13 @@ class TrainConfig:
                              f"{self.foreground_fraction!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"TrainConfig.ema must be in [0, 1), got {self.ema!r}")
+        if not 0 <= self.start_margin <= 1:
+            raise ValueError(f"TrainConfig.start_margin must be in [0, 1], got {self.start_margin!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"TrainConfig.warmup must be in [0, 1), got {self.warmup!r}")
 
     def learning_rate(self, fine_tuning: bool) -> float:
-        return float(self.lr) if self.lr is not None else 1e-3
+        return float(self.lr) if self.lr is not None else 2e-3
 
     def validation_interval(self) -> int:
         if self.val_every:
@@ -138,11 +142,15 @@ def default_architecture(in_channels: int, mode: str) -> UNetConfig:
                       base_channels=16, padding="valid", class_names=CLASS_NAMES[mode])
 
 
-def postprocessing_for(mode: str) -> Postprocessing:
+def postprocessing_for(mode: str, object_area: float | None = None) -> Postprocessing:
     """Instances from a model's classes: components of the object class ("binary", separated by
-    the paper's background lines), or components of the interior grown into the boundary class
-    ("boundary": the network's own borders separate packed objects)."""
+    the paper's background lines), or, for "boundary" models, seeds of confident interior flooded
+    by a watershed of the interior probability (the network's own borders separate packed
+    objects). ``object_area``: the median painted object (pixels): seeds below 6 % of it are
+    noise, not objects (on brightfield cells, seeds of >= 30 px raised F1 from 0.43 to 0.54)."""
     check_mode(mode)
     if mode == "binary":
         return Postprocessing(instance_classes=(1,))
-    return Postprocessing(instance_classes=(2,), grow_classes=(1,))
+    min_seed = 1 if object_area is None else int(min(max(round(0.06 * object_area), 4), 1000))
+    return Postprocessing(instance_classes=(2,), grow_classes=(1,), split="seeded",
+                          seed_threshold=0.5, min_seed_size=min_seed)

@@ -59,6 +59,7 @@ class TrainingData:
     objects: int = 0  # complete painted objects (all planes)
     val_objects: int = 0  # complete objects inside the held-back blocks
     validation_note: str = ""  # why nothing is held back, or what is
+    object_area: float | None = None  # median painted object, pixels
     class_weights: np.ndarray | None = None  # (K,) mean weight per class over the training pixels
 
     @property
@@ -200,6 +201,8 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
     halo = (in_size - out_size) // 2
     pad = halo + out_size + 1
     holdbacks, n_objects, note = choose_holdback([(tg.known, inst) for _, tg, inst in raw], tc)
+    areas = np.concatenate([np.bincount(np.unique(inst, return_inverse=True)[1].ravel())[1:]
+                            if inst.any() else np.zeros(0, np.int64) for _, _, inst in raw])
     planes: list[Plane] = []
     wsum = np.zeros(num_classes)
     wcount = np.zeros(num_classes)
@@ -239,7 +242,8 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
     class_weights = np.divide(wsum, wcount, out=np.zeros(num_classes), where=wcount > 0)
     val_objects = sum(p.holdback.n_objects for p in planes if p.holdback is not None)
     return TrainingData(planes, mode, num_classes, out_size, in_size, halo, shapes, known_total,
-                        val_total, n_objects, val_objects, note, class_weights)
+                        val_total, n_objects, val_objects, note,
+                        float(np.median(areas)) if areas.size else None, class_weights)
 
 
 def sample_batch(data: TrainingData, rng: np.random.Generator, n: int, sampling: str = "pixels",

@@ -133,11 +133,12 @@ def train(
             raise ValueError(f"architecture has {arch.num_classes} classes but mode {mode!r} needs "
                              f"{num_classes_for(mode)}")
         normalization = Normalization()
-    post = postprocessing_for(mode) if model is None or widen else model.postprocessing
-
     data = prepare_data(images, labels, masks, config=arch, normalization=normalization, mode=mode,
                         background_label=background_label, channel_axis=channel_axis,
                         train_config=tc)
+    post = model.postprocessing if model is not None else None
+    if post is None or widen or post.split == "seeded":  # sized for the objects painted now
+        post = postprocessing_for(mode, data.object_area)
 
     base_adj = None if model is None else model.provenance.get("logit_adjustment")
     use_adj = tc.logit_adjustment if tc.logit_adjustment is not None else base_adj is not None
@@ -176,7 +177,7 @@ def train(
     start = validate(averaged.net, data, dev, post, adj, autocast)
     val_cost = time.perf_counter() - t0
     start_state = _clone_state(averaged.net)
-    best: ValScore | None = start
+    best: ValScore | None = None  # the best trained step
     best_state, best_step = start_state, 0
     last: ValScore | None = start
     last_val_step, last_val_t = 0, time.perf_counter()
@@ -195,8 +196,7 @@ def train(
             last = validate(averaged.net, data, dev, post, adj, autocast)
         val_cost = time.perf_counter() - tv
         last_val_step, last_val_t = step, time.perf_counter()
-        if last is not None and (best is None or last.score > best.score or best_step == 0
-                                 and last.score >= best.score):
+        if last is not None and (best is None or last.score > best.score):
             best, best_state, best_step = last, _clone_state(averaged.net), step
 
     def validation_due(now: float) -> bool:
@@ -210,9 +210,12 @@ def train(
     def result() -> UNetModel:
         if data.has_validation and last_val_step != step:
             run_validation()  # stopped early: score the weights reached so far
+        back = False
         if data.has_validation:
-            kept = "start" if best_step == 0 and step > 0 else "best validated"
-            state = best_state
+            # the start only when validation really says so: by more than the margin
+            back = best is None or start.score > best.score + tc.start_margin
+            kept = "no step trained" if best is None else "start" if back else "best validated"
+            state = start_state if back else best_state
         else:
             kept, state = "final averaged", _clone_state(averaged.net)
         out = UNet(arch)
@@ -221,9 +224,10 @@ def train(
         if adj is not None:
             with torch.no_grad():
                 out.head.bias += adj
-        prov = _provenance(model, mode, widen, data, tc, lr, step, best_step, start, best, kept,
+        prov = _provenance(model, mode, widen, data, tc, lr, step, 0 if back else best_step,
+                           start, start if back else best, kept,
                            adj, losses, seed, dev, precision, masks, background_label,
-                           time.perf_counter() - t0)
+                           time.perf_counter() - t0, best.score if best is not None else 0.0)
         nm = name or (f"{model.name}-finetuned" if model is not None else f"unet-{mode}")
         desc = (f"fine-tuned from {model.name}" if model is not None else "trained from scratch") + \
             f" on {len(data.planes)} painted plane(s), {step} steps; {prov['validation']['note']}"
@@ -269,7 +273,8 @@ def train(
                 total = tc.steps
             yield StepDone(step=step, total=total, loss=lv,
                            val_score=None if last is None else last.score,
-                           best_score=None if best is None else best.score, eta_s=eta,
+                           best_score=None if last is None else max(start.score, best.score if best else 0.0),
+                           eta_s=eta,
                            val_iou=None if last is None else last.iou,
                            val_f1=None if last is None else last.f1,
                            validation=data.validation_note)
@@ -283,7 +288,8 @@ def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: 
                 lr: float, step: int, best_step: int, start: ValScore | None,
                 best: ValScore | None, kept: str, adj: torch.Tensor | None, losses: list[float],
                 seed: int, dev: torch.device, precision: str, masks: Any,
-                background_label: int | None, seconds: float) -> dict[str, Any]:
+                background_label: int | None, seconds: float, trained_best: float = 0.0
+                ) -> dict[str, Any]:
     def sc(v: ValScore | None) -> dict[str, Any] | None:
         return None if v is None else {"iou": v.iou, "f1": v.f1, "score": v.score,
                                        "objects": v.n_objects}
@@ -291,7 +297,8 @@ def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: 
     note = data.validation_note
     if kept == "start":
         note = (f"WARNING: validation on {data.val_objects} held-back objects scored the starting "
-                f"model ({start.score:.3f}) above every trained step: the starting model was kept")
+                f"model ({start.score:.3f}) above the best trained step ({trained_best:.3f}) by "
+                f"more than {tc.start_margin}: the starting model was kept")
     prov = {
         "base_model": None if model is None else {"name": model.name, "source": model.source},
         "from_scratch": model is None,

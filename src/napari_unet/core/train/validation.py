@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from ..io import Postprocessing
 from ..metrics import match_instances
 from ..model import UNet
-from ..postprocess import instances_from_semantic
+from ..postprocess import instances_from_semantic, semantic_labels
 
 
 @dataclass
@@ -127,14 +127,15 @@ def choose_holdback(planes: list[tuple[np.ndarray, np.ndarray]], config: Any
 
 
 @torch.no_grad()
-def predict_classes(net: UNet, image_padded: np.ndarray, pad: int, box: tuple[int, int, int, int],
-                    out_size: int, halo: int, device: torch.device, bias: torch.Tensor | None = None,
-                    autocast: Any = None) -> np.ndarray:
-    """argmax classes on the output window ``box`` = (y0, y1, x0, x1) of a padded plane, in tiles
-    of ``out_size`` with ``halo`` context (``bias``: (K,) added to the logits first)."""
+def predict_probabilities(net: UNet, image_padded: np.ndarray, pad: int,
+                          box: tuple[int, int, int, int], out_size: int, halo: int,
+                          device: torch.device, bias: torch.Tensor | None = None,
+                          autocast: Any = None) -> np.ndarray:
+    """(K, h, w) softmax on the output window ``box`` = (y0, y1, x0, x1) of a padded plane, in
+    tiles of ``out_size`` with ``halo`` context (``bias``: (K,) added to the logits first)."""
     y0, y1, x0, x1 = box
     h, w = y1 - y0, x1 - x0
-    out = np.zeros((h, w), np.int64)
+    out = np.zeros((net.config.num_classes, h, w), np.float32)
 
     def origins(a: int, n: int) -> list[int]:
         if n <= out_size:
@@ -155,23 +156,26 @@ def predict_classes(net: UNet, image_padded: np.ndarray, pad: int, box: tuple[in
                 logits = net(x)
             if bias is not None:
                 logits = logits + bias.to(logits.device)[None, :, None, None]
-            cls = logits.argmax(1)[0].cpu().numpy()
+            prob = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
             cy0, cx0 = ty - y0, tx - x0
             hh, ww = min(out_size, h - cy0), min(out_size, w - cx0)
-            out[cy0 : cy0 + hh, cx0 : cx0 + ww] = cls[:hh, :ww]
+            out[:, cy0 : cy0 + hh, cx0 : cx0 + ww] = prob[:, :hh, :ww]
     return out
 
 
-def score_holdback(classes: np.ndarray, hb: Holdback, post: Postprocessing
+def score_holdback(probabilities: np.ndarray, hb: Holdback, post: Postprocessing
                    ) -> tuple[int, int, int, int, int]:
-    """(intersection, union, tp, n_pred, n_gt) of predicted ``classes`` on one held-back block.
-    Predicted objects lying mostly outside the scored mask (on objects cut by the block's edge, or
-    unknown pixels) are not counted."""
-    fg = np.isin(classes, post.instance_classes + post.grow_classes)
+    """(intersection, union, tp, n_pred, n_gt) of the instances that ``post`` makes of
+    ``probabilities`` (K, h, w) on one held-back block, as a user gets them. Predicted objects
+    lying mostly outside the scored mask (on objects cut by the block's edge, or unknown pixels)
+    are not counted."""
+    classes = semantic_labels(probabilities)
+    fgp = probabilities[list(post.instance_classes)].sum(0)
+    pred = instances_from_semantic(classes, post, fgp, probabilities).astype(np.int64)
+    fg = pred > 0
     m = hb.mask
     inter = int((fg & hb.foreground & m).sum())
     union = int(((fg | hb.foreground) & m).sum())
-    pred = instances_from_semantic(classes.astype(np.uint8), post).astype(np.int64)
     if pred.max() > 0:
         size = np.bincount(pred.ravel())
         inside = np.bincount(pred.ravel(), weights=m.ravel().astype(np.float64), minlength=size.size)
@@ -194,9 +198,9 @@ def validate(net: UNet, data: Any, device: torch.device, post: Postprocessing,
         for p in data.planes:
             if p.holdback is None:
                 continue
-            cls = predict_classes(net, p.image, p.pad, p.holdback.box, data.out_size, data.halo,
-                                  device, bias, autocast)
-            a, b, c, d, e = score_holdback(cls, p.holdback, post)
+            prob = predict_probabilities(net, p.image, p.pad, p.holdback.box, data.out_size,
+                                         data.halo, device, bias, autocast)
+            a, b, c, d, e = score_holdback(prob, p.holdback, post)
             inter, union, tp, n_pred, n_gt = inter + a, union + b, tp + c, n_pred + d, n_gt + e
     finally:
         net.train(was_training)

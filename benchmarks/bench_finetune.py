@@ -1,0 +1,189 @@
+"""Fine-tuning a modality no shipped model knows, from two painted frames, against the random forest.
+
+For each case, two fully painted frames are the training data and other frames of the same kind
+(never trained on) are scored: instance F1 at IoU > 0.5 (one-to-one matching) and foreground IoU,
+against the wall-clock seconds of training, in one process:
+
+- **U-Net**: ``napari_unet.core.train`` from the shipped ``nuclei`` model with the product's
+  defaults and a time budget (``TrainConfig(minutes=...)``), one fresh run per budget (a run with
+  a 60-s budget warms up and decays its learning rate within 60 s: it is what a user who asks for
+  one minute gets). Segmented with the model's own post-processing (``segment_image``).
+- **Random forest** (``_forest.py``): what ilastik / APOC / convpaint users get: scikit-image
+  multiscale features (sigma 1-16) + scikit-learn RandomForest (100 trees), 3 classes
+  (background / boundary / interior), watershed from interior seeds. Fitted with 5k, 20k and 80k
+  sampled pixels per class; at each budget the best forest whose fit took no longer counts.
+
+Cases: ``brightfield`` (../shared/data/brightfield-scratch: oblique brightfield of packed whole
+cells, channel 1, automatic cell labels (channel 3); train on time points 0 and 1, score on 5 and 9)
+and ``rods`` (a generated colony of packed rod-shaped cells, phase-contrast-like, weak borders:
+``napari_unet._synthetic.rod_colony(contact=0.05)``; train on seeds 0 and 1, score on 2 and 3).
+
+Run: ``python benchmarks/bench_finetune.py [--budgets 15 30 60 120 300] [--cases brightfield rods]``
+Writes benchmarks/results_finetune.json, .md and docs/images/bench_finetune.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _forest import fit_forest, predict_instances  # noqa: E402
+
+from napari_unet._synthetic import rod_colony  # noqa: E402
+from napari_unet.core.io import load_model  # noqa: E402
+from napari_unet.core.metrics import foreground_iou, instance_f1  # noqa: E402
+from napari_unet.core.segment import segment_image  # noqa: E402
+from napari_unet.core.train import TrainConfig, train  # noqa: E402
+
+SHARED = HERE.parent.parent / "shared" / "data"
+
+
+def load_case(name: str) -> tuple[list, list]:
+    """([(image, labels)] to train on, [(image, labels)] to score)."""
+    if name == "brightfield":
+        a = tifffile.imread(SHARED / "brightfield-scratch" / "scratch-assay.tif")
+        pairs = {t: (a[1, t], a[3, t].astype(np.int32)) for t in (0, 1, 5, 9)}
+        return [pairs[0], pairs[1]], [pairs[5], pairs[9]]
+    if name == "rods":
+        fr = [rod_colony(seed=s, contact=0.05) for s in range(4)]
+        return fr[:2], fr[2:]
+    raise ValueError(f"unknown case {name!r}")
+
+
+def score(pred_fn, test) -> dict:
+    f1s, ious = [], []
+    for img, gt in test:
+        pred = pred_fn(img)
+        f1s.append(instance_f1(pred, gt))
+        ious.append(foreground_iou(pred, gt))
+    return {"f1": float(np.mean(f1s)), "iou": float(np.mean(ious)),
+            "f1_each": [round(v, 4) for v in f1s], "iou_each": [round(v, 4) for v in ious]}
+
+
+def run_unet(train_pairs, test, seconds: float, seed: int = 0) -> dict:
+    cfg = TrainConfig(steps=10**9, minutes=seconds / 60.0)
+    t0 = time.perf_counter()
+    gen = train([p[0] for p in train_pairs], [p[1] for p in train_pairs], model=load_model("nuclei"),
+                config=cfg, device="cpu", seed=seed)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            model = stop.value
+            break
+    wall = time.perf_counter() - t0
+    res = score(lambda im: segment_image(im, model, output="instances", device="cpu"), test)
+    prov = model.provenance
+    res.update(seconds=round(wall, 1), steps=prov["steps"], mode=prov["mode"],
+               validation=prov["validation"]["kept"], precision=prov["training"]["precision"])
+    return res
+
+
+def run_forests(train_pairs, test) -> list[dict]:
+    out = []
+    for n in (5000, 20000, 80000):
+        f = fit_forest([p[0] for p in train_pairs], [p[1] for p in train_pairs],
+                       max_samples_per_class=n, n_trees=100, seed=0)
+        res = score(lambda im, f=f: predict_instances(f, im), test)
+        res.update(seconds=round(f.fit_seconds, 1), samples_per_class=n)
+        out.append(res)
+    return out
+
+
+def forest_at(forests: list[dict], budget: float) -> dict | None:
+    done = [f for f in forests if f["seconds"] <= budget]
+    return max(done, key=lambda f: f["f1"] + f["iou"]) if done else None
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(results["cases"])
+    fig, axes = plt.subplots(1, 2 * len(cases), figsize=(4.2 * 2 * len(cases), 3.4))
+    for ci, case in enumerate(cases):
+        r = results["cases"][case]
+        for k, metric in enumerate(("f1", "iou")):
+            ax = axes[2 * ci + k]
+            xs = [u["seconds"] for u in r["unet"]]
+            ax.plot(xs, [u[metric] for u in r["unet"]], "o-", label="U-Net fine-tune (ours)")
+            fx = sorted(r["forest"], key=lambda f: f["seconds"])
+            ax.plot([f["seconds"] for f in fx], [f[metric] for f in fx], "s--",
+                    label="random forest (3 classes + watershed)")
+            ax.set_xscale("log")
+            ax.set_xlabel("training wall seconds (2-core CPU)")
+            ax.set_ylabel("instance F1@0.5" if metric == "f1" else "foreground IoU")
+            ax.set_title(f"{case}: {'F1' if metric == 'f1' else 'IoU'}")
+            ax.set_ylim(0, 1)
+            ax.grid(alpha=0.3)
+            if ci == 0 and k == 0:
+                ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']}; load: {results['load']}", ""]
+    for case, r in results["cases"].items():
+        lines += [f"**{case}** (scored on {r['test_frames']} frames not trained on)", "",
+                  "| budget (s) | U-Net s | steps | U-Net F1 | U-Net IoU | forest F1 | forest IoU | "
+                  "forest fit s | ours above the forest in both |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+        for u in r["unet"]:
+            f = forest_at(r["forest"], u["budget"])
+            fb = (f"{f['f1']:.3f} | {f['iou']:.3f} | {f['seconds']:.0f}" if f else "— | — | (not fitted yet)")
+            above = "yes" if f is None or (u["f1"] > f["f1"] and u["iou"] > f["iou"]) else "no"
+            lines.append(f"| {u['budget']:.0f} | {u['seconds']:.0f} | {u['steps']} | {u['f1']:.3f} | "
+                         f"{u['iou']:.3f} | {fb} | {above} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budgets", type=float, nargs="+", default=[15, 30, 60, 120, 300])
+    ap.add_argument("--cases", nargs="+", default=["brightfield", "rods"])
+    ap.add_argument("--out", default=str(HERE / "results_finetune.json"))
+    args = ap.parse_args()
+    load = os.getloadavg()
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                          f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+               "load": f"load average {load[0]:.2f} at the start", "cases": {}}
+    for case in args.cases:
+        tr, te = load_case(case)
+        forests = run_forests(tr, te)
+        print(case, "forests", [(f["seconds"], round(f["f1"], 3), round(f["iou"], 3)) for f in forests],
+              flush=True)
+        unets = []
+        for b in args.budgets:
+            u = run_unet(tr, te, b)
+            u["budget"] = b
+            unets.append(u)
+            print(case, "unet", b, u["seconds"], u["steps"], round(u["f1"], 3), round(u["iou"], 3),
+                  u["validation"], flush=True)
+        results["cases"][case] = {"unet": unets, "forest": forests, "test_frames": len(te)}
+    results["load"] += f", {os.getloadavg()[0]:.2f} at the end"
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    md = markdown(results)
+    Path(args.out).with_suffix(".md").write_text(md + "\n")
+    plot(results, HERE.parent / "docs" / "images" / "bench_finetune.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
