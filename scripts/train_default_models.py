@@ -141,9 +141,12 @@ def train_one(kind: str, data: Path, out_dir: Path, steps: int, device: str, cla
     images = [t[0] for t in train_set]
     labels = [t[1] for t in train_set]
     masks = [t[2] for t in train_set]
+    # the recipe the shipped models were trained with (fixed here: the fine-tuning defaults of
+    # TrainConfig moved on with issue 11: Dice, lr 2e-3, bf16, averaged weights, oversampling)
     cfg = TrainConfig(steps=steps, batch_size=4, patch_size=192, augmentation=Augmentation(),
                       class_balance=class_balance, logit_adjustment=logit_adjustment,
-                      sampling=sampling)
+                      sampling=sampling, lr=1e-3, loss="ce", foreground_fraction=0.0, ema=0.0,
+                      warmup=0.0, precision="fp32", val_min_total=0, val_min_objects=1)
     arch = default_architecture(1, "binary")
     arch = type(arch)(**{**arch.to_dict(), "base_channels": base_channels})
     if kind == "em":

@@ -296,8 +296,9 @@ def test_files_zarr_output_and_resume(tmp_path, hela, model_file):
     assert os.stat(tmp_path / "out" / "stack_semantic.zarr" / "zarr.json").st_mtime_ns == before
 
 
-def test_zarr_refuses_watershed_instances(tmp_path, nuclei):
-    model = tiny_model(Postprocessing(split="watershed"))
+@pytest.mark.parametrize("split", ["watershed", "seeded"])
+def test_zarr_refuses_watershed_instances(tmp_path, nuclei, split):
+    model = tiny_model(Postprocessing(split=split))
     with pytest.raises(ValueError, match="watershed"):
         run(segment_to_zarr(nuclei, model, tmp_path / "o.zarr", tile_size=TILE, device="cpu"))
     assert not any(tmp_path.iterdir())

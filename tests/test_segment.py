@@ -91,3 +91,60 @@ def test_errors():
         semantic_labels(np.zeros((10, 10)))
     with pytest.raises(ValueError, match="2D"):
         instances_from_semantic(np.zeros((2, 10, 10), np.uint8))
+
+
+def _packed_probabilities():
+    """Two packed squares with no background between them: interior probability high in their
+    middles, low on the shared border column (x = 15) and at the outer edge; a third, weak blob
+    whose interior is never confident."""
+    p = np.zeros((3, 30, 40), np.float32)
+    p[0] = 1.0
+    fg = np.zeros((30, 40), bool)
+    fg[5:25, 5:26] = True
+    p[0][fg] = 0.05
+    interior = np.zeros((30, 40), np.float32)
+    interior[7:23, 7:14] = 0.9
+    interior[7:23, 17:24] = 0.9
+    interior[fg & (interior == 0)] = 0.2
+    p[2] = interior
+    p[1] = np.where(fg, 0.95 - interior, 0.0)
+    p[0][25:29, 30:38], p[1][25:29, 30:38], p[2][25:29, 30:38] = 0.3, 0.4, 0.3  # weak blob
+    return p
+
+
+def test_seeded_watershed_separates_packed_objects():
+    from napari_unet.core.postprocess import seeded_instances
+
+    p = _packed_probabilities()
+    post = Postprocessing((2,), (1,), min_size=1, split="seeded", min_seed_size=4)
+    lab = instances_from_semantic(p.argmax(0).astype(np.uint8), post, probabilities=p)
+    left, right = lab[15, 9], lab[15, 21]
+    assert left > 0 and right > 0 and left != right  # packed, yet two objects
+    assert lab[5:25, 5:15].max() == left and np.all(lab[5:25, 5:15] == left)  # the border splits them
+    assert np.all(lab[5:25, 16:26] == right)
+    assert lab[27, 34] > 0 and lab[27, 34] not in (left, right)  # a region with no seed is kept
+    assert lab.max() == 3 and lab[0, 0] == 0
+    # argmax components grown into the boundary merge nothing here either way, but with one seed
+    # too small the watershed floods the whole square from the other seed
+    big = Postprocessing((2,), (1,), min_size=1, split="seeded", min_seed_size=10**4)
+    raw = seeded_instances(p, big)
+    assert len(np.unique(raw[5:25, 5:26])) == 1  # no seed large enough: the square is one object
+    with pytest.raises(ValueError, match="probabilities"):
+        instances_from_semantic(p.argmax(0).astype(np.uint8), post)
+
+
+def test_segment_uses_the_models_seeded_postprocessing():
+    post = Postprocessing((2,), (1,), min_size=3, split="seeded", min_seed_size=5)
+    m = _model(classes=3, post=post)
+    img = np.random.default_rng(2).normal(size=(64, 72)).astype(np.float32)
+    probs = segment_image(img, m, output="probabilities", tile_size=44, device="cpu")
+    lab = segment_image(img, m, output="instances", tile_size=44, device="cpu")
+    np.testing.assert_array_equal(lab, instances(probs, post))
+    # the file keeps the choice
+    from napari_unet.core.io import load_model, save_model
+
+    import tempfile
+    from pathlib import Path
+
+    path = save_model(m, Path(tempfile.mkdtemp()) / "m")
+    assert load_model(path).postprocessing == post

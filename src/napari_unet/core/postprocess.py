@@ -97,7 +97,7 @@ def seeded_instances(probabilities: np.ndarray, post: Postprocessing) -> np.ndar
         small[0] = False
         seeds[small[seeds]] = 0
     foreground = (p[0] < 0.5) | (top != 0)
-    seeds &= foreground
+    seeds = np.where(foreground, seeds, 0)
     # a foreground region without any seed is one object of its own (never dropped silently)
     regions, nr = ndi.label(foreground)
     if nr:
