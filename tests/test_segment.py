@@ -141,10 +141,10 @@ def test_segment_uses_the_models_seeded_postprocessing():
     lab = segment_image(img, m, output="instances", tile_size=44, device="cpu")
     np.testing.assert_array_equal(lab, instances(probs, post))
     # the file keeps the choice
-    from napari_unet.core.io import load_model, save_model
-
     import tempfile
     from pathlib import Path
+
+    from napari_unet.core.io import load_model, save_model
 
     path = save_model(m, Path(tempfile.mkdtemp()) / "m")
     assert load_model(path).postprocessing == post

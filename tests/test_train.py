@@ -8,6 +8,7 @@ import pytest
 import tifffile
 import torch
 
+from napari_unet._synthetic import rod_colony
 from napari_unet.cli import main
 from napari_unet.core.annotations import AnnotationError
 from napari_unet.core.augment import Augmentation
@@ -15,10 +16,8 @@ from napari_unet.core.events import StepDone
 from napari_unet.core.io import UNetModel, load_model, save_model
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.normalize import Normalization
-from napari_unet._synthetic import rod_colony
 from napari_unet.core.train import (
     TrainConfig,
-    postprocessing_for,
     prepare_data,
     train,
     train_model,
@@ -171,7 +170,7 @@ def test_same_seed_same_weights(crop):
 
 def test_stop_keeps_the_best_model(colony):
     img, lab = colony[0][0], colony[1][0]
-    cfg = fast_config(steps=50, lr=3e-2)
+    cfg = fast_config(steps=50, lr=3e-2, keep="best")
     calls = {"n": 0}
 
     def stop():
@@ -428,8 +427,14 @@ def test_empty_margins_no_longer_return_the_base_model(colony):
     v = model.provenance["validation"]
     assert v["available"] and v["objects"] >= 2
     assert v["start"]["score"] < 0.5  # an untrained model does not score a perfect 1.0
-    assert v["kept"] == "best validated" and model.provenance["best_step"] > 0
-    assert v["best"]["score"] > v["start"]["score"]
+    # the final averaged weights (the default), validated: better than the start
+    assert v["kept"] == "final averaged" and model.provenance["best_step"] == model.provenance["steps"]
+    assert v["best"]["score"] > v["start"]["score"] + 0.2
+    again = validate(model.net, prepare_data(imgs, labs, config=model.config,
+                                             normalization=model.normalization, mode="boundary",
+                                             train_config=cfg),
+                     torch.device("cpu"), model.postprocessing)
+    assert again.score == pytest.approx(v["best"]["score"])  # the weights that were scored
 
 
 def test_small_painting_keeps_the_final_weights_and_says_so(colony, tmp_path, capsys):

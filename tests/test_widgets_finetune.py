@@ -125,3 +125,26 @@ def test_training_errors_are_notified(make_napari_viewer, qtbot, tiny_model_path
     ft.labels.value = "wrong size"
     assert ft.train() is None
     assert any("differ in shape" in str(n.message) for n in notifications)
+
+
+def test_time_budget_and_what_is_validated_are_shown(make_napari_viewer, qtbot, tiny_model_path,
+                                                     nuclei_image, nuclei_mask):
+    """Minutes as the budget (Steps 0 = no step limit); a painting too small to validate says so
+    in the status line and keeps the final weights."""
+    viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
+    lab = viewer.layers["painted"]
+    few = np.isin(lab.data, np.unique(lab.data[lab.data > 0])[:5])  # five nuclei painted
+    lab.data = np.where(few, lab.data, 0)
+    ft.minutes.value = 0.1  # 6 s
+    ft.steps.value = 0
+    ft.device.value = "cpu"
+    seen = []
+    click(qtbot, ft.train_button)
+    ft.worker.yielded.connect(lambda ev: seen.append(ft.status.text()) if hasattr(ev, "step") else None)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    prov = ft.model.provenance
+    assert prov["minutes_planned"] == 0.1 and 5 <= prov["training_seconds_measured"] < 60
+    assert prov["steps"] >= 1 and prov["validation"]["kept"] == "final averaged"
+    assert ft.progress_bar.maximum() == 6  # the bar counts seconds of the budget
+    assert any("no validation: 5 objects painted" in t for t in seen)
+    assert "no validation" in ft.status.text() and "trained" in ft.status.text()

@@ -11,10 +11,11 @@ What one step does (paper section 3):
 3. crop target and weight map to the model's output and minimise the pixel-wise softmax
    cross-entropy weighted by the border weight map of eq. 2, unknown pixels ignored.
 
-Which weights come back: with a held-back validation set (:mod:`.validation`), the best validated
-averaged weights; the starting model only when validation on whole objects says it beats every
-trained step, and then the provenance and the returned model's description say so. Without one,
-the final averaged weights, and the provenance says that nothing was validated.
+Which weights come back: the final averaged weights (``keep="final"``, the default) or the best
+validated ones (``keep="best"``); the starting model only when validation on held-back whole
+objects scores it above those by more than ``start_margin``, and then the provenance and the
+returned model's description say so. Without a validation set the provenance says that nothing
+was validated.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ from ..normalize import Normalization
 from .config import TrainConfig, default_architecture, postprocessing_for
 from .data import as_list, choose_mode, prepare_data, sample_batch
 from .loss import training_loss
-from .network import AveragedWeights, TorchRng, autocast_for, resolve_precision, schedule, widen_head
+from .network import (
+    AveragedWeights,
+    TorchRng,
+    autocast_for,
+    resolve_precision,
+    schedule,
+    widen_head,
+)
 from .validation import ValScore, validate
 
 
@@ -208,14 +216,19 @@ def train(
         return now - last_val_t >= max(budget / 15.0, 9.0 * val_cost)
 
     def result() -> UNetModel:
+        nonlocal best, best_step
         if data.has_validation and last_val_step != step:
             run_validation()  # stopped early: score the weights reached so far
         back = False
         if data.has_validation:
             # the start only when validation really says so: by more than the margin
-            back = best is None or start.score > best.score + tc.start_margin
-            kept = "no step trained" if best is None else "start" if back else "best validated"
-            state = start_state if back else best_state
+            ref = best if tc.keep == "best" else last
+            back = best is None or start.score > ref.score + tc.start_margin
+            kept = "no step trained" if best is None else "start" if back else \
+                "best validated" if tc.keep == "best" else "final averaged"
+            state = start_state if back else best_state if tc.keep == "best" else _clone_state(averaged.net)
+            if not back and tc.keep == "final":
+                best, best_step = last, step
         else:
             kept, state = "final averaged", _clone_state(averaged.net)
         out = UNet(arch)
@@ -227,7 +240,8 @@ def train(
         prov = _provenance(model, mode, widen, data, tc, lr, step, 0 if back else best_step,
                            start, start if back else best, kept,
                            adj, losses, seed, dev, precision, masks, background_label,
-                           time.perf_counter() - t0, best.score if best is not None else 0.0)
+                           time.perf_counter() - t0, 0.0 if best is None else
+                           (best if tc.keep == "best" else last).score)
         nm = name or (f"{model.name}-finetuned" if model is not None else f"unet-{mode}")
         desc = (f"fine-tuned from {model.name}" if model is not None else "trained from scratch") + \
             f" on {len(data.planes)} painted plane(s), {step} steps; {prov['validation']['note']}"
@@ -297,7 +311,7 @@ def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: 
     note = data.validation_note
     if kept == "start":
         note = (f"WARNING: validation on {data.val_objects} held-back objects scored the starting "
-                f"model ({start.score:.3f}) above the best trained step ({trained_best:.3f}) by "
+                f"model ({start.score:.3f}) above the trained weights ({trained_best:.3f}) by "
                 f"more than {tc.start_margin}: the starting model was kept")
     prov = {
         "base_model": None if model is None else {"name": model.name, "source": model.source},
@@ -344,7 +358,8 @@ def training_summary(prov: dict[str, Any]) -> str:
     if not v["available"]:
         return f"{head}; {v['note']}"
     b, s0 = v["best"], v["start"]
-    what = "the starting model" if v["kept"] == "start" else f"step {prov['best_step']}"
+    what = ("the starting model" if v["kept"] == "start" else
+            "the final averaged weights" if v["kept"] == "final averaged" else f"step {prov['best_step']}")
     return (f"{head}; validation on {v['objects']} held-back objects: F1 {b['f1']:.3f}, IoU "
             f"{b['iou']:.3f} (start F1 {s0['f1']:.3f}, IoU {s0['iou']:.3f}); kept {what}")
 
