@@ -209,8 +209,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="learning rate (default 2e-3), warmed up, then a cosine decay")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the painted objects held back for validation, whole, in one block "
-                        "per image (default 0.1; 0 = none). Nothing is held back when fewer than 60 "
-                        "objects are painted: then the final averaged weights are kept")
+                        "per image (default 0.1; 0 = none). Nothing is held back when fewer than 40 "
+                        "objects are painted. The final averaged weights are kept (the base model "
+                        "only if validation scores it higher by more than 0.05)")
     bal = p.add_mutually_exclusive_group()
     bal.add_argument("--class-balance", dest="class_balance", action="store_true", default=False,
                      help="add the paper's class-balancing w_c to the weight map (off by default: it "

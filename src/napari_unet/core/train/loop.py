@@ -216,32 +216,30 @@ def train(
         return now - last_val_t >= max(budget / 15.0, 9.0 * val_cost)
 
     def result() -> UNetModel:
-        nonlocal best, best_step
         if data.has_validation and last_val_step != step:
             run_validation()  # stopped early: score the weights reached so far
-        back = False
-        if data.has_validation:
-            # the start only when validation really says so: by more than the margin
-            ref = best if tc.keep == "best" else last
-            back = best is None or start.score > ref.score + tc.start_margin
-            kept = "no step trained" if best is None else "start" if back else \
-                "best validated" if tc.keep == "best" else "final averaged"
-            state = start_state if back else best_state if tc.keep == "best" else _clone_state(averaged.net)
-            if not back and tc.keep == "final":
-                best, best_step = last, step
+        trained: ValScore | None = None  # the validation score of the trained weights kept
+        if not data.has_validation:
+            kept, state, kept_step = "final averaged", _clone_state(averaged.net), step
+        elif best is None:
+            kept, state, kept_step = "no step trained", start_state, 0
         else:
-            kept, state = "final averaged", _clone_state(averaged.net)
+            if tc.keep == "best":
+                kept, state, kept_step, trained = "best validated", best_state, best_step, best
+            else:
+                kept, state, kept_step, trained = "final averaged", _clone_state(averaged.net), step, last
+            if start.score > trained.score + tc.start_margin:  # validation really says so
+                kept, state, kept_step = "start", start_state, 0
+        scored = trained if kept in ("best validated", "final averaged") else start
         out = UNet(arch)
         out.load_state_dict(state)
         out.eval()
         if adj is not None:
             with torch.no_grad():
                 out.head.bias += adj
-        prov = _provenance(model, mode, widen, data, tc, lr, step, 0 if back else best_step,
-                           start, start if back else best, kept,
+        prov = _provenance(model, mode, widen, data, tc, lr, step, kept_step, start, scored, kept,
                            adj, losses, seed, dev, precision, masks, background_label,
-                           time.perf_counter() - t0, 0.0 if best is None else
-                           (best if tc.keep == "best" else last).score)
+                           time.perf_counter() - t0, 0.0 if trained is None else trained.score)
         nm = name or (f"{model.name}-finetuned" if model is not None else f"unet-{mode}")
         desc = (f"fine-tuned from {model.name}" if model is not None else "trained from scratch") + \
             f" on {len(data.planes)} painted plane(s), {step} steps; {prov['validation']['note']}"
