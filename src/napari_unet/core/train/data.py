@@ -218,14 +218,14 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
         t = tg.target.copy()
         if hb is not None:
             y0, y1, x0, x1 = hb.box
-            t[y0:y1, x0:x1] = IGNORE
-            w[y0:y1, x0:x1] = 0.0
+            t[y0:y1, x0:x1][hb.region] = IGNORE
+            w[y0:y1, x0:x1][hb.region] = 0.0
         known = t >= 0
         centres = np.flatnonzero(known)
         if centres.size == 0:
             continue
         known_total += int(tg.known.sum())
-        val_total += 0 if hb is None else int(hb.mask.sum())
+        val_total += 0 if hb is None else int(hb.region.sum())
         tk = t[known].astype(np.int64)
         wsum += np.bincount(tk, weights=w[known], minlength=num_classes)[:num_classes]
         wcount += np.bincount(tk, minlength=num_classes)[:num_classes]

@@ -1,5 +1,6 @@
-"""Validation that means something: held-back blocks of whole painted objects with background
-around them, scored with object-aware figures (foreground IoU and instance F1@0.5).
+"""Validation that means something: whole painted objects held back from all over the painting,
+each with a ring of its surroundings, scored with object-aware figures (foreground IoU and
+instance F1@0.5 of the instances a user would get).
 
 A validation set with no object (an empty margin of a painting scores a perfect IoU for an empty
 prediction) or with too few objects to rank models is *no validation*: :func:`choose_holdback`
@@ -23,12 +24,14 @@ from ..postprocess import instances_from_semantic, semantic_labels
 
 @dataclass
 class Holdback:
-    """The held-back block of one plane. ``box`` = (y0, y1, x0, x1) in plane pixels; ``mask`` (box
-    shape): the scored pixels (known, not on an object cut by the block's edge); ``instances``
-    (box shape): the complete painted objects inside, 0 elsewhere; ``foreground``: the painted
-    object pixels of the mask."""
+    """What is held back of one plane. ``box`` = (y0, y1, x0, x1) in plane pixels around it;
+    ``region`` (box shape): the pixels training does not see the labels of (the held-back objects
+    and a ring around each); ``mask`` (box shape): the scored pixels (the region without the parts
+    of other objects it overlaps); ``instances`` (box shape): the held-back objects, 0 elsewhere;
+    ``foreground``: their pixels."""
 
     box: tuple[int, int, int, int]
+    region: np.ndarray
     mask: np.ndarray
     instances: np.ndarray
     foreground: np.ndarray
@@ -37,7 +40,7 @@ class Holdback:
 
 @dataclass(frozen=True)
 class ValScore:
-    """Scores on the held-back blocks: foreground IoU, instance F1 at IoU > 0.5, their mean (the
+    """Scores on the held-back objects: foreground IoU, instance F1 at IoU > 0.5, their mean (the
     figure models are ranked by) and the number of objects they were measured on."""
 
     iou: float
@@ -49,59 +52,27 @@ class ValScore:
         return 0.5 * (self.iou + self.f1)
 
 
-def _count_in(boxes: np.ndarray, y0: int, y1: int, x0: int, x1: int, shape: tuple[int, int]
-              ) -> np.ndarray:
-    """Which object bounding boxes (n, 4: y0, y1, x0, x1) lie inside the block without touching
-    its edges (an edge on the image border may be touched)."""
-    h, w = shape
-    return ((boxes[:, 0] >= y0 + (y0 > 0)) & (boxes[:, 1] <= y1 - (y1 < h))
-            & (boxes[:, 2] >= x0 + (x0 > 0)) & (boxes[:, 3] <= x1 - (x1 < w)))
-
-
-def _block(known: np.ndarray, inst: np.ndarray, fraction: float) -> Holdback | None:
-    """The block of about ``fraction`` of the known area holding about ``fraction`` of the plane's
-    objects, whole, with background around them (None if no block holds two whole objects)."""
-    h, w = known.shape
-    objs = ndi.find_objects(inst.astype(np.int64)) if inst.max() > 0 else []
-    ids = np.array([i + 1 for i, s in enumerate(objs) if s is not None], np.int64)
+def _scattered(known: np.ndarray, inst: np.ndarray, fraction: float, seed: int = 0
+               ) -> Holdback | None:
+    """About ``fraction`` of the plane's painted objects, drawn from all over it, each held back
+    whole with a ring of its surroundings (a fifth of its diameter, >= 2 px); None with fewer than
+    two objects. Scattered, not one block: a block took a whole side of a scratch assay, whose
+    cells looked different from the rest, and scored a model on what it never saw the like of."""
+    ids = np.unique(inst[inst > 0])
     if ids.size < 2:
         return None
-    boxes = np.array([(s.start, s.stop, t.start, t.stop) for s, t in (objs[i - 1] for i in ids)])
-    ys, xs = np.nonzero(known)
-    ky0, ky1, kx0, kx1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    area = float(known.sum())
-    bh = int(min(ky1 - ky0, max(8, round(np.sqrt(fraction * area)))))
-    bw = int(min(kx1 - kx0, max(8, round(fraction * area / max(bh, 1)))))
-    want = max(2.0, fraction * ids.size)
-    bg = known & (inst == 0)
-    ck = np.pad(np.cumsum(np.cumsum(known, 0), 1), ((1, 0), (1, 0)))
-    cb = np.pad(np.cumsum(np.cumsum(bg, 0), 1), ((1, 0), (1, 0)))
-    step = max(4, min(bh, bw) // 6)
-    best, best_key = None, None
-    plane_bg = float(bg.sum()) / area
-    for y0 in list(range(ky0, ky1 - bh + 1, step)) + [ky1 - bh]:
-        y1 = y0 + bh
-        for x0 in list(range(kx0, kx1 - bw + 1, step)) + [kx1 - bw]:
-            x1 = x0 + bw
-            nk = ck[y1, x1] - ck[y0, x1] - ck[y1, x0] + ck[y0, x0]
-            nb = cb[y1, x1] - cb[y0, x1] - cb[y1, x0] + cb[y0, x0]
-            if nk < 0.5 * bh * bw or nb < 0.05 * nk or nb > 0.95 * nk:
-                continue  # mostly unknown, or no background / no objects around
-            n = int(_count_in(boxes, y0, y1, x0, x1, (h, w)).sum())
-            if n < 2:
-                continue
-            key = (abs(n - want), abs(nb / nk - plane_bg))
-            if best_key is None or key < best_key:
-                best, best_key = (y0, y1, x0, x1), key
-    if best is None:
-        return None
-    y0, y1, x0, x1 = best
-    inside = ids[_count_in(boxes, y0, y1, x0, x1, (h, w))]
-    sub = inst[y0:y1, x0:x1]
-    complete = np.isin(sub, inside)
-    mask = known[y0:y1, x0:x1] & ((sub == 0) | complete)
-    return Holdback(box=best, mask=mask, instances=np.where(complete, sub, 0).astype(np.int32),
-                    foreground=complete, n_objects=int(inside.size))
+    n = int(min(ids.size - 1, max(1, round(fraction * ids.size))))
+    pick = np.sort(np.random.default_rng(seed).choice(ids, size=n, replace=False))
+    area = float(np.median(np.bincount(np.searchsorted(ids, inst[inst > 0]))))
+    ring = max(2, int(round(0.2 * np.sqrt(area))))
+    chosen = np.isin(inst, pick)
+    region = ndi.binary_dilation(chosen, iterations=ring) & known
+    ys, xs = np.nonzero(region)
+    box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+    y0, y1, x0, x1 = box
+    sub, c, r = inst[y0:y1, x0:x1], chosen[y0:y1, x0:x1], region[y0:y1, x0:x1]
+    return Holdback(box=box, region=r, mask=r & ((sub == 0) | c),
+                    instances=np.where(c, sub, 0).astype(np.int32), foreground=c, n_objects=n)
 
 
 def choose_holdback(planes: list[tuple[np.ndarray, np.ndarray]], config: Any
@@ -116,14 +87,13 @@ def choose_holdback(planes: list[tuple[np.ndarray, np.ndarray]], config: Any
     if n_total < config.val_min_total:
         return none, n_total, (f"no validation: {n_total} objects painted, fewer than the "
                                f"{config.val_min_total} needed to hold some back; {after}")
-    blocks = [_block(known, inst, config.val_fraction) for known, inst in planes]
+    blocks = [_scattered(known, inst, config.val_fraction, seed=k) for k, (known, inst) in enumerate(planes)]
     n_val = sum(b.n_objects for b in blocks if b is not None)
     if n_val < config.val_min_objects:
-        return none, n_total, (f"no validation: no part of the painting holds {config.val_min_objects} "
-                               f"whole objects with background around them; {after}")
-    k = sum(b is not None for b in blocks)
-    return blocks, n_total, (f"validation on {n_val} whole painted objects held back in {k} "
-                             f"block(s); the best validated weights are kept")
+        return none, n_total, (f"no validation: {config.val_min_objects} whole objects cannot be "
+                               f"held back from this painting; {after}")
+    return blocks, n_total, (f"validation on {n_val} whole painted objects held back from all "
+                             f"over the painting")
 
 
 @torch.no_grad()
@@ -132,19 +102,21 @@ def predict_probabilities(net: UNet, image_padded: np.ndarray, pad: int,
                           device: torch.device, bias: torch.Tensor | None = None,
                           autocast: Any = None) -> np.ndarray:
     """(K, h, w) softmax on the output window ``box`` = (y0, y1, x0, x1) of a padded plane, in
-    tiles of ``out_size`` with ``halo`` context (``bias``: (K,) added to the logits first)."""
+    tiles of ``out_size`` with ``halo`` context whose origins lie on the plane's pooling grid, so
+    that a valid network's output equals whole-image inference (``bias``: (K,) added to the
+    logits first)."""
     y0, y1, x0, x1 = box
     h, w = y1 - y0, x1 - x0
     out = np.zeros((net.config.num_classes, h, w), np.float32)
+    g = net.config.grid
+    step = max(g, out_size // g * g)
 
-    def origins(a: int, n: int) -> list[int]:
-        if n <= out_size:
-            return [a]
-        o = list(range(a, a + n - out_size, out_size))
-        return o + [a + n - out_size]
+    def origins(a: int, b: int) -> list[int]:
+        # on the image's pooling grid, as whole-image inference: a shifted grid changes the output
+        return list(range(a // g * g, b, step))
 
-    for ty in origins(y0, h):
-        for tx in origins(x0, w):
+    for ty in origins(y0, y1):
+        for tx in origins(x0, x1):
             sy, sx = ty - halo + pad, tx - halo + pad
             tile = image_padded[:, sy : sy + out_size + 2 * halo, sx : sx + out_size + 2 * halo]
             x = torch.from_numpy(np.ascontiguousarray(tile))[None].to(device)
@@ -157,9 +129,10 @@ def predict_probabilities(net: UNet, image_padded: np.ndarray, pad: int,
             if bias is not None:
                 logits = logits + bias.to(logits.device)[None, :, None, None]
             prob = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-            cy0, cx0 = ty - y0, tx - x0
-            hh, ww = min(out_size, h - cy0), min(out_size, w - cx0)
-            out[:, cy0 : cy0 + hh, cx0 : cx0 + ww] = prob[:, :hh, :ww]
+            # the part of this tile's output inside the box
+            ay, ax = max(ty, y0), max(tx, x0)
+            by, bx = min(ty + out_size, y1), min(tx + out_size, x1)
+            out[:, ay - y0 : by - y0, ax - x0 : bx - x0] = prob[:, ay - ty : by - ty, ax - tx : bx - tx]
     return out
 
 
