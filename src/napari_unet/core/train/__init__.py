@@ -6,7 +6,7 @@ optimisation step and returns the trained :class:`~napari_unet.core.io.UNetModel
 
 - :mod:`.config`: :class:`TrainConfig` and its measured defaults, the from-scratch architecture;
 - :mod:`.data`: painted pairs -> targets, weight maps, hold-back, random patches;
-- :mod:`.validation`: held-back blocks of whole objects, scored by foreground IoU and instance F1;
+- :mod:`.validation`: whole objects held back from all over the painting, scored by foreground IoU and instance F1;
 - :mod:`.loss`: the paper's weighted cross-entropy, and Dice;
 - :mod:`.network`: the trained copy (boundary class added when needed), averaged weights,
   precision, the private RNG, the learning-rate schedule;

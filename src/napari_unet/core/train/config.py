@@ -53,9 +53,9 @@ class TrainConfig:
     - ``foreground_fraction``: share of patches centred on a painted object pixel (the rest on any
       painted pixel). ``sampling``: "pixels" (an image's share of patches is its share of painted
       pixels) or "images" (each painted image equally often).
-    - ``val_fraction``: about this share of the complete painted objects is held back, in one block
-      per image that holds whole objects and background. With ``val_fraction=0``, fewer than
-      ``val_min_total`` complete objects painted, or fewer than ``val_min_objects`` in the blocks,
+    - ``val_fraction``: about this share of the painted objects is held back, whole, from all over
+      each image, each with a ring of its surroundings. With ``val_fraction=0``, fewer than
+      ``val_min_total`` complete objects painted, or fewer than ``val_min_objects`` held back,
       nothing is held back: training uses all of the painting and returns the final averaged
       weights (and says so). ``val_every``: steps between validations (None: ~20 per run, or ~15
       per time budget).
@@ -64,7 +64,8 @@ class TrainConfig:
       final weights by more than ``start_margin``, with a warning. "best": the best validated
       step (again the start only by more than the margin). Measured on brightfield cells: picking
       the best step on a few held-back objects chose early, worse weights (test F1 0.10 against
-      0.45 for the final weights), because the held-back block is not the frames to come.
+      0.45 for the final weights; validation windows were then still off the pooling grid,
+      and a dozen held-back cells are not the frames to come either).
     - ``ema``: decay of the exponential moving average of the weights (0 = off: raw weights).
     - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32),
       "fp32" or "bf16".

@@ -38,7 +38,7 @@ class Plane:
     weights: np.ndarray  # (H + 2 pad, W + 2 pad) float32, 0 where target is -1
     centres: np.ndarray  # flat indices (unpadded coordinates) of known training pixels
     fg_centres: np.ndarray  # the same, on object pixels only
-    holdback: Holdback | None  # the held-back validation block
+    holdback: Holdback | None  # the held-back validation objects
     shape: tuple[int, int]
     pad: int
 
@@ -57,7 +57,7 @@ class TrainingData:
     known_pixels: int
     val_pixels: int
     objects: int = 0  # complete painted objects (all planes)
-    val_objects: int = 0  # complete objects inside the held-back blocks
+    val_objects: int = 0  # objects held back for validation
     validation_note: str = ""  # why nothing is held back, or what is
     object_area: float | None = None  # median painted object, pixels
     class_weights: np.ndarray | None = None  # (K,) mean weight per class over the training pixels

@@ -77,7 +77,7 @@ def _scattered(known: np.ndarray, inst: np.ndarray, fraction: float, seed: int =
 
 def choose_holdback(planes: list[tuple[np.ndarray, np.ndarray]], config: Any
                     ) -> tuple[list[Holdback | None], int, str]:
-    """Held-back blocks for ``planes`` = [(known (H, W) bool, painted instances (H, W))]; returns
+    """Held-back objects for ``planes`` = [(known (H, W) bool, painted instances (H, W))]; returns
     (one Holdback or None per plane, the number of painted objects, a sentence for the user)."""
     n_total = sum(int(np.unique(inst[inst > 0]).size) for _, inst in planes)
     none = [None] * len(planes)
