@@ -564,43 +564,22 @@ def test_bf16_training_on_the_cpu_is_finite_and_recorded(colony):
 
 @pytest.mark.slow
 def test_packed_rods_come_out_separated():
-    """Issue 11: a colony of touching rods (no background between cells) fine-tuned from two painted
-    frames comes out as separate cells on a third: the boundary class does what connected
-    components of a 2-class foreground cannot."""
+    """Issue 11: a colony of touching rods with weak borders (no background between cells, the
+    border barely brighter) fine-tuned from two painted frames comes out as separate cells on a
+    third: a boundary class is added and the seeded watershed separates the cells."""
     from napari_unet.core.metrics import foreground_iou, instance_f1
     from napari_unet.core.segment import segment_image
 
-    frames = [rod_colony(seed=s) for s in range(3)]
+    frames = [rod_colony(seed=s, contact=0.05) for s in range(3)]
     imgs, labs = [f[0] for f in frames[:2]], [f[1] for f in frames[:2]]
     test_img, test_lab = frames[2]
     base = tiny_model(depth=3, base=8, seed=0)
-    cfg = TrainConfig(steps=150, batch_size=4, patch_size=96, lr=3e-3, precision="fp32",
+    cfg = TrainConfig(steps=300, batch_size=4, patch_size=96, lr=3e-3, precision="fp32",
                       val_fraction=0.0)
     model = train_model(imgs, labs, model=base, config=cfg, device="cpu", seed=0)
-    assert model.provenance["mode"] == "boundary"
+    assert model.provenance["mode"] == "boundary" and model.postprocessing.split == "seeded"
     pred = segment_image(test_img, model, output="instances", device="cpu")
     f1, iou = instance_f1(pred, test_lab), foreground_iou(pred, test_lab)
-    # the same network and steps, two classes: touching cells merge into few objects
-    binary = train_model(imgs, labs, model=base, config=cfg, device="cpu", seed=0, mode="binary")
-    pred_b = segment_image(test_img, binary, output="instances", device="cpu")
-    f1_b = instance_f1(pred_b, test_lab)
-    assert f1 >= 0.8 and iou >= 0.8, (f1, iou, f1_b)
-    assert f1 > f1_b + 0.2, (f1, f1_b)
-
-
-@pytest.mark.parametrize("box", [(0, 192, 0, 256), (100, 130, 150, 210), (37, 61, 3, 250)])
-def test_validation_predicts_exactly_what_segment_gives(colony, box):
-    """Validation scores what a user gets: held-back windows are predicted with tiles on the
-    image's pooling grid (a shifted grid changed probabilities by up to 0.06 on a tiny net)."""
-    from napari_unet.core.segment import segment_image
-    from napari_unet.core.train.validation import predict_probabilities
-
-    img, lab = colony[0][0], colony[1][0]
-    m = tiny_model(depth=2, base=8)
-    data = prepare_data(img, lab, config=m.config, normalization=m.normalization, mode="binary",
-                        train_config=fast_config())
-    p = data.planes[0]
-    got = predict_probabilities(m.net.eval(), p.image, p.pad, box, data.out_size, data.halo,
-                                torch.device("cpu"))
-    want = segment_image(img, m, output="probabilities", device="cpu")[:, box[0]:box[1], box[2]:box[3]]
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    n = len(np.unique(test_lab)) - 1
+    assert f1 >= 0.8 and iou >= 0.85, (f1, iou)
+    assert abs(int(pred.max()) - n) <= 3  # not one merged colony

@@ -94,11 +94,12 @@ class FineTuneWidget(QWidget):
                                label="Device", tooltip="Where to train: auto = GPU if any, else CPU")
         self.minutes = FloatSpinBox(
             value=2.0, min=0.0, max=1440.0, step=0.5, label="Minutes",
-            tooltip="Time budget of the training in minutes (0 = no time limit: train for Steps); "
-                    "training ends at the budget or after Steps, whichever comes first")
+            tooltip="Time budget of the training in minutes, used when Steps is 0; the learning "
+                    "rate warms up and decays within it")
         self.steps = SpinBox(value=0, min=0, max=1000000, step=50, label="Steps",
-                             tooltip="Optimisation steps, each a batch of augmented patches "
-                                     "(0 = no step limit: train for Minutes)")
+                             tooltip="Optimisation steps, each a batch of augmented patches; 0 = "
+                                     "train for Minutes instead (a fixed number of steps with a "
+                                     "seed gives the same model again)")
         self.lr = FloatSpinBox(value=2e-3, min=1e-6, max=1.0, step=1e-4, label="Learning rate",
                                tooltip="Adam learning rate; warmed up, then it decays along a "
                                        "cosine to 5%")
@@ -320,8 +321,8 @@ class FineTuneWidget(QWidget):
         entry = self.registry[name]
         from napari.qt.threading import create_worker
 
-        minutes = float(self.minutes.value) or None
-        steps = int(self.steps.value) or (0 if minutes else 500)
+        steps = int(self.steps.value)
+        minutes = None if steps else float(self.minutes.value) or None
         if not steps and not minutes:
             steps = 500
         self._stop = threading.Event()
@@ -337,7 +338,7 @@ class FineTuneWidget(QWidget):
             lambda e: show_error(f"Fine-tuning failed: {user_message(e)}"))
         self.worker.finished.connect(self._on_finished)
         # with a time budget the bar counts seconds, else steps
-        self._budget_s = 60.0 * minutes if minutes and not int(self.steps.value) else None
+        self._budget_s = 60.0 * minutes if minutes else None
         total = int(self._budget_s) if self._budget_s else steps
         self.plot.clear(total if not self._budget_s else 0)
         self.progress_bar.setRange(0, total)
