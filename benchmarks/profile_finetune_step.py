@@ -22,7 +22,13 @@ import torch
 
 from napari_unet.core.augment import Augmentation, augment
 from napari_unet.core.io import load_model
-from napari_unet.core.train import TrainConfig, postprocessing_for, prepare_data, sample_batch, widen_head
+from napari_unet.core.train import (
+    TrainConfig,
+    postprocessing_for,
+    prepare_data,
+    sample_batch,
+    widen_head,
+)
 from napari_unet.core.train.loop import _center_crop
 from napari_unet.core.train.loss import training_loss
 from napari_unet.core.train.network import AveragedWeights, autocast_for, resolve_precision
