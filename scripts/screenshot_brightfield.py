@@ -12,32 +12,17 @@ the result against the labels of time point 5.
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_screenshots import _show_dock, shot, wait  # noqa: E402  (the same helpers)
+
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "docs" / "images"
+OUT = ROOT / "docs" / "images"  # where make_screenshots.shot writes
 DATA = ROOT.parent / "shared" / "data" / "brightfield-scratch" / "scratch-assay.tif"
-
-
-def wait(app, cond, timeout: float = 3600) -> None:
-    t0 = time.perf_counter()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.01)
-        if time.perf_counter() - t0 > timeout:
-            raise TimeoutError
-
-
-def shot(viewer, app, name: str) -> None:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 0.5:
-        app.processEvents()
-        time.sleep(0.01)
-    viewer.screenshot(path=str(OUT / name), canvas_only=False, flash=False)
-    print("wrote", (OUT / name).relative_to(ROOT))
 
 
 def main() -> int:
@@ -78,14 +63,7 @@ def main() -> int:
     print("fine-tune status:", ft.status.text())
     shot(viewer, app, "finetune-brightfield-done.png")
 
-    parent = seg.parent()
-    from qtpy.QtWidgets import QDockWidget
-
-    while parent is not None and not isinstance(parent, QDockWidget):
-        parent = parent.parent()
-    if parent is not None:
-        parent.show()
-        parent.raise_()
+    _show_dock(viewer, seg)
     seg.images.value = ["brightfield t5"]
     seg.output.value = "instances"
     seg.device.value = "cpu"
