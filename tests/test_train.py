@@ -382,7 +382,7 @@ def test_patch_sampling_by_pixels_or_by_images(crop):
 
     for sampling, expected in (("pixels", counts / counts.sum()), ("images", np.array([0.5, 0.5]))):
         spy = Spy()
-        x, t, w = train_mod._sample_batch(data, spy, 4, sampling)
+        x, t, w = train_mod.sample_batch(data, spy, 4, sampling)
         assert x.shape[0] == t.shape[0] == w.shape[0] == 4
         np.testing.assert_allclose(spy.p[0], expected)
     with pytest.raises(ValueError, match="sampling"):

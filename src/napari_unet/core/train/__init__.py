@@ -20,8 +20,6 @@ from .loss import dice_loss, training_loss, weighted_loss
 from .network import widen_head
 from .validation import ValScore, validate
 
-_sample_batch = sample_batch  # the name older code and tests use
-
 __all__ = [
     "TrainConfig",
     "TrainingData",

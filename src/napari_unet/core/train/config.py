@@ -29,7 +29,6 @@ OPTIMIZERS = ("adam", "sgd")
 SAMPLING = ("pixels", "images")
 LOSSES = ("ce", "ce+dice")
 PRECISIONS = ("auto", "fp32", "bf16")
-MODES_AUTO = ("auto", "binary", "boundary")
 KEEPS = ("final", "best")
 
 
@@ -129,15 +128,12 @@ class TrainConfig:
         if not 0 <= self.warmup < 1:
             raise ValueError(f"TrainConfig.warmup must be in [0, 1), got {self.warmup!r}")
 
-    def learning_rate(self, fine_tuning: bool) -> float:
+    def learning_rate(self) -> float:
         return float(self.lr) if self.lr is not None else 2e-3
 
     def validation_interval(self) -> int:
-        if self.val_every:
-            return self.val_every
-        if self.minutes is not None:
-            return 10  # checked against the clock: see loop._Validator
-        return max(1, self.steps // 20)
+        """Steps between validations (a time budget spaces them by the clock instead, see loop)."""
+        return self.val_every or max(1, self.steps // 20)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -173,7 +173,7 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
     tc = train_config or TrainConfig()
     painted, shapes = _painted_planes(images, labels, masks, background_label, channel_axis,
                                       config.in_channels)
-    raw = []  # (chw, target, instances, where)
+    raw = []  # (chw (C, Y, X), Target, painted instances known)
     for chw, lp, mp, where in painted:
         try:
             tg = labels_to_target(lp, mp, background_label, mode)

@@ -46,6 +46,7 @@ from .network import (
     resolve_precision,
     schedule,
     widen_head,
+    widened_config,
 )
 from .validation import ValScore, validate
 
@@ -130,7 +131,7 @@ def train(
         mode = "boundary" if architecture.num_classes == 3 else "binary"  # as it was built
     mode, widen = _resolve_mode(model, mode, labels, background_label)
     if model is not None:
-        arch = model.config if not widen else widen_head(model.net).config
+        arch = widened_config(model.config) if widen else model.config
         normalization = model.normalization
     else:
         if architecture is None:
@@ -168,7 +169,7 @@ def train(
     net.train()
     precision = resolve_precision(tc.precision, dev)
     autocast = autocast_for(precision, dev)
-    lr = tc.learning_rate(model is not None)
+    lr = tc.learning_rate()
     if tc.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=lr,
                                                       weight_decay=tc.weight_decay)

@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from ..model import UNet
+from ..model import UNet, UNetConfig
+
+
+def widened_config(cfg: UNetConfig) -> UNetConfig:
+    """The architecture of :func:`widen_head`'s result: 3 classes, "boundary" in the middle."""
+    names = cfg.class_names
+    return replace(cfg, num_classes=3, class_names=(names[0], "boundary", names[1]))
 
 
 def widen_head(net: UNet) -> UNet:
@@ -22,8 +28,7 @@ def widen_head(net: UNet) -> UNet:
     cfg = net.config
     if cfg.num_classes != 2:
         raise ValueError(f"only a 2-class head can be widened, this one has {cfg.num_classes}")
-    names = cfg.class_names
-    wide = UNet(replace(cfg, num_classes=3, class_names=(names[0], "boundary", names[1])))
+    wide = UNet(widened_config(cfg))
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
     w, b = net.head.weight.detach(), net.head.bias.detach()
     state["head.weight"] = torch.stack([w[0], 0.5 * (w[0] + w[1]), w[1]])
