@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from ._common import layer_names, level0, put_layer, warm_up_labels
 from ._jobs import user_message
+from ._live import LiveControls
 from ._plot import LossPlot
 from ._state import registry_for
 from ._training import TrainingPair
@@ -146,6 +147,8 @@ class FineTuneWidget(QWidget):
         layout.addWidget(self.pair_list)
         layout.addWidget(settings.native)
         layout.addLayout(buttons)
+        self.live = LiveControls(self)  # the Live switch: training while the user paints
+        layout.addLayout(self.live.layout)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
@@ -444,6 +447,7 @@ class FineTuneWidget(QWidget):
         if self.worker is not None:
             self._stop.set()
             self.worker.quit()
+        self.live.cleanup()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.disconnect(self._layers_changed)

@@ -61,7 +61,7 @@ class LiveInbox:
         self._masks = [None if m is None else np.array(m, dtype=bool, copy=True) for m in mks]
         self._lock = threading.Lock()
         self._version = 0
-        self._changed_at: float | None = None
+        self._changed_at = time.monotonic()  # the painting as it was at the start
         self._view: tuple[int, tuple[int, ...], tuple[int, int, int, int]] | None = None
         self._view_version = 0
         self._stop = threading.Event()
@@ -115,9 +115,10 @@ class LiveInbox:
         with self._lock:
             return self._version
 
-    def seconds_since_change(self) -> float | None:
+    def seconds_since_change(self) -> float:
+        """Seconds since the painting last changed (or since the inbox was made)."""
         with self._lock:
-            return None if self._changed_at is None else time.monotonic() - self._changed_at
+            return time.monotonic() - self._changed_at
 
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray | None], int]:
         """Copies of the labels and masks as they are now, and their version."""
