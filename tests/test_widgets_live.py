@@ -112,3 +112,45 @@ def test_live_needs_a_labels_layer_and_says_so(live_setup, qtbot, monkeypatch):
     ft.live.live.value = True
     assert ft.live.session is None and not ft.live.live.value
     assert errors and "Labels layer" in errors[-1]
+
+
+def test_corrections_of_a_segmented_layer_are_tracked_as_known(live_setup, qtbot):
+    viewer, seg, ft, img, gt = live_setup
+    seg.images.value = ["rods"]
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.running, timeout=TIMEOUT)
+    result = viewer.layers["rods instances"]
+    predicted = np.array(result.data)
+    # the user fixes two objects of the result: erases one, repaints another as the reference
+    ids = [i for i in np.unique(predicted) if i]
+    assert len(ids) >= 2
+    wrong = ids[0]
+    with result.block_history():
+        result.data_setitem(np.nonzero(predicted == wrong), 0)
+    obj = gt[np.nonzero(predicted == ids[1])][0] or np.unique(gt)[1]
+    with result.block_history():
+        result.data_setitem(np.nonzero(gt == obj), 77)
+    ft.labels.value = "rods instances"
+    from napari_unet._widgets._corrections import CORRECTED
+
+    ft.region.value = CORRECTED
+    (pair,) = ft.collect_pairs()
+    known = pair.mask
+    assert known[predicted == wrong].all() and known[gt == obj].all()
+    untouched = [i for i in ids[2:] if not (known & (predicted == i)).any()]
+    assert untouched, "some predictions were not edited and are not known"
+    assert not pair.labels[~known].any()  # untouched predictions are not taken as truth
+    np.testing.assert_array_equal(pair.labels[known], np.asarray(result.data)[known])
+    # Live on the corrections: each correction enlarges what the core knows
+    ft.live.live.value = True
+    session = ft.live.session
+    assert session is not None
+    _labels0, masks0, _v = session.inbox.snapshot()
+    before = int(masks0[0].sum())
+    third = ids[2] if len(ids) > 2 else ids[1]
+    with result.block_history():
+        result.data_setitem(np.nonzero(np.asarray(result.data) == third), 0)
+    _labels1, masks1, _v = session.inbox.snapshot()
+    assert int(masks1[0].sum()) > before
+    ft.live.live.value = False
+    qtbot.waitUntil(lambda: ft.live.session is None, timeout=TIMEOUT)

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import layer_names, level0, put_layer, warm_up_labels
+from ._corrections import CORRECTED, CorrectionTracking
 from ._jobs import user_message
 from ._live import LiveControls
 from ._plot import LossPlot
@@ -71,10 +72,13 @@ class FineTuneWidget(QWidget):
         self.labels = ComboBox(
             choices=self._labels, label="Labels",
             tooltip="Labels layer painted on that image: one id per object, 0 = not painted")
+        self.corrections = CorrectionTracking(viewer)  # edits of every Labels layer
         self.region = ComboBox(
             choices=self._regions, label="Complete in",
             tooltip="Where the annotation is complete (unpainted = background there): the whole "
-                    "frame, or a Labels/Shapes layer marking the fully annotated region")
+                    "frame ('trust the rest'), the objects you corrected in a segmented layer "
+                    "with a margin around them (untouched predictions are not taken as truth), "
+                    "or a Labels/Shapes layer marking the fully annotated region")
         self.add_pair = PushButton(text="Add pair",
                                    tooltip="Add this (image, labels, region) to the training set")
         self.remove_pair = PushButton(text="Remove pair",
@@ -179,7 +183,7 @@ class FineTuneWidget(QWidget):
         return layer_names(self.viewer, (Labels,))
 
     def _regions(self, _w: Any = None) -> list[str]:
-        return [WHOLE, *layer_names(self.viewer, (Labels, Shapes))]
+        return [WHOLE, CORRECTED, *layer_names(self.viewer, (Labels, Shapes))]
 
     def _models(self, _w: Any = None) -> list[str]:
         return self.registry.names()
@@ -223,7 +227,7 @@ class FineTuneWidget(QWidget):
             raise ValueError("choose an image layer and a labels layer painted on it")
         pairs = []
         for img_name, lab_name, reg_name in names:
-            for n in (img_name, lab_name) + (() if reg_name == WHOLE else (reg_name,)):
+            for n in (img_name, lab_name) + (() if reg_name in (WHOLE, CORRECTED) else (reg_name,)):
                 if n not in self.viewer.layers:
                     raise ValueError(f"the layer '{n}' is no longer in the viewer")
             img = self.viewer.layers[img_name]
@@ -236,7 +240,9 @@ class FineTuneWidget(QWidget):
                 raise ValueError(f"'{img_name}' {spatial} and '{lab_name}' {labels.shape} differ in "
                                  f"shape: the labels must be painted on that image")
             mask = None
-            if reg_name != WHOLE:
+            if reg_name == CORRECTED:
+                labels, mask = self.corrections.masked_labels(lab)
+            elif reg_name != WHOLE:
                 region = self.viewer.layers[reg_name]
                 if isinstance(region, Shapes):
                     if len(region.data) == 0:
@@ -448,6 +454,7 @@ class FineTuneWidget(QWidget):
             self._stop.set()
             self.worker.quit()
         self.live.cleanup()
+        self.corrections.cleanup()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.disconnect(self._layers_changed)

@@ -60,8 +60,9 @@ class LiveSession:
     is called when the worker has ended."""
 
     def __init__(self, viewer: Any, image_name: str, labels_name: str, base: Any, *,
-                 background_label: int, lr: float, strength: float, device: str, seed: int,
-                 on_event: Any, on_model: Any, on_done: Any, preview_every: float = 3.0) -> None:
+                 background_label: int | None, lr: float, strength: float, device: str, seed: int,
+                 on_event: Any, on_model: Any, on_done: Any, preview_every: float = 3.0,
+                 corrections: Any = None) -> None:
         from napari.qt.threading import create_worker
 
         from ..core.train import LiveInbox
@@ -81,7 +82,11 @@ class LiveSession:
                              f"{labels.shape}")
         self.shape = labels.shape
         self.preview_name = f"{image_name} live"
-        self.inbox = LiveInbox(labels)
+        self.corrections = corrections  # learning from corrections: the edited objects are known
+        mask = None
+        if corrections is not None:
+            labels, mask = self._corrected()
+        self.inbox = LiveInbox(labels, None if mask is None else [mask])
         self.started = time.monotonic()
         self.on_event, self.on_model, self.on_done = on_event, on_model, on_done
         self.worker = create_worker(
@@ -100,7 +105,18 @@ class LiveSession:
         self.worker.start()
 
     # ---------------------------------------------------------------- painter -> core
+    def _corrected(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self.corrections.masked_labels(self.labels_layer)
+        except ValueError:  # nothing corrected yet: nothing known
+            return np.zeros(self.shape, np.int32), np.zeros(self.shape, bool)
+
     def _painted(self, event: Any) -> None:
+        if self.corrections is not None:  # what is known grows with each correction
+            self.corrections.record(self.labels_layer, getattr(event, "value", None))
+            labels, mask = self._corrected()
+            self.inbox.paint(0, (0,) * labels.ndim, labels, mask=mask)
+            return
         box = changed_box(getattr(event, "value", None), len(self.shape))
         if box is None:
             return
@@ -174,7 +190,7 @@ class LiveSession:
                 pass
 
 
-def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int, lr: float,
+def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None, lr: float,
               strength: float, device: str, seed: int, rgb: bool, preview_every: float) -> Any:
     """Worker generator: load the base model if needed, then train live until Stop."""
     from ..core.io import UNetModel, load_model
@@ -266,13 +282,19 @@ class LiveControls:
             show_error("Choose an image and the Labels layer painted on it (or add a new one).")
             self.live.value = False
             return None
-        w.scribbles.value = True  # live: unpainted is unknown
+        from ._corrections import CORRECTED
+
+        corrections = w.corrections if w.region.value == CORRECTED else None
+        if corrections is None:
+            w.scribbles.value = True  # live: unpainted is unknown
         try:
             self.session = LiveSession(
                 w.viewer, w.image.value, w.labels.value, w.registry[name].ref(),
-                background_label=int(w.background_label.value), lr=float(w.lr.value),
+                background_label=w._background() if corrections is not None
+                else int(w.background_label.value), lr=float(w.lr.value),
                 strength=float(w.strength.value), device=w.device.value, seed=int(w.seed.value),
-                on_event=self._event, on_model=w._on_returned, on_done=self._done)
+                on_event=self._event, on_model=w._on_returned, on_done=self._done,
+                corrections=corrections)
         except (ValueError, KeyError) as exc:
             show_error(f"Cannot go live: {user_message(exc)}")
             self.live.value = False
