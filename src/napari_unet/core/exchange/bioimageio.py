@@ -267,7 +267,7 @@ def _describe(model: UNetModel, d: Path, geo: Any, v: Any, authors: Sequence[str
     inp = v.InputTensorDescr(
         id=v.TensorId(INPUT_ID), axes=in_axes, description="raw intensities",
         test_tensor=v.FileDescr(source=d / "test_input.npy"),
-        data=v.IntervalOrRatioDataDescr(type="float32"), pad=v.ReflectPadding(),
+        data=v.IntervalOrRatioDataDescr(type="float32"), pad=v.ReflectPadding(mode="reflect"),
         preprocessing=_preprocessing(model.normalization, v))
     outp = v.OutputTensorDescr(
         id=v.TensorId(OUTPUT_ID), axes=out_axes,
