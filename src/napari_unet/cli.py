@@ -1,4 +1,4 @@
-"""``napari-unet segment|train|evaluate``: argument parsing and a progress bar, nothing else.
+"""``napari-unet segment|train|evaluate|export``: argument parsing and a progress bar, nothing else.
 
 The work itself is done by the core generators (and ``batch`` for many files); this module only turns
 arguments into calls and progress events into a tqdm bar.
@@ -383,12 +383,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-unet",
-        description="U-Net segmentation (Ronneberger et al. 2015): segment, fine-tune, evaluate.",
+        description="U-Net segmentation (Ronneberger et al. 2015): segment, fine-tune, evaluate, export.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    from ._cli_export import add_export
+
+    add_export(sub)
     return parser
 
 

@@ -12,11 +12,14 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from ..io import ModelFileError
+
 EXTRA_HINT = 'install the export extra: pip install "napari-unet[export]"'
 
 
-class ExchangeError(ValueError):
-    """A package or file that cannot be exported or imported, with a sentence saying why."""
+class ExchangeError(ModelFileError):
+    """A package or file that cannot be exported or imported, with a sentence saying why (a
+    ModelFileError, so that callers reporting unreadable models report these too)."""
 
 
 def require(module: str, what: str) -> Any:

@@ -28,7 +28,7 @@ import torch
 from ..io import ModelFileError, Postprocessing, UNetModel, load_model
 from ..model import UNet, UNetConfig
 from ..normalize import Normalization
-from . import ExchangeError, require
+from . import require
 from .bioimageio import ARCH_CALLABLE, CONFIG_KEY
 from .portable import package_geometry
 from .runtime import ExternalGeometry, ExternalNet, onnx_session
