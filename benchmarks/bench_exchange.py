@@ -73,8 +73,8 @@ def main() -> None:
         predict_image(small, ort_model, device="cpu", tile_size=tile)
         t_torch, t_ort, ratios, diff = [], [], [], 0.0
         for r in range(args.rounds):
-            a, pa = timed(lambda m=model: predict_image(img, m, device="cpu", tile_size=tile))
-            b, pb = timed(lambda m=ort_model: predict_image(img, m, device="cpu", tile_size=tile))
+            a, pa = timed(lambda m=model, t=tile: predict_image(img, m, device="cpu", tile_size=t))
+            b, pb = timed(lambda m=ort_model, t=tile: predict_image(img, m, device="cpu", tile_size=t))
             t_torch.append(a)
             t_ort.append(b)
             ratios.append(a / b)

@@ -68,3 +68,29 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     pytest.importorskip("bioimageio.spec")
     assert main(["export", "nuclei", "-o", str(tmp_path / "p"), "--sample", str(tmp_path / "bad.tif")]) == 2
     assert "sample image" in capsys.readouterr().err
+
+
+def test_segment_with_the_onnxruntime_backend_equals_torch(tmp_path, nuclei_image):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import tifffile
+
+    src = tmp_path / "crop.tif"
+    tifffile.imwrite(src, nuclei_image[:200, :240])
+    outs = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.tif"
+        assert main(["segment", str(src), "-o", str(out), "--output-type", "probabilities", "--device", "cpu",
+                     "--backend", backend, "-q"]) == 0
+        outs[backend] = tifffile.imread(out)
+    assert np.abs(outs["torch"] - outs["onnxruntime"]).max() <= 1e-4
+
+
+def test_onnxruntime_backend_refuses_other_devices_and_clusters(tmp_path, capsys, nuclei_image):
+    import tifffile
+
+    src = tmp_path / "crop.tif"
+    tifffile.imwrite(src, nuclei_image[:64, :64])
+    assert main(["segment", str(src), "-o", str(tmp_path / "o"), "--backend", "onnxruntime",
+                 "--device", "cpu", "--workers", "2", "-q"]) == 2
+    assert "--workers" in capsys.readouterr().err

@@ -78,3 +78,35 @@ def _read_sample(path: str) -> Any:
         return tifffile.imread(path)
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot read the sample image {path!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- segment --backend
+BACKENDS = ("torch", "onnxruntime")
+
+
+def add_backend_option(p: argparse.ArgumentParser) -> None:
+    """``segment --backend``: the network under onnxruntime (CPU), driven by the same exact tiler."""
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="what runs the network: torch (default) or onnxruntime on the CPU (faster on "
+                        "the CPU for the shipped models, see docs/benchmarks.md; same tiles, same "
+                        "output within 1e-4; needs the export extra)")
+
+
+def apply_backend(args: argparse.Namespace, model: Any, device: Any) -> Any:
+    """The model to segment with: ``model`` itself, or run by onnxruntime for ``--backend onnxruntime``."""
+    from .cli import CLIError
+
+    if getattr(args, "backend", "torch") == "torch":
+        return model
+    if device.type != "cpu":
+        raise CLIError(f"--backend onnxruntime runs on the CPU; the device is {device.type} (use --device cpu)")
+    if args.workers is not None or args.scheduler is not None:
+        raise CLIError("--backend onnxruntime runs in this process; it cannot be combined with "
+                       "--workers or --scheduler")
+    from .core.exchange import ExchangeError
+    from .core.exchange.runtime import onnxruntime_model
+
+    try:
+        return onnxruntime_model(model)
+    except ExchangeError as exc:
+        raise CLIError(str(exc)) from None

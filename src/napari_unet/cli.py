@@ -99,6 +99,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                          help="run the blocks on the dask.distributed scheduler at this address "
                          "(e.g. tcp://10.0.0.1:8786); inputs and outputs must be on a shared file system")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from ._cli_export import add_backend_option
+
+    add_backend_option(p)
     p.set_defaults(func=_run_segment)
 
 
@@ -117,6 +120,9 @@ def _run_segment(args: argparse.Namespace) -> int:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     if args.chunk < 1:
         raise CLIError(f"--chunk must be positive, got {args.chunk}")
+    from ._cli_export import apply_backend
+
+    model = apply_backend(args, model, device)
     out = Path(args.output)
     files, problems = expand_inputs(args.images)
     n_items = len(files) + len(problems)

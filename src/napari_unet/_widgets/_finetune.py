@@ -3,7 +3,8 @@
 Training runs in a napari ``thread_worker`` over the core's ``train`` generator (through
 :func:`._training.start_training`, the one adapter to the core). Stop ends training after the current
 step and keeps the best validated model; the new model is added to the viewer's model list at once
-(the Segment widget shows it) and Save writes it to a ``.safetensors`` file.
+(the Segment widget shows it), Save writes it to a ``.safetensors`` file and Export… writes it for
+other programs (:mod:`._export`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import layer_names, level0, put_layer, warm_up_labels
+from ._export import ExportControl
 from ._jobs import user_message
 from ._plot import LossPlot
 from ._state import registry_for
@@ -122,6 +124,7 @@ class FineTuneWidget(QWidget):
                                       tooltip="Write the fine-tuned model to a .safetensors file")
         self.stop_button.enabled = False
         self.save_button.enabled = False
+        self.export_control = ExportControl(self)  # Export… (bioimage.io, TorchScript, ONNX)
 
         data = Container(widgets=[self.image, self.labels, self.region], labels=True)
         pair_buttons = QHBoxLayout()
@@ -132,7 +135,8 @@ class FineTuneWidget(QWidget):
                                       self.strength, self.seed],
                              labels=True)
         buttons = QHBoxLayout()
-        for b in (self.preview_button, self.train_button, self.stop_button, self.save_button):
+        for b in (self.preview_button, self.train_button, self.stop_button, self.save_button,
+                  self.export_control.button):
             buttons.addWidget(b.native)
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setToolTip("Training steps done")
@@ -363,6 +367,7 @@ class FineTuneWidget(QWidget):
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
         self.save_button.enabled = not running and self.model is not None
+        self.export_control.set_enabled(not running and self.model is not None)
 
     def _on_yielded(self, ev: Any) -> None:
         if isinstance(ev, tuple) and ev and ev[0] == "loaded":
@@ -444,6 +449,7 @@ class FineTuneWidget(QWidget):
         if self.worker is not None:
             self._stop.set()
             self.worker.quit()
+        self.export_control.cleanup()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.disconnect(self._layers_changed)
