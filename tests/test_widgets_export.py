@@ -68,3 +68,20 @@ def test_open_model_file_refuses_a_broken_package_with_a_message(make_napari_vie
     assert seg.load_model_file(str(bad)) is None
     assert any("zip" in str(getattr(n, "message", n)) for n in notifications)
     assert "broken" not in seg.model.choices
+
+
+def test_a_network_from_another_program_is_not_fine_tuned():
+    import threading
+
+    from napari_unet._widgets._finetune import _train_job
+    from napari_unet.core.exchange.portable import scripted
+    from napari_unet.core.exchange.runtime import ExternalNet
+    from napari_unet.core.io import UNetModel
+    from napari_unet.core.model import UNet, UNetConfig
+
+    cfg = UNetConfig(depth=2, base_channels=4)
+    foreign = UNetModel(ExternalNet(cfg, scripted(UNet(cfg))), name="foreign")
+    job = _train_job([], foreign, "foreign", steps=1, lr=1e-3, strength=1.0, background_label=None,
+                     device="cpu", stop=threading.Event())
+    with pytest.raises(ValueError, match="another program"):
+        next(job)

@@ -468,6 +468,9 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
     if not isinstance(model, UNetModel):
         model = load_model(model)
         yield ("loaded", model_name, model)
+    if type(model.net).__name__ == "ExternalNet":  # imported from another program's package
+        raise ValueError(f"'{model_name}' comes from another program's bioimage.io package: napari-unet "
+                         "can segment with it but not fine-tune it; choose a napari-unet base model")
     # all cores: unlike segmenting (no faster on both cores of a 2-core CPU), a training step is
     # 1.8x faster with two threads than one (bf16, 4 x 444 px: 0.59 vs 1.04 s), and the viewer's
     # longest event-loop gap stays below 100 ms (benchmarks/bench_responsiveness.py)
