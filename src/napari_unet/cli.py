@@ -415,4 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m napari_unet.cli`: run the package's module, so that errors raised by helper
+    # modules (napari_unet.cli.CLIError) are the class main() catches
+    from napari_unet.cli import main as _main
+
+    sys.exit(_main())

@@ -164,6 +164,8 @@ def onnxruntime_model(model: Any, threads: int | None = None) -> Any:
     from ..io import UNetModel
     from .portable import export_onnx
 
+    for module in ("onnx", "onnxruntime"):
+        require(module, "the onnxruntime backend")
     with tempfile.TemporaryDirectory(prefix="napari-unet-onnx-") as tmp:
         path = export_onnx(model, os.path.join(tmp, "net.onnx"))
         data = path.read_bytes()
