@@ -289,3 +289,16 @@ def test_foreign_state_dict_is_never_unpickled(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", no_unpickling)
     with pytest.raises(ModelFileError, match="pytorch_state_dict"):
         load_model(pkg)
+
+
+def test_invalid_foreign_descriptions_name_the_problem(tmp_path):
+    pkg = _foreign_package(tmp_path / "f")
+
+    def no_inputs(rdf):
+        del rdf["inputs"]
+
+    with pytest.raises(ModelFileError, match="not a valid bioimage.io model package: inputs"):
+        load_model(_rewrite(pkg, tmp_path / "noinputs.zip", no_inputs))
+    # weights that are not the file rdf.yaml describes (its sha256 differs)
+    with pytest.raises(ModelFileError, match="not a valid bioimage.io model package: weights.torchscript.*SHA256 mismatch"):
+        load_model(_rewrite(pkg, tmp_path / "tampered.zip", replace={"net.pt": b"tampered"}))
