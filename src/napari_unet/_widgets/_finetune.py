@@ -3,7 +3,8 @@
 Training runs in a napari ``thread_worker`` over the core's ``train`` generator (through
 :func:`._training.start_training`, the one adapter to the core). Stop ends training after the current
 step and keeps the best validated model; the new model is added to the viewer's model list at once
-(the Segment widget shows it) and Save writes it to a ``.safetensors`` file.
+(the Segment widget shows it), Save writes it to a ``.safetensors`` file and Export… writes it for
+other programs (:mod:`._export`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from qtpy.QtWidgets import (
 
 from ._common import layer_names, level0, put_layer, warm_up_labels
 from ._corrections import CORRECTED, CorrectionTracking
+from ._export import ExportControl
 from ._jobs import user_message
 from ._live import LiveControls
 from ._plot import LossPlot
@@ -127,6 +129,7 @@ class FineTuneWidget(QWidget):
                                       tooltip="Write the fine-tuned model to a .safetensors file")
         self.stop_button.enabled = False
         self.save_button.enabled = False
+        self.export_control = ExportControl(self)  # Export… (bioimage.io, TorchScript, ONNX)
 
         data = Container(widgets=[self.image, self.labels, self.region], labels=True)
         pair_buttons = QHBoxLayout()
@@ -137,7 +140,8 @@ class FineTuneWidget(QWidget):
                                       self.strength, self.seed],
                              labels=True)
         buttons = QHBoxLayout()
-        for b in (self.preview_button, self.train_button, self.stop_button, self.save_button):
+        for b in (self.preview_button, self.train_button, self.stop_button, self.save_button,
+                  self.export_control.button):
             buttons.addWidget(b.native)
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setToolTip("Training steps done")
@@ -372,6 +376,7 @@ class FineTuneWidget(QWidget):
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
         self.save_button.enabled = not running and self.model is not None
+        self.export_control.set_enabled(not running and self.model is not None)
 
     def _on_yielded(self, ev: Any) -> None:
         if isinstance(ev, tuple) and ev and ev[0] == "loaded":
@@ -455,6 +460,7 @@ class FineTuneWidget(QWidget):
             self.worker.quit()
         self.live.cleanup()
         self.corrections.cleanup()
+        self.export_control.cleanup()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.disconnect(self._layers_changed)
@@ -473,6 +479,9 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
     if not isinstance(model, UNetModel):
         model = load_model(model)
         yield ("loaded", model_name, model)
+    if type(model.net).__name__ == "ExternalNet":  # imported from another program's package
+        raise ValueError(f"'{model_name}' comes from another program's bioimage.io package: napari-unet "
+                         "can segment with it but not fine-tune it; choose a napari-unet base model")
     # all cores: unlike segmenting (no faster on both cores of a 2-core CPU), a training step is
     # 1.8x faster with two threads than one (bf16, 4 x 444 px: 0.59 vs 1.04 s), and the viewer's
     # longest event-loop gap stays below 100 ms (benchmarks/bench_responsiveness.py)
