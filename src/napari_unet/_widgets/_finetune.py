@@ -36,16 +36,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_names, level0, put_layer, warm_up_labels
+from ._common import layer_names, put_layer, warm_up_labels
 from ._corrections import CORRECTED, CorrectionTracking
 from ._export import ExportControl
 from ._jobs import user_message
 from ._live import LiveControls
+from ._pairs import WHOLE, collect_pairs
 from ._plot import LossPlot
 from ._state import registry_for
 from ._training import TrainingPair
-
-WHOLE = "(whole frame)"
 
 
 class FineTuneWidget(QWidget):
@@ -226,41 +225,7 @@ class FineTuneWidget(QWidget):
 
     def collect_pairs(self) -> list[TrainingPair]:
         """The training pairs as plain arrays (labels and masks copied). Raises ValueError."""
-        names = self._pair_names()
-        if not names:
-            raise ValueError("choose an image layer and a labels layer painted on it")
-        pairs = []
-        for img_name, lab_name, reg_name in names:
-            for n in (img_name, lab_name) + (() if reg_name in (WHOLE, CORRECTED) else (reg_name,)):
-                if n not in self.viewer.layers:
-                    raise ValueError(f"the layer '{n}' is no longer in the viewer")
-            img = self.viewer.layers[img_name]
-            lab = self.viewer.layers[lab_name]
-            labels = np.array(level0(lab.data))  # a copy: painting goes on during training
-            image = level0(img.data)
-            rgb = bool(getattr(img, "rgb", False))
-            spatial = tuple(image.shape[:-1] if rgb else image.shape)
-            if spatial != labels.shape:
-                raise ValueError(f"'{img_name}' {spatial} and '{lab_name}' {labels.shape} differ in "
-                                 f"shape: the labels must be painted on that image")
-            mask = None
-            if reg_name == CORRECTED:
-                labels, mask = self.corrections.masked_labels(lab)
-            elif reg_name != WHOLE:
-                region = self.viewer.layers[reg_name]
-                if isinstance(region, Shapes):
-                    if len(region.data) == 0:
-                        raise ValueError(f"the Shapes layer '{reg_name}' has no shape")
-                    mask = region.to_masks(mask_shape=labels.shape[-2:]).any(0)
-                    if labels.ndim == 3:
-                        mask = np.broadcast_to(mask, labels.shape).copy()
-                else:
-                    mask = np.array(level0(region.data)) != 0
-                    if mask.shape != labels.shape:
-                        raise ValueError(f"the region '{reg_name}' {mask.shape} and the labels "
-                                         f"{labels.shape} differ in shape")
-            pairs.append(TrainingPair(img_name, image, labels, mask, rgb))
-        return pairs
+        return collect_pairs(self.viewer, self._pair_names(), self.corrections)
 
     def _background(self) -> int | None:
         return int(self.background_label.value) if self.scribbles.value else None
