@@ -234,14 +234,18 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
                ) -> Generator[LiveWaiting | StepDone | PreviewDone, None, UNetModel | None]:
     """Train live on ``images`` (as for :func:`~.loop.train`) while ``inbox`` brings the painting.
 
-    Waits (yielding :class:`LiveWaiting` every ``poll`` seconds) until the painting has objects and
-    background; then trains until ``inbox.stop()`` or ``stop()``, taking in every change of the
+    ``mode``: None/"auto" is "boundary" here (see the code). Waits (yielding
+    :class:`LiveWaiting` every ``poll`` seconds) until the painting has objects and background; then trains until ``inbox.stop()`` or ``stop()``, taking in every change of the
     painting before the next step, and previews the viewed box every ``preview_every`` seconds.
     Returns the model (None when stopped before anything could be trained on)."""
     from .loop import _resolve_mode, _should_stop, train  # the loop imports this module
 
     ims = as_list(images, "images")
     tc = config or TrainConfig()
+    if mode in (None, "auto"):
+        # the first strokes are too few to tell whether objects touch: the boundary class
+        # separates packed objects and costs nothing where they lie apart
+        mode = "boundary"
     norm = model.normalization if model is not None else Normalization()
     if model is not None:
         cfg = model.config
