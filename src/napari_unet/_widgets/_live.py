@@ -319,7 +319,7 @@ class LiveControls:
         if isinstance(ev, LiveWaiting):
             w.status.setText(f"Live: {ev.message}")
         elif isinstance(ev, StepDone):
-            w.plot.add(ev.step, ev.loss, ev.val_score, 0)
+            w.plot.add(ev.step, ev.loss, ev.val_score, ev.step)  # the x axis grows with the run
             since = None if s is None else s.inbox.seconds_since_change()
             text = f"Live: step {ev.step}, loss {ev.loss:.4f}"
             if since is not None:
