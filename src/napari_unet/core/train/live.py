@@ -126,6 +126,10 @@ class LiveInbox:
             return ([lab.copy() for lab in self._labels],
                     [None if m is None else m.copy() for m in self._masks], self._version)
 
+    def shape(self, pair: int) -> tuple[int, ...]:
+        """The shape of labels image ``pair``."""
+        return tuple(self._labels[pair].shape)
+
     def current_view(self) -> tuple[tuple[int, tuple[int, ...], tuple[int, int, int, int]] | None, int]:
         with self._lock:
             return self._view, self._view_version
@@ -153,6 +157,8 @@ class LivePreview:
             chw = planes[plane[0] if plane else 0][0]
             stats = self.normalization.stats(chw, channel_axis=0)
             x = Normalization.apply(chw, stats)
+            while len(self._planes) >= 4:  # a few planes of a stack, not all of them
+                self._planes.pop(next(iter(self._planes)))
             self._planes[key] = (np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="reflect"), pad)
         return self._planes[key][0]
 
@@ -174,9 +180,7 @@ class LivePreview:
         self._done_version, self._done_at = version, time.monotonic()
         if not 0 <= pair < len(self.images):
             return None
-        shape = np.shape(self.images[pair])
-        h, w = (shape[-2:] if self.channel_axis is None or self.channel_axis < len(shape) - 2
-                else shape[-3:-1])
+        h, w = self.inbox.shape(pair)[-2:]
         y0, y1 = max(0, min(y0, h)), max(0, min(y1, h))
         x0, x1 = max(0, min(x0, w)), max(0, min(x1, w))
         if y1 <= y0 or x1 <= x0:
