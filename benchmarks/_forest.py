@@ -15,7 +15,7 @@ merge into one component: the boundary class is what separates them (the U-Net's
 
 Targets come from :func:`napari_unet.core.annotations.labels_to_target` (mode "boundary"): the
 targets the U-Net fine-tune trains on, so both read an annotation the same way (painted objects are
-known even outside a mask; an object pixel next to *unknown* is interior, not boundary).
+known even outside a mask; a painted object is whole: its edge is boundary, also next to unknown).
 """
 
 from __future__ import annotations

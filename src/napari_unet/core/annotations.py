@@ -16,8 +16,9 @@ Target conventions (other code depends on them):
 - mode "binary" (the paper): 0 background, 1 object. Object pixels that touch a pixel of a
   *different* object id (8-neighbourhood) become background: the separating line between touching
   objects (paper Fig. 3), which the border weight map (:mod:`.weights`) makes count.
-- mode "boundary": 0 background, 1 boundary (object pixels with a known background pixel or a pixel of
-  another object in their 8-neighbourhood), 2 interior.
+- mode "boundary": 0 background, 1 boundary (object pixels with a background pixel, a pixel of
+  another object or an unpainted pixel in their 8-neighbourhood: a painted object is whole, its edge
+  is its border), 2 interior.
 - unknown pixels: -1 (the loss's ignore_index).
 """
 
@@ -157,7 +158,11 @@ def labels_to_target(labels: np.ndarray, mask: np.ndarray | None = None,
         target[line] = 0
         objects = np.where(line, 0, objects_in)
     else:
-        edge = _touches_known_other(objects_in, bg_known)
+        # a painted object is a whole object: its edge is its boundary wherever it lies, next to
+        # background, another object or unpainted (unknown) pixels; with objects painted one by
+        # one in a sea of unknown (live painting), taking edges next to unknown for interior
+        # taught the network that objects have no border, and neighbours merged
+        edge = _touches_known_other(objects_in, bg_known | ~known)
         target[painted] = 2
         target[edge] = 1
         objects = objects_in
