@@ -10,7 +10,7 @@ from napari_unet.core.device import resolve_device
 from napari_unet.core.events import TileDone
 from napari_unet.core.io import UNetModel
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.normalize import Normalization
+from napari_unet.core.normalize import CLIP, Normalization
 from napari_unet.core.tiling import (
     infer_layout,
     mirror_index,
@@ -40,7 +40,7 @@ def _pad_whole_image(net, img, padding):
     img = np.asarray(img, np.float64)
     chw = img if img.ndim == 3 else img[None]
     stats = Normalization().stats(chw, channel_axis=0)
-    norm = ((chw - stats[:, 0, None, None]) / stats[:, 1, None, None]).astype(np.float32)
+    norm = ((chw - stats[:, 0, None, None]) / stats[:, 1, None, None]).clip(*CLIP).astype(np.float32)
     _, h, w = norm.shape
     halo = cfg.halo
     if cfg.padding == "valid":
@@ -53,7 +53,10 @@ def _pad_whole_image(net, img, padding):
         rx = mirror_index(np.arange(-halo, tw - halo), w)
         padded = norm[:, ry[:, None], rx[None, :]]
     else:
-        padded = np.pad(norm, ((0, 0), (halo, th - h - halo), (halo, tw - w - halo)))
+        # zero padding: one constant beyond the border, the plane's median (core.tiling.zero_context)
+        fill = [float(np.median(c)) for c in norm]
+        padded = np.stack([np.pad(c, ((halo, th - h - halo), (halo, tw - w - halo)), constant_values=f)
+                           for c, f in zip(norm, fill, strict=True)])
     return padded, (h, w), 0 if cfg.padding == "valid" else halo
 
 

@@ -197,9 +197,12 @@ class PlaneReader:
         return block
 
     def _stats(self, normalization: Normalization) -> np.ndarray:
-        if normalization.mode in ("none", "fixed"):
-            c = 1 if self.c_axis is None else self.source.shape[self.c_axis]
-            return normalization.stats(np.zeros((c, 1, 1)), channel_axis=0)
+        """(C, 5): the normalisation's (offset, scale, clip low, clip high) and, last, the value
+        of the zero-padding context, all from the whole plane (never per tile)."""
+        c = 1 if self.c_axis is None else self.source.shape[self.c_axis]
+        if normalization.mode in ("none", "fixed") and self.padding != "zero":
+            stats = normalization.stats(np.zeros((c, 1, 1)), channel_axis=0)
+            return np.concatenate([stats, np.zeros((c, 1))], axis=1)
         # a regular subsample of the plane, read block-wise through _read
         step = max(1, int(np.ceil(np.sqrt(self.h * self.w / (1 << 22)))))
         sample = self._read(slice(None, None, step), slice(None, None, step))
@@ -207,7 +210,11 @@ class PlaneReader:
             sample = sample.astype(np.float64)
             if not np.all(np.isfinite(sample)):
                 raise ValueError(_NONFINITE)
-        return normalization.stats(sample, channel_axis=0)
+        stats = normalization.stats(sample, channel_axis=0)
+        fill = np.zeros((c, 1))
+        if self.padding == "zero":
+            fill[:, 0] = zero_context(Normalization.apply(sample, stats))
+        return np.concatenate([stats, fill], axis=1)
 
     def block(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         """The normalised (C, h, w) block whose top-left corner is (y0, x0) in image coordinates."""
@@ -220,7 +227,9 @@ class PlaneReader:
             _check_finite(raw)
             data = Normalization.apply(raw, self.stats)
             return data[:, (my - ylo)[:, None], (mx - xlo)[None, :]]
-        out = np.zeros((len(self.stats), h, w), np.float32)
+        fill = self.stats[:, 4] if self.stats.shape[1] > 4 else np.zeros(len(self.stats))
+        out = np.empty((len(self.stats), h, w), np.float32)
+        out[...] = fill.astype(np.float32)[:, None, None]
         iy0, iy1 = max(y0, 0), min(y0 + h, self.h)
         ix0, ix1 = max(x0, 0), min(x0 + w, self.w)
         if iy1 > iy0 and ix1 > ix0:
@@ -228,6 +237,18 @@ class PlaneReader:
             _check_finite(raw)
             out[:, iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = Normalization.apply(raw, self.stats)
         return out
+
+
+def zero_context(normalised: np.ndarray) -> np.ndarray:
+    """The constant that ``padding="zero"`` puts beyond the border, per channel of a normalised
+    (C, h, w) plane (or its subsample): the plane's median.
+
+    A context of exact zeros (the 1st percentile: darker than the image's own background, and
+    perfectly flat) is nothing a network trained on mirror-padded patches has seen: the shipped
+    nuclei model answered it with a foreground frame ~8 px wide along every border (93 instead
+    of 117 nuclei on the DSB sample). At the plane's median the outside reads as empty background.
+    """
+    return np.median(normalised.reshape(len(normalised), -1), axis=1)
 
 
 _NONFINITE = ("the image contains NaN or infinite values; replace them first "
