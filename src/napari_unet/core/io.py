@@ -190,6 +190,12 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         state = load_file(str(path), device="cpu")
     except Exception as exc:
         raise ModelFileError(f"{str(path)!r}: the weights cannot be read (corrupt file?): {exc}") from None
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ModelFileError(
+            f"{str(path)!r}: the weights contain NaN or infinite values ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}), so it would segment nothing: the training that "
+            f"made it diverged or the file is damaged; use another model file") from None
     net = UNet(config)
     try:
         net.load_state_dict(state, strict=True)
