@@ -112,3 +112,94 @@ def test_zero_padding_tiled_equals_whole_image_on_real_data(nuclei_model, nuclei
     whole = predict_image(img, nuclei_model, padding="zero", tile_size=1024, device="cpu")
     tiled = predict_image(img, nuclei_model, padding="zero", tile_size=236, device="cpu")
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+# ------------------------------------------------------------------ model files
+def test_a_model_file_with_nan_weights_is_refused_at_load(tmp_path):
+    from napari_unet.core.io import ModelFileError, save_model
+
+    m = _tiny()
+    with torch.no_grad():
+        m.net.head.weight[0, 0] = float("nan")
+    path = save_model(m, tmp_path / "nan.safetensors")
+    with pytest.raises(ModelFileError, match="NaN or infinite.*head.weight"):
+        load_model(path)
+
+
+# ------------------------------------------------------------------ shapes
+@pytest.mark.parametrize("shape", [(0, 64, 64), (64, 0), (0, 0), (3, 0, 64, 64)])
+def test_a_zero_length_axis_is_a_clear_error_not_none(shape):
+    with pytest.raises(ValueError, match="length 0"):
+        segment_image(np.zeros(shape, np.uint8), _tiny(), device="cpu")
+    with pytest.raises(ValueError, match="length 0"):
+        predict_image(np.zeros(shape, np.uint8), _tiny(), device="cpu")
+
+
+# ------------------------------------------------------------------ zarr outputs
+def _run(gen):
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_an_empty_folder_at_a_zarr_output_is_not_already_complete(tmp_path):
+    import zarr
+
+    from napari_unet.batch import segment_files
+
+    img = np.random.default_rng(0).integers(0, 255, (60, 70)).astype(np.uint8)
+    src = tmp_path / "img.tif"
+    import tifffile
+
+    tifffile.imwrite(src, img)
+    dest = tmp_path / "res.zarr"
+    dest.mkdir()
+    results = _run(segment_files([src], _tiny(), dest, output_type="semantic", tile_size=44, device="cpu"))
+    assert results[str(src)] == str(dest)
+    got = zarr.open_array(str(dest), mode="r")[...]
+    assert np.array_equal(got, segment_image(img, _tiny(), output="semantic", tile_size=44, device="cpu"))
+    # a folder holding something else is neither skipped nor deleted
+    other = tmp_path / "other.zarr"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    results = _run(segment_files([src], _tiny(), other, output_type="semantic", tile_size=44, device="cpu"))
+    assert results[str(src)].startswith("error:") and "without zarr metadata" in results[str(src)]
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_two_runs_on_one_zarr_output_the_second_is_refused_and_the_first_is_complete(tmp_path):
+    import zarr
+
+    from napari_unet.batch import OutputBusyError, segment_to_zarr
+
+    img = np.random.default_rng(1).integers(0, 255, (120, 130)).astype(np.uint8)
+    dest = tmp_path / "res.zarr"
+    kw = dict(output_type="semantic", tile_size=44, block_size=32, device="cpu")
+    first = segment_to_zarr(img, _tiny(), dest, **kw)
+    next(first)  # running: it holds the lock
+    with pytest.raises(OutputBusyError, match="another napari-unet run is writing"):
+        _run(segment_to_zarr(img, _tiny(), dest, **kw))
+    assert _run(first) == dest
+    ref = segment_image(img, _tiny(), output="semantic", tile_size=44, device="cpu")
+    assert np.array_equal(zarr.open_array(str(dest), mode="r")[...], ref)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # lock and partial gone
+    # once the first has finished, a rerun may replace the output
+    assert _run(segment_to_zarr(img, _tiny(), dest, **kw)) == dest
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from napari_unet.batch import output_lock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dest = tmp_path / "res.zarr"
+    (tmp_path / ".res.zarr.lock").write_text(f"{socket.gethostname()} {dead}\n")
+    with output_lock(dest):
+        assert (tmp_path / ".res.zarr.lock").read_text().split()[1] != dead
+    assert not (tmp_path / ".res.zarr.lock").exists()

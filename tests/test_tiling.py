@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from napari_unet.core.checks import smallest_tile
 from napari_unet.core.device import resolve_device
 from napari_unet.core.events import TileDone
 from napari_unet.core.io import UNetModel
@@ -105,10 +106,11 @@ class _Probe(torch.nn.Module):
 
 
 @settings(max_examples=40, deadline=None)
-@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(1, 120),
+@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(0, 120),
        padding=st.sampled_from(["valid", "same"]), depth=st.integers(1, 3))
 def test_tiles_abut_exactly_probe(h, w, tile, padding, depth):
     cfg = UNetConfig(depth=depth, base_channels=1, padding=padding)
+    tile += smallest_tile(cfg)  # smaller tiles are refused (tests/test_bad_inputs.py)
     probe = _Probe(cfg)
     img = np.arange(h * w, dtype=np.float32).reshape(h, w)
     out = predict_image(img, probe, tile_size=tile, device="cpu",
@@ -118,13 +120,14 @@ def test_tiles_abut_exactly_probe(h, w, tile, padding, depth):
 
 
 @settings(max_examples=15, deadline=None)
-@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(1, 120),
+@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(0, 120),
        padding=st.sampled_from(["valid", "same"]), depth=st.integers(1, 3))
 def test_tta_undoes_each_flip_and_rotation_probe(h, w, tile, padding, depth):
     """The probe commutes with flips and rotations, so test-time augmentation must give back
     exactly its plain output: any transform not undone (or undone wrongly) on any tile,
     square or not, would move pixels."""
     cfg = UNetConfig(depth=depth, base_channels=1, padding=padding)
+    tile += smallest_tile(cfg)
     img = np.arange(h * w, dtype=np.float32).reshape(h, w)
     norm = Normalization("fixed", offset=0.0, scale=float(h * w))
     out = predict_image(img, _Probe(cfg), tile_size=(tile, tile + 16), device="cpu",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..core.events import ItemDone, TileDone
-from .io import _is_zarr_path, expand_inputs, output_path_for, read_image, write_image
+from .io import _is_zarr_path, expand_inputs, is_complete, output_path_for, read_image, write_image
 from .zarr_blocks import segment_to_zarr
 
 
@@ -32,7 +32,9 @@ def segment_files(
     paths: files, glob patterns or folders (see :func:`expand_inputs`).
     Each result goes to ``output/<name>_<output_type>.tif`` (``.zarr`` for zarr inputs, for a
     ``.zarr`` output and for distributed jobs), written under a temporary name and renamed when
-    complete. An existing result is not recomputed (ItemDone status "skipped") unless ``overwrite``.
+    complete. An existing result (a non-empty TIFF, a zarr array) is not recomputed (ItemDone status
+    "skipped") unless ``overwrite``; an empty folder in its place is replaced, anything else is
+    reported and kept. A zarr output being written by another run is refused (its lock).
     zarr outputs are computed block by block with :func:`segment_to_zarr` (memory grows with the
     block, not the image; ``client`` runs the blocks on a dask cluster). Unreadable or unsuitable
     inputs are reported (status "failed") and the run goes on; a result that would replace an input
@@ -66,9 +68,17 @@ def segment_files(
             results[str(p)] = f"error: {msg}"
             yield ItemDone(k, n, str(p), "failed", msg)
             continue
-        if dest.exists() and not overwrite:
+        if not overwrite and is_complete(dest):
             results[str(p)] = str(dest)
             yield ItemDone(k, n, str(p), "skipped", str(dest))
+            continue
+        if not overwrite and dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+            # an empty folder is replaced; anything else that is not a finished result is kept
+            kind = "a folder without zarr metadata" if dest.is_dir() else "not a finished result"
+            msg = (f"{str(dest)!r} exists but is {kind}: move it away, or rerun with overwrite "
+                   f"(--overwrite) to replace it")
+            results[str(p)] = f"error: {msg}"
+            yield ItemDone(k, n, str(p), "failed", msg)
             continue
         try:
             if as_zarr:

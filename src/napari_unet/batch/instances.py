@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..core.events import TileDone
-from .io import _commit, _partial_path
+from .io import _commit, _partial_path, output_lock
 from .workers import _run, _zopen
 
 
@@ -176,47 +176,49 @@ def instances_to_zarr(
     """
     import zarr
 
-    from ..core.io import Postprocessing
+    from ..core.io import Postprocessing, make_parent
 
     post = postprocessing or Postprocessing()
     if post.split != "components":
         raise ValueError("only split='components' can be done block by block")
     dest = Path(output)
-    partial, scratch = _partial_path(dest), dest.with_name(f".{dest.name}.scratch")
-    for d in (partial, scratch):
-        if d.exists():
-            shutil.rmtree(d)
-    sem = zarr.open_array(store=str(semantic), mode="r") if isinstance(semantic, (str, os.PathLike)) \
-        else semantic
-    shape = tuple(sem.shape)
-    bs = (block_size, block_size) if np.isscalar(block_size) else tuple(block_size)
-    grid = _PlainGrid(shape[-2:], (int(bs[0]), int(bs[1])))
-    planes = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
-    chunks = (1,) * (len(shape) - 2) + grid.block
-
-    def create(path: Path, dtype: Any) -> str:
-        zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-        return str(path)
-
-    try:
-        if isinstance(semantic, (str, os.PathLike)):
-            sem_path = str(Path(semantic).resolve())
-        else:
-            sem_path = create(scratch / "semantic.zarr", np.uint8)
-            z = zarr.open_array(store=sem_path, mode="r+")
-            for pl in planes:
-                z[pl] = np.asarray(sem[pl])
-        grow = bool(post.grow_classes)
-        total = (4 if grow else 2) * len(grid) * len(planes)
-        done = 0
-        for d in _instances(grid, planes, post, sem_path, partial, scratch, create, client, grow, grow_halo):
-            done += d
-            yield TileDone(done, total, 0, len(planes), "dask" if client is not None else "cpu")
-        _commit(partial, dest)
-    finally:
-        for d in (scratch, partial):
+    make_parent(dest)
+    with output_lock(dest):
+        partial, scratch = _partial_path(dest), dest.with_name(f".{dest.name}.scratch")
+        for d in (partial, scratch):
             if d.exists():
-                shutil.rmtree(d, ignore_errors=True)
+                shutil.rmtree(d)
+        sem = zarr.open_array(store=str(semantic), mode="r") if isinstance(semantic, (str, os.PathLike)) \
+            else semantic
+        shape = tuple(sem.shape)
+        bs = (block_size, block_size) if np.isscalar(block_size) else tuple(block_size)
+        grid = _PlainGrid(shape[-2:], (int(bs[0]), int(bs[1])))
+        planes = list(np.ndindex(*shape[:-2])) if len(shape) > 2 else [()]
+        chunks = (1,) * (len(shape) - 2) + grid.block
+
+        def create(path: Path, dtype: Any) -> str:
+            zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            return str(path)
+
+        try:
+            if isinstance(semantic, (str, os.PathLike)):
+                sem_path = str(Path(semantic).resolve())
+            else:
+                sem_path = create(scratch / "semantic.zarr", np.uint8)
+                z = zarr.open_array(store=sem_path, mode="r+")
+                for pl in planes:
+                    z[pl] = np.asarray(sem[pl])
+            grow = bool(post.grow_classes)
+            total = (4 if grow else 2) * len(grid) * len(planes)
+            done = 0
+            for d in _instances(grid, planes, post, sem_path, partial, scratch, create, client, grow, grow_halo):
+                done += d
+                yield TileDone(done, total, 0, len(planes), "dask" if client is not None else "cpu")
+            _commit(partial, dest)
+        finally:
+            for d in (scratch, partial):
+                if d.exists():
+                    shutil.rmtree(d, ignore_errors=True)
     return dest
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
-from collections.abc import Iterable
+import socket
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +63,26 @@ def read_image(path: str | os.PathLike, lazy: bool = True) -> Any:
 
 
 def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:
-    """Write ``data`` as TIFF (or zarr for a ``.zarr`` path) atomically: temporary name, then rename."""
+    """Write ``data`` as TIFF (or zarr for a ``.zarr`` path) atomically: temporary name, then rename.
+    A zarr output is locked while it is written (:func:`output_lock`)."""
+    from ..core.io import atomic_write, make_parent
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(p)
     if p.name.lower().endswith(".zarr"):
         import zarr
 
-        tmp = _partial_path(p)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        z = zarr.open_array(store=str(tmp), mode="w", shape=data.shape, dtype=data.dtype, fill_value=0,
-                            chunks=tuple(min(s, 1024) if i >= data.ndim - 2 else 1
-                                         for i, s in enumerate(data.shape)))
-        z[...] = data
-        _commit(tmp, p)
+        with output_lock(p):
+            tmp = _partial_path(p)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            z = zarr.open_array(store=str(tmp), mode="w", shape=data.shape, dtype=data.dtype, fill_value=0,
+                                chunks=tuple(min(s, 1024) if i >= data.ndim - 2 else 1
+                                             for i, s in enumerate(data.shape)))
+            z[...] = data
+            _commit(tmp, p)
         return p
     import tifffile
-
-    from ..core.io import atomic_write
 
     return atomic_write(p, lambda tmp: tifffile.imwrite(
         tmp, data, compression="zlib" if data.dtype != np.float32 else None))
@@ -87,6 +91,75 @@ def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:
 def _partial_path(dest: Path) -> Path:
     """Where a zarr output is built before it is renamed to ``dest`` (hidden, same folder)."""
     return dest.with_name(f".{dest.name}.partial")
+
+
+class OutputBusyError(ValueError):
+    """Another run is writing the same zarr output."""
+
+
+def _lock_path(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.lock")
+
+
+def _lock_is_stale(lock: Path) -> bool:
+    """True when the lock was left by a process of this machine that no longer runs (killed)."""
+    try:
+        host, pid = lock.read_text().split()[:2]
+        pid_i = int(pid)
+    except (OSError, ValueError):
+        return False  # being written, or foreign: not ours to judge
+    if host != socket.gethostname() or pid_i == os.getpid():
+        return False
+    try:
+        os.kill(pid_i, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def output_lock(dest: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` next to a zarr output while it is built.
+
+    A zarr result is built in ``.<name>.partial`` and renamed when complete; two runs on the same
+    output shared that folder, so one deleted the other's blocks, and one reported success with
+    8 % of the pixels missing. The lock file is created exclusively (``O_EXCL``): a second run is
+    refused with :class:`OutputBusyError` before it touches anything. A lock left by a killed run
+    of this machine (its process id no longer exists) is taken over.
+    """
+    lock = _lock_path(dest)
+    for attempt in (0, 1):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if attempt == 0 and _lock_is_stale(lock):
+                lock.unlink(missing_ok=True)
+                continue
+            try:
+                holder = " ".join(lock.read_text().split()[:2]) or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise OutputBusyError(
+                f"another napari-unet run is writing {str(dest)!r} (host and process id: {holder}): "
+                f"wait for it to finish, or write to another output; if no run is writing it (the "
+                f"computer restarted), delete {str(lock)!r}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{socket.gethostname()} {os.getpid()}\n")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def is_complete(dest: Path) -> bool:
+    """Whether ``dest`` holds a finished result: a non-empty file for TIFF, an array's metadata
+    for zarr (results are renamed into place only when complete, so these are)."""
+    if dest.name.lower().endswith(".zarr"):
+        return dest.is_dir() and ((dest / ".zarray").is_file() or (dest / "zarr.json").is_file())
+    return dest.is_file() and dest.stat().st_size > 0
 
 
 def _commit(tmp: Path, dest: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core.events import TileDone
 from .instances import _instances
-from .io import _commit, _partial_path, read_image
+from .io import _commit, _partial_path, output_lock, read_image
 from .workers import _Job, _open_source, _run, _worker_net, _zopen
 
 
@@ -68,10 +68,11 @@ def segment_to_zarr(
     import zarr
 
     from ..core.blocks import block_grid, plane_stats
+    from ..core.checks import as_image
     from ..core.device import resolve_device
-    from ..core.io import Postprocessing, UNetModel
+    from ..core.io import Postprocessing, UNetModel, make_parent
     from ..core.segment import OUTPUT_TYPES
-    from ..core.tiling import PADDING_MODES, _validate_dtype, auto_tile_size, infer_layout
+    from ..core.tiling import PADDING_MODES, auto_tile_size, infer_layout
 
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -86,15 +87,14 @@ def segment_to_zarr(
                          "or segment to a TIFF output (in memory)")
     dest = Path(output)
     if isinstance(image, (str, os.PathLike)):
-        arr = read_image(image)
+        arr = as_image(read_image(image), f"the image {str(image)!r}")
         # workers open the file themselves; in this process the opened array is used
         src: Any = str(Path(image).resolve()) if client is not None else arr
     else:
         if client is not None:
             raise ValueError("a distributed job reads its image from a file every worker can reach: "
                              "pass the image's path, not an array")
-        src = arr = image
-    _validate_dtype(arr)
+        src = arr = as_image(image)
     cfg = model.config
     layout = infer_layout(tuple(arr.shape), cfg.in_channels, axes, rgb)
     dev = resolve_device(device) if client is None else None
@@ -117,52 +117,53 @@ def segment_to_zarr(
     job = _Job(uuid.uuid4().hex, src, axes, rgb, padding, str(dev or device), batch_size, grid, layout,
                stats, planes, bool(tta))
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_path(dest)
-    scratch = dest.with_name(f".{dest.name}.scratch")
-    for d in (partial, scratch):
-        if d.exists():
-            shutil.rmtree(d)
-    bh, bw = grid.block
-    ones = (1,) * len(plane_shape)
+    make_parent(dest)
+    with output_lock(dest):
+        partial = _partial_path(dest)
+        scratch = dest.with_name(f".{dest.name}.scratch")
+        for d in (partial, scratch):
+            if d.exists():
+                shutil.rmtree(d)
+        bh, bw = grid.block
+        ones = (1,) * len(plane_shape)
 
-    def create(path: Path, dtype: Any, classes: int | None = None) -> str:
-        shape = plane_shape + ((classes,) if classes else ()) + (h, w)
-        chunks = ones + ((classes,) if classes else ()) + (bh, bw)
-        zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-        return str(path)
+        def create(path: Path, dtype: Any, classes: int | None = None) -> str:
+            shape = plane_shape + ((classes,) if classes else ()) + (h, w)
+            chunks = ones + ((classes,) if classes else ()) + (bh, bw)
+            zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            return str(path)
 
-    if output_type == "probabilities":
-        pred_path = create(partial, np.float32, cfg.num_classes)
-    elif output_type == "semantic":
-        pred_path = create(partial, np.uint8)
-    else:
-        pred_path = create(scratch / "semantic.zarr", np.uint8)
-    mode = "probabilities" if output_type == "probabilities" else "semantic"
-    n_tiles = sum(grid.tiles_in(i) for i in range(len(grid))) * len(planes)
-    grow = output_type == "instances" and bool(post.grow_classes)
-    post_passes = 0 if output_type != "instances" else (4 if grow else 2)
-    total = n_tiles + post_passes * len(grid) * len(planes)
-    dev_name = str(dev) if dev is not None else "dask"
-    model_ref = client.scatter(model, broadcast=True) if client is not None else model
-    done = 0
-    try:
-        calls = [(job, model_ref, pi, i, pred_path, mode) for pi in range(len(planes)) for i in range(len(grid))]
-        for k, tiles in _run(_task_predict, calls, client):
-            done += tiles
-            yield TileDone(done, total, calls[k][2], len(planes), dev_name)
-        if output_type == "instances":
-            for ev_done in _instances(job.grid, job.planes, post, pred_path, partial, scratch, create, client, grow, grow_halo):
-                done += ev_done
-                yield TileDone(done, total, 0, len(planes), dev_name)
-        _commit(partial, dest)
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch, ignore_errors=True)
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
-        if client is not None:
-            client.cancel(model_ref)
+        if output_type == "probabilities":
+            pred_path = create(partial, np.float32, cfg.num_classes)
+        elif output_type == "semantic":
+            pred_path = create(partial, np.uint8)
+        else:
+            pred_path = create(scratch / "semantic.zarr", np.uint8)
+        mode = "probabilities" if output_type == "probabilities" else "semantic"
+        n_tiles = sum(grid.tiles_in(i) for i in range(len(grid))) * len(planes)
+        grow = output_type == "instances" and bool(post.grow_classes)
+        post_passes = 0 if output_type != "instances" else (4 if grow else 2)
+        total = n_tiles + post_passes * len(grid) * len(planes)
+        dev_name = str(dev) if dev is not None else "dask"
+        model_ref = client.scatter(model, broadcast=True) if client is not None else model
+        done = 0
+        try:
+            calls = [(job, model_ref, pi, i, pred_path, mode) for pi in range(len(planes)) for i in range(len(grid))]
+            for k, tiles in _run(_task_predict, calls, client):
+                done += tiles
+                yield TileDone(done, total, calls[k][2], len(planes), dev_name)
+            if output_type == "instances":
+                for ev_done in _instances(job.grid, job.planes, post, pred_path, partial, scratch, create, client, grow, grow_halo):
+                    done += ev_done
+                    yield TileDone(done, total, 0, len(planes), dev_name)
+            _commit(partial, dest)
+        finally:
+            if scratch.exists():
+                shutil.rmtree(scratch, ignore_errors=True)
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+            if client is not None:
+                client.cancel(model_ref)
     return dest
 
 

@@ -111,10 +111,27 @@ def save_model(model: UNetModel, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.net.state_dict().items()}
     meta = {_HEADER_KEY: json.dumps(model.header())}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def make_parent(path: str | os.PathLike) -> None:
+    """Create the folder that ``path`` goes into; a ValueError that says so where a file stands
+    where a folder must be (the bare ``FileExistsError`` said only "File exists")."""
+    p = Path(path).absolute()
+    for anc in p.parents:  # the nearest existing ancestor decides
+        if anc.exists():
+            if not anc.is_dir():
+                raise ValueError(f"cannot write {str(path)!r}: {str(anc)!r} is a file, not a folder; "
+                                 f"choose an output inside a folder")
+            break
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the folder {str(p.parent)!r} for {str(path)!r}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:

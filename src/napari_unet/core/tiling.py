@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import as_image, check_tile_size
 from .device import free_memory_bytes, resolve_device
 from .events import TileDone, relay, run_to_end
 from .io import UNetModel
@@ -101,14 +102,13 @@ def plan_tiles(config: UNetConfig, image_shape: tuple[int, int], tile_size: int 
     """Tile plan for an image of ``image_shape`` (h, w) and a requested network input ``tile_size``.
 
     The tile size is lowered to the nearest valid size (every 2x2 pooling on an even size) and to what
-    covers the image; tile steps are multiples of the pooling grid.
+    covers the image; tile steps are multiples of the pooling grid. Sizes below the model's smallest
+    tile (:func:`~napari_unet.core.checks.smallest_tile`) are refused with a message.
     """
     h, w = (int(s) for s in image_shape)
     if h < 1 or w < 1:
         raise ValueError(f"image must have at least one pixel per axis, got shape {image_shape}")
-    ts = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)
-    if any(int(t) < 1 for t in ts):
-        raise ValueError(f"tile_size must be positive, got {tile_size!r}")
+    ts = check_tile_size(config, tile_size)
     g = config.grid
     tin = (_tile_for_axis(config, h, int(ts[0])), _tile_for_axis(config, w, int(ts[1])))
     if config.padding == "valid":
@@ -317,15 +317,30 @@ def infer_layout(shape: tuple[int, ...], in_channels: int, axes: str | None = No
             raise ValueError(
                 f"this is an RGB/multichannel image (shape {tuple(shape)}, {n_ch} channels) but the model "
                 f"reads 1 channel: convert it to grey values or pick one channel first")
-        raise ValueError(f"the model reads {in_channels} channel(s) but the image (shape {tuple(shape)}) "
-                         f"has {n_ch}; give the channel axis with axes=... (e.g. 'CYX')")
+        raise ValueError(_channel_message(tuple(shape), in_channels, layout, axes))
     return layout
 
 
-def _validate_dtype(image: Any) -> None:
-    dt = np.dtype(getattr(image, "dtype", np.float64))
-    if dt.kind not in "biuf":
-        raise ValueError(f"images must have an integer, boolean or float dtype, got {dt}")
+def _channel_message(shape: tuple[int, ...], in_channels: int, layout: Layout, axes: str | None) -> str:
+    """Why the image's channels do not fit the model, and, where one axis could hold them, the
+    ``axes`` that say so."""
+    read = f"axes={axes!r}" if axes is not None else f"read as {layout.axes.replace('P', 'Z')}"
+    if layout.c is not None:
+        return (f"the model reads {in_channels} channel(s) but the image (shape {shape}, {read}) has "
+                f"{shape[layout.c]} along its channel axis C: give an image with {in_channels} "
+                f"channel(s), or use a model made for {shape[layout.c]}-channel images")
+    msg = (f"the model reads {in_channels} channels but the image (shape {shape}, {read}) has no "
+           f"channel axis")
+    cands = [i for i, n in enumerate(shape) if n == in_channels]
+    if cands and 3 <= len(shape) <= 5:
+        c = cands[0]
+        rest = [i for i in range(len(shape)) if i != c]
+        names = "TZ"[2 - (len(rest) - 2):] + "YX"  # e.g. ZYX for three axes besides C
+        letters = dict(zip(rest, names, strict=True))
+        suggestion = "".join("C" if i == c else letters[i] for i in range(len(shape)))
+        return msg + f": if axis {c} (length {in_channels}) holds the channels, give axes={suggestion!r}"
+    return msg + (f": give an image with {in_channels} channels and say which axis holds them with "
+                  f"axes=... (e.g. 'CYX' or 'YXC')")
 
 
 # ---------------------------------------------------------------------------- prediction
@@ -443,8 +458,8 @@ def predict(
         raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-    _validate_dtype(image)
-    cfg = model.config if isinstance(model, UNetModel) else model.config
+    image = as_image(image)
+    cfg = model.config
     norm = normalization or (model.normalization if isinstance(model, UNetModel) else Normalization())
     layout = infer_layout(tuple(image.shape), cfg.in_channels, axes, rgb)
     dev = resolve_device(device)
