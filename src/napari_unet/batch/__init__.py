@@ -39,6 +39,7 @@ from .io import (  # noqa: F401
     output_lock,
     output_path_for,
     read_image,
+    read_tiff,
     write_image,
 )
 from .workers import _WORKER_CACHE, MODEL_LOADS, _Job, _run, _worker_net, _zopen  # noqa: F401
@@ -56,6 +57,7 @@ __all__ = [
     "output_lock",
     "output_path_for",
     "read_image",
+    "read_tiff",
     "segment_arrays",
     "segment_files",
     "segment_to_zarr",

@@ -45,21 +45,50 @@ def read_image(path: str | os.PathLike, lazy: bool = True) -> Any:
             return arrays[0][1]
         import tifffile
 
-        data = None
         if lazy:
             try:
                 data = tifffile.memmap(str(p), mode="r")
+                if data.size:
+                    return data
             except Exception:
                 pass
-        if data is None:
-            data = tifffile.imread(str(p))
-        if data.size == 0:  # tifffile reads some broken files as empty arrays, with a warning
-            raise ImageReadError(f"cannot read {str(p)!r} as an image: the TIFF holds no image data")
-        return data
+        return read_tiff(p)
     except ImageReadError:
         raise
     except Exception as exc:
         raise ImageReadError(f"cannot read {str(p)!r} as an image (TIFF or zarr expected): {exc}") from None
+
+
+def read_tiff(path: str | os.PathLike) -> np.ndarray:
+    """A TIFF file as a numpy array, or ImageReadError saying it cannot be read: tifffile reads some
+    corrupt or truncated files as an empty array with a warning, which then met a shape check."""
+    import logging
+    import warnings
+
+    import tifffile
+
+    p = Path(path)
+    caught: list[str] = []  # what tifffile says about a broken file (it logs it), for the message
+    handler = logging.Handler()
+    handler.emit = lambda record: caught.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("tifffile")
+    propagate, log.propagate = log.propagate, False
+    log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            data = tifffile.imread(str(p))
+        caught += [str(w.message) for w in warned]
+    except Exception as exc:
+        raise ImageReadError(f"cannot read {str(p)!r} as a TIFF image: {exc}") from None
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+    if data.size == 0:
+        why = f" ({caught[0].split(chr(10))[-1].strip()})" if caught else ""
+        raise ImageReadError(f"cannot read {str(p)!r} as a TIFF image: it holds no image data, it is "
+                             f"corrupt or truncated{why}")
+    return data
 
 
 def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:

@@ -155,10 +155,12 @@ class Normalization:
         float64 and 64-bit integer tiles are normalised in float64 and only then cast, so values
         beyond float32's range do not become inf."""
         t = np.asarray(tile)
-        wide = t.dtype.itemsize >= 8 and t.dtype.kind in "fiu"
+        st = np.asarray(stats, np.float64)
+        # float64 for 64-bit data, and for statistics beyond float32 (a float32 image spanning
+        # -3.4e38 .. 3.4e38 has a scale of 6.8e38)
+        wide = (t.dtype.itemsize >= 8 and t.dtype.kind in "fiu") or not np.all(np.abs(st[:, :2]) < _F32_MAX)
         ft = np.float64 if wide else np.float32
         t = np.asarray(t, dtype=ft)
-        st = np.asarray(stats, np.float64)
         off = st[:, 0].astype(ft)[:, None, None]
         scl = st[:, 1].astype(ft)[:, None, None]
         with np.errstate(over="ignore", invalid="ignore"):
