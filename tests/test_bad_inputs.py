@@ -287,7 +287,7 @@ CLI_CASES = [
     ("zarr output busy", 1, "another napari-unet run is writing"),
     ("axes for another shape", 1, "axes"),
     ("model missing", 2, "no model file"),
-    ("evaluate corrupt pred", 2, "cannot read"),
+    ("evaluate corrupt pred", 2, "could not read PRED"),
     ("evaluate negative labels", 2, "negative"),
     ("train labels -1", 2, "negative values"),
     ("train rgb with 2D labels", 2, "colour channels"),

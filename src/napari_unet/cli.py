@@ -252,7 +252,7 @@ def _read_tiffs(paths: Sequence[str], what: str) -> list[Any]:
         try:
             out.append(read_tiff(path))
         except ImageReadError as exc:
-            raise CLIError(f"{what} file: {exc}") from None
+            raise CLIError(f"cannot read {what} file {path!r}: {getattr(exc, 'reason', exc)}") from None
     return out
 
 
@@ -358,10 +358,9 @@ def _read_array(path: str, what: str) -> Any:
         return read_tiff(path)
     except CLIError:
         raise
-    except ValueError as exc:
-        if type(exc).__name__ != "ImageReadError":
-            raise CLIError(f"could not read {what} {path}: {exc}") from exc
-        raise CLIError(f"{what}: {exc}") from None
+    except ValueError as exc:  # ImageReadError from read_tiff, with its reason
+        reason = getattr(exc, "reason", exc)
+        raise CLIError(f"could not read {what} {path} as TIFF: {reason}") from None
     except Exception as exc:  # any reader failure is the file's fault here
         kind = "zarr" if is_zarr else "TIFF"
         raise CLIError(f"could not read {what} {path} as {kind}: {exc}") from exc

@@ -80,15 +80,20 @@ def read_tiff(path: str | os.PathLike) -> np.ndarray:
             data = tifffile.imread(str(p))
         caught += [str(w.message) for w in warned]
     except Exception as exc:
-        raise ImageReadError(f"cannot read {str(p)!r} as a TIFF image: {exc}") from None
+        raise _unreadable(p, str(exc)) from None
     finally:
         log.removeHandler(handler)
         log.propagate = propagate
     if data.size == 0:
         why = f" ({caught[0].split(chr(10))[-1].strip()})" if caught else ""
-        raise ImageReadError(f"cannot read {str(p)!r} as a TIFF image: it holds no image data, it is "
-                             f"corrupt or truncated{why}")
+        raise _unreadable(p, f"it holds no image data, it is corrupt or truncated{why}")
     return data
+
+
+def _unreadable(p: Path, reason: str) -> ImageReadError:
+    err = ImageReadError(f"cannot read {str(p)!r} as a TIFF image: {reason}")
+    err.reason = reason  # type: ignore[attr-defined]
+    return err
 
 
 def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:
