@@ -69,7 +69,7 @@ def test_tiled_equals_whole_image(net_padding, padding_mode, shape):
     rng = np.random.default_rng(0)
     img = rng.gamma(2.0, 300.0, size=shape).astype(np.uint16)  # real-like skewed intensities
     ref = _whole_image_reference(net, img, padding_mode)
-    for tile in (net.config.input_size(net.config.grid), 64, 100):
+    for tile in (smallest_tile(net.config), 64, 100):
         plan = plan_tiles(net.config, shape, tile)
         out = predict_image(img, net, tile_size=tile, padding=padding_mode, device="cpu")
         assert out.shape == (2,) + shape and out.dtype == np.float32
@@ -158,7 +158,7 @@ def test_tta_tiled_equals_whole_image(padding_mode, shape):
     ref = _whole_image_tta_reference(net, img, padding_mode)
     plain = predict_image(img, net, padding=padding_mode, device="cpu")
     assert np.abs(plain - ref).max() > 1e-3  # the averaging changes the output
-    for tile in (net.config.input_size(net.config.grid), 64, (52, 100)):
+    for tile in (smallest_tile(net.config), 64, (52, 100)):
         out = predict_image(img, net, tile_size=tile, padding=padding_mode, device="cpu", tta=True)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     sem = predict_image(img, net, tile_size=64, padding=padding_mode, device="cpu", tta=True,
