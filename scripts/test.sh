@@ -21,7 +21,10 @@ fi
 PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>/dev/null \
   || $PY -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
-$PY -m pip install -q --disable-pip-version-check -e ".[testing]"
+# the export extra (bioimageio.spec/core, onnx, onnxruntime) too: its tests skip without it, CI runs them.
+# Pinning the torch just installed on the same command line keeps pip from swapping it for another build.
+TORCH=$($PY -c 'import torch; print(torch.__version__.split("+")[0])')
+$PY -m pip install -q --disable-pip-version-check -e ".[testing,export]" "torch==$TORCH"
 
 export QT_API=pyqt6 PYTHONHASHSEED=0 MPLBACKEND=Agg
 exec xvfb-run -a -s "-screen 0 1600x1000x24" $PY -m pytest -p no:cacheprovider "$@"

@@ -1,4 +1,4 @@
-"""``napari-unet segment|train|evaluate``: argument parsing and a progress bar, nothing else.
+"""``napari-unet segment|train|evaluate|export``: argument parsing and a progress bar, nothing else.
 
 The work itself is done by the core generators (and ``batch`` for many files); this module only turns
 arguments into calls and progress events into a tqdm bar.
@@ -99,6 +99,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                          help="run the blocks on the dask.distributed scheduler at this address "
                          "(e.g. tcp://10.0.0.1:8786); inputs and outputs must be on a shared file system")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from ._cli_export import add_backend_option
+
+    add_backend_option(p)
     p.set_defaults(func=_run_segment)
 
 
@@ -117,6 +120,9 @@ def _run_segment(args: argparse.Namespace) -> int:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     if args.chunk < 1:
         raise CLIError(f"--chunk must be positive, got {args.chunk}")
+    from ._cli_export import apply_backend
+
+    model = apply_backend(args, model, device)
     out = Path(args.output)
     files, problems = expand_inputs(args.images)
     n_items = len(files) + len(problems)
@@ -386,12 +392,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-unet",
-        description="U-Net segmentation (Ronneberger et al. 2015): segment, fine-tune, evaluate.",
+        description="U-Net segmentation (Ronneberger et al. 2015): segment, fine-tune, evaluate, export.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    from ._cli_export import add_export
+
+    add_export(sub)
     return parser
 
 
@@ -409,4 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m napari_unet.cli`: run the package's module, so that errors raised by helper
+    # modules (napari_unet.cli.CLIError) are the class main() catches
+    from napari_unet.cli import main as _main
+
+    sys.exit(_main())

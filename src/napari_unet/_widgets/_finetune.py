@@ -3,7 +3,8 @@
 Training runs in a napari ``thread_worker`` over the core's ``train`` generator (through
 :func:`._training.start_training`, the one adapter to the core). Stop ends training after the current
 step and keeps the best validated model; the new model is added to the viewer's model list at once
-(the Segment widget shows it) and Save writes it to a ``.safetensors`` file.
+(the Segment widget shows it), Save writes it to a ``.safetensors`` file and Export… writes it for
+other programs (:mod:`._export`).
 """
 
 from __future__ import annotations
@@ -35,13 +36,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_names, level0, put_layer, warm_up_labels
+from ._common import layer_names, put_layer, warm_up_labels
+from ._corrections import CORRECTED, CorrectionTracking
+from ._export import ExportControl
 from ._jobs import user_message
+from ._live import LiveControls
+from ._pairs import WHOLE, collect_pairs
 from ._plot import LossPlot
 from ._state import registry_for
 from ._training import TrainingPair
-
-WHOLE = "(whole frame)"
 
 
 class FineTuneWidget(QWidget):
@@ -70,10 +73,13 @@ class FineTuneWidget(QWidget):
         self.labels = ComboBox(
             choices=self._labels, label="Labels",
             tooltip="Labels layer painted on that image: one id per object, 0 = not painted")
+        self.corrections = CorrectionTracking(viewer)  # edits of every Labels layer
         self.region = ComboBox(
             choices=self._regions, label="Complete in",
             tooltip="Where the annotation is complete (unpainted = background there): the whole "
-                    "frame, or a Labels/Shapes layer marking the fully annotated region")
+                    "frame ('trust the rest'), the objects you corrected in a segmented layer "
+                    "with a margin around them (untouched predictions are not taken as truth), "
+                    "or a Labels/Shapes layer marking the fully annotated region")
         self.add_pair = PushButton(text="Add pair",
                                    tooltip="Add this (image, labels, region) to the training set")
         self.remove_pair = PushButton(text="Remove pair",
@@ -122,6 +128,7 @@ class FineTuneWidget(QWidget):
                                       tooltip="Write the fine-tuned model to a .safetensors file")
         self.stop_button.enabled = False
         self.save_button.enabled = False
+        self.export_control = ExportControl(self)  # Export… (bioimage.io, TorchScript, ONNX)
 
         data = Container(widgets=[self.image, self.labels, self.region], labels=True)
         pair_buttons = QHBoxLayout()
@@ -132,7 +139,8 @@ class FineTuneWidget(QWidget):
                                       self.strength, self.seed],
                              labels=True)
         buttons = QHBoxLayout()
-        for b in (self.preview_button, self.train_button, self.stop_button, self.save_button):
+        for b in (self.preview_button, self.train_button, self.stop_button, self.save_button,
+                  self.export_control.button):
             buttons.addWidget(b.native)
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setToolTip("Training steps done")
@@ -146,6 +154,8 @@ class FineTuneWidget(QWidget):
         layout.addWidget(self.pair_list)
         layout.addWidget(settings.native)
         layout.addLayout(buttons)
+        self.live = LiveControls(self)  # the Live switch: training while the user paints
+        layout.addLayout(self.live.layout)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
@@ -176,7 +186,7 @@ class FineTuneWidget(QWidget):
         return layer_names(self.viewer, (Labels,))
 
     def _regions(self, _w: Any = None) -> list[str]:
-        return [WHOLE, *layer_names(self.viewer, (Labels, Shapes))]
+        return [WHOLE, CORRECTED, *layer_names(self.viewer, (Labels, Shapes))]
 
     def _models(self, _w: Any = None) -> list[str]:
         return self.registry.names()
@@ -215,38 +225,7 @@ class FineTuneWidget(QWidget):
 
     def collect_pairs(self) -> list[TrainingPair]:
         """The training pairs as plain arrays (labels and masks copied). Raises ValueError."""
-        names = self._pair_names()
-        if not names:
-            raise ValueError("choose an image layer and a labels layer painted on it")
-        pairs = []
-        for img_name, lab_name, reg_name in names:
-            for n in (img_name, lab_name) + (() if reg_name == WHOLE else (reg_name,)):
-                if n not in self.viewer.layers:
-                    raise ValueError(f"the layer '{n}' is no longer in the viewer")
-            img = self.viewer.layers[img_name]
-            lab = self.viewer.layers[lab_name]
-            labels = np.array(level0(lab.data))  # a copy: painting goes on during training
-            image = level0(img.data)
-            rgb = bool(getattr(img, "rgb", False))
-            spatial = tuple(image.shape[:-1] if rgb else image.shape)
-            if spatial != labels.shape:
-                raise ValueError(_shape_mismatch(img_name, spatial, lab_name, labels.shape))
-            mask = None
-            if reg_name != WHOLE:
-                region = self.viewer.layers[reg_name]
-                if isinstance(region, Shapes):
-                    if len(region.data) == 0:
-                        raise ValueError(f"the Shapes layer '{reg_name}' has no shape")
-                    mask = region.to_masks(mask_shape=labels.shape[-2:]).any(0)
-                    if labels.ndim == 3:
-                        mask = np.broadcast_to(mask, labels.shape).copy()
-                else:
-                    mask = np.array(level0(region.data)) != 0
-                    if mask.shape != labels.shape:
-                        raise ValueError(f"the region '{reg_name}' {mask.shape} and the labels "
-                                         f"{labels.shape} differ in shape")
-            pairs.append(TrainingPair(img_name, image, labels, mask, rgb))
-        return pairs
+        return collect_pairs(self.viewer, self._pair_names(), self.corrections)
 
     def _background(self) -> int | None:
         return int(self.background_label.value) if self.scribbles.value else None
@@ -362,6 +341,7 @@ class FineTuneWidget(QWidget):
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
         self.save_button.enabled = not running and self.model is not None
+        self.export_control.set_enabled(not running and self.model is not None)
 
     def _on_yielded(self, ev: Any) -> None:
         if isinstance(ev, tuple) and ev and ev[0] == "loaded":
@@ -443,25 +423,15 @@ class FineTuneWidget(QWidget):
         if self.worker is not None:
             self._stop.set()
             self.worker.quit()
+        self.live.cleanup()
+        self.corrections.cleanup()
+        self.export_control.cleanup()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.disconnect(self._layers_changed)
         for layer in self.viewer.layers:
             layer.events.name.disconnect(self._layers_changed)
         self.registry.changed.disconnect(self._models_changed)
-
-
-def _shape_mismatch(img_name: str, spatial: tuple[int, ...], lab_name: str, lab_shape: tuple[int, ...]) -> str:
-    """Why an image and a labels layer cannot be trained on together, and what to do."""
-    if len(spatial) == len(lab_shape) + 1 and spatial[1:] == lab_shape:
-        return (f"'{img_name}' is a stack of {spatial[0]} planes {spatial} but '{lab_name}' is one 2D "
-                f"plane {lab_shape}: paint on a labels layer made for the stack (select '{img_name}', "
-                f"then New labels layer), or train on a single 2D image")
-    if len(lab_shape) == len(spatial) + 1 and lab_shape[1:] == spatial:
-        return (f"'{lab_name}' is a stack of {lab_shape[0]} planes {lab_shape} but '{img_name}' is one "
-                f"2D image {spatial}: choose the image the labels were painted on")
-    return (f"'{img_name}' {spatial} and '{lab_name}' {lab_shape} differ in shape: the labels must be "
-            f"painted on that image (a labels layer made for it has its shape)")
 
 
 def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
@@ -474,6 +444,9 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
     if not isinstance(model, UNetModel):
         model = load_model(model)
         yield ("loaded", model_name, model)
+    if type(model.net).__name__ == "ExternalNet":  # imported from another program's package
+        raise ValueError(f"'{model_name}' comes from another program's bioimage.io package: napari-unet "
+                         "can segment with it but not fine-tune it; choose a napari-unet base model")
     # all cores: unlike segmenting (no faster on both cores of a 2-core CPU), a training step is
     # 1.8x faster with two threads than one (bf16, 4 x 444 px: 0.59 vs 1.04 s), and the viewer's
     # longest event-loop gap stays below 100 ms (benchmarks/bench_responsiveness.py)

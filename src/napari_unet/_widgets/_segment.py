@@ -68,7 +68,8 @@ class SegmentWidget(QWidget):
                     "in this session")
         self.open_model = PushButton(
             text="Open model file…",
-            tooltip="Add a napari-unet model file (.safetensors) to the model list")
+            tooltip="Add a napari-unet model file (.safetensors) or a bioimage.io "
+                    "model package (.zip) to the model list")
         self.device = ComboBox(
             choices=["auto", *available_devices()], value="auto", label="Device",
             tooltip="Where the network runs: auto = CUDA GPU, then Apple MPS, else the CPU")
@@ -166,7 +167,7 @@ class SegmentWidget(QWidget):
 
     def _ask_model_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a U-Net model", "",
-                                              "napari-unet models (*.safetensors);;All files (*)")
+                                              "Models (*.safetensors *.zip);;All files (*)")
         if path:
             self.load_model_file(path)
 

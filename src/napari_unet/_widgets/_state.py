@@ -115,7 +115,12 @@ class ModelRegistry:
         for entry in self._entries.values():
             if entry.path and os.path.abspath(entry.path) == path:
                 return entry.name
-        read_header(path)
+        if path.lower().endswith(".zip"):  # a bioimage.io package: can napari-unet run it?
+            from ..core.exchange.package_import import inspect_package
+
+            inspect_package(path)
+        else:
+            read_header(path)
         stem = Path(path).name
         stem = stem[: -len(SUFFIX)] if stem.endswith(SUFFIX) else Path(path).stem
         name = self.unique_name(stem)

@@ -32,6 +32,10 @@ class Augmentation:
     ``intensity``: jitter amplitude on the normalised image: contrast factor uniform in
     [1 - intensity, 1 + intensity], offset uniform in [-intensity, intensity] times the tile's
     standard deviation (an absolute offset would swamp dim images); 0 = off.
+    ``scale``: random zoom, a factor drawn log-uniformly in [1 / (1 + scale), 1 + scale] (0 = off);
+    ``rotate``: rotations by any angle (square tiles only). Both fold into the same sampling grid
+    as the flips (nnU-Net's spatial augmentation; the paper has shifts, rotations and elastic
+    deformation).
     """
 
     elastic: bool = True
@@ -40,6 +44,8 @@ class Augmentation:
     flip: bool = True
     rot90: bool = True
     intensity: float = 0.1
+    scale: float = 0.0
+    rotate: bool = False
 
     def __post_init__(self) -> None:
         if int(self.grid_points) < 2:
@@ -48,13 +54,15 @@ class Augmentation:
             raise ValueError(f"Augmentation.sigma must be >= 0 pixels, got {self.sigma!r}")
         if not 0 <= self.intensity < 1:
             raise ValueError(f"Augmentation.intensity must be in [0, 1), got {self.intensity!r}")
+        if not 0 <= self.scale < 1:
+            raise ValueError(f"Augmentation.scale must be in [0, 1), got {self.scale!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def none(cls) -> Augmentation:
-        return cls(elastic=False, flip=False, rot90=False, intensity=0.0)
+        return cls(elastic=False, flip=False, rot90=False, intensity=0.0, scale=0.0, rotate=False)
 
 
 @functools.lru_cache(maxsize=64)
@@ -97,6 +105,22 @@ def _dihedral(n: int, shape: tuple[int, int], flip: bool, rot90: bool,
     if flip:
         f = torch.randint(0, 2, (n, 2), generator=generator).float() * -2 + 1  # +-1 per axis
         mats = mats * f[:, None, :]
+    return mats
+
+
+def _similarity(n: int, shape: tuple[int, int], scale: float, rotate: bool,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """(N, 2, 2) matrices: a random rotation by any angle (square tiles only) and a random zoom
+    log-uniform in [1 / (1 + scale), 1 + scale] (a zoom z samples the input at p / z)."""
+    r = torch.rand((n, 2), generator=generator)
+    mats = torch.eye(2).repeat(n, 1, 1)
+    if rotate and shape[0] == shape[1]:
+        a = r[:, 0] * 2 * torch.pi
+        c, s = torch.cos(a), torch.sin(a)
+        mats = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], 1)
+    if scale > 0:
+        z = torch.exp((2 * r[:, 1] - 1) * float(torch.log1p(torch.tensor(scale))))
+        mats = mats / z[:, None, None]
     return mats
 
 
@@ -176,6 +200,9 @@ def augment(image: torch.Tensor, maps: Sequence[torch.Tensor], augmentation: Aug
     transforms = None
     if aug.flip or aug.rot90:
         transforms = _dihedral(n, (h, w), aug.flip, aug.rot90, generator)
+    if aug.scale > 0 or (aug.rotate and h == w):
+        sim = _similarity(n, (h, w), aug.scale, aug.rotate, generator)
+        transforms = sim if transforms is None else sim @ transforms
     if displacement is None and transforms is None:
         out_img, out_maps = image.float().clone(), [m.clone() for m in maps]
     else:

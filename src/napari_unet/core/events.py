@@ -44,6 +44,32 @@ class StepDone:
     val_iou: float | None = None
     val_f1: float | None = None
     validation: str = ""
+    painting_version: int | None = None  # live training: the painting this step trained on
+
+
+@dataclass(frozen=True)
+class LiveWaiting:
+    """Live training is waiting for a painting it can train on; ``message`` says what is missing."""
+
+    message: str
+    painting_version: int = 0
+
+
+@dataclass(frozen=True)
+class PreviewDone:
+    """Live training segmented the view the user looks at with its current weights.
+
+    ``pair``: which (image, labels) pair, ``plane``: the plane index of a stack (() for 2D),
+    ``box``: (y0, y1, x0, x1) in plane pixels, ``labels``: the instances there (box shape; ids
+    restart at 1 in each preview), ``step``: the training step whose averaged weights made it,
+    ``seconds``: how long it took."""
+
+    pair: int
+    plane: tuple[int, ...]
+    box: tuple[int, int, int, int]
+    labels: Any
+    step: int
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> UNetModel:
-    """Load a shipped model by name (see :func:`shipped_models`) or a model file by path.
+    """Load a shipped model by name (see :func:`shipped_models`), a model file by path, or a
+    bioimage.io model package (``.zip``, see :mod:`napari_unet.core.exchange.package_import`).
 
     Weights are read on the CPU (safetensors: no code is unpickled), then moved to ``device``.
     The returned network is in eval mode.
@@ -196,6 +197,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     from safetensors.torch import load_file
 
     path = resolve_model_path(name_or_path)
+    if path.suffix.lower() == ".zip":  # a bioimage.io model package
+        from .exchange.package_import import load_package
+
+        return load_package(path, device)
     header = read_header(path)
     try:
         config = UNetConfig.from_dict(header["architecture"])

@@ -10,23 +10,30 @@ optimisation step and returns the trained :class:`~napari_unet.core.io.UNetModel
 - :mod:`.loss`: the paper's weighted cross-entropy, and Dice;
 - :mod:`.network`: the trained copy (boundary class added when needed), averaged weights,
   precision, the private RNG, the learning-rate schedule;
-- :mod:`.loop`: the training generator.
+- :mod:`.loop`: the training generator;
+- :mod:`.live`: live training while the user paints (the painting changes between steps, a
+  preview of the viewed box);
+- :mod:`.report`: the provenance stored in the model file and the one-line summary.
 """
 
 from .config import TrainConfig, default_architecture, postprocessing_for
 from .data import TrainingData, choose_mode, prepare_data, sample_batch, touching_fraction
-from .loop import train, train_model, training_summary
+from .live import LiveInbox, live_train
+from .loop import train, train_model
 from .loss import dice_loss, training_loss, weighted_loss
 from .network import widen_head
+from .report import training_summary
 from .validation import ValScore, validate
 
 __all__ = [
     "TrainConfig",
+    "LiveInbox",
     "TrainingData",
     "ValScore",
     "choose_mode",
     "default_architecture",
     "dice_loss",
+    "live_train",
     "postprocessing_for",
     "prepare_data",
     "sample_batch",

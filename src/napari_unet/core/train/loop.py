@@ -23,7 +23,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Generator
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from ..model import UNet, UNetConfig
 from ..normalize import Normalization
 from .config import TrainConfig, default_architecture, postprocessing_for
 from .data import as_list, choose_mode, prepare_data, sample_batch
+from .live import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from .loss import training_loss
 from .network import (
     AveragedWeights,
@@ -48,6 +48,7 @@ from .network import (
     widen_head,
     widened_config,
 )
+from .report import _provenance
 from .validation import ValScore, validate
 
 
@@ -104,6 +105,7 @@ def train(
     seed: int | None = None,
     stop: Callable[[], bool] | Any = None,
     name: str | None = None,
+    live: tuple[Any, int, float] | None = None,
 ) -> Generator[StepDone, None, UNetModel]:
     """Fine-tune ``model`` (or train a new one) on painted labels; yields StepDone, returns the model.
 
@@ -123,6 +125,7 @@ def train(
     generator also ends it. ``seed``: same seed, data and device -> same weights on the CPU.
 
     Errors in the data (AnnotationError, a ValueError) are raised at the first ``next()``.
+    ``live``: (inbox, painting version, preview seconds), set by :func:`.live.live_train`.
     """
     tc = config or TrainConfig()
     dev = resolve_device(device)
@@ -146,8 +149,22 @@ def train(
                         background_label=background_label, channel_axis=channel_axis,
                         train_config=tc)
     post = model.postprocessing if model is not None else None
-    if post is None or widen or post.split == "seeded":  # sized for the objects painted now
+    sized = post is None or widen or post.split == "seeded"
+    if sized:  # sized for the objects painted now
         post = postprocessing_for(mode, data.object_area)
+    live_data = live_preview = None
+    if live is not None:
+        inbox, version, preview_every = live
+
+        def build(labs: list[Any], mks: list[Any]) -> Any:
+            return prepare_data(images, labs, None if all(m is None for m in mks) else mks,
+                                config=arch, normalization=normalization, mode=mode,
+                                background_label=background_label, channel_axis=channel_axis,
+                                train_config=tc)
+
+        live_data = LiveData(inbox, build, version)
+        live_preview = LivePreview(as_list(images, "images"), inbox, normalization, channel_axis,
+                                   preview_every)
 
     base_adj = None if model is None else model.provenance.get("logit_adjustment")
     use_adj = tc.logit_adjustment if tc.logit_adjustment is not None else base_adj is not None
@@ -179,7 +196,7 @@ def train(
     averaged = AveragedWeights(net, tc.ema)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    budget = None if tc.minutes is None else 60.0 * float(tc.minutes)
+    budget = None if tc.minutes is None or live is not None else 60.0 * float(tc.minutes)
     val_every = tc.validation_interval()
 
     t0 = time.perf_counter()
@@ -211,6 +228,8 @@ def train(
     def validation_due(now: float) -> bool:
         if not data.has_validation:
             return False
+        if live is not None:  # live: by the clock, never more than ~10 % of the time
+            return now - last_val_t >= max(10.0, 9.0 * val_cost)
         if budget is None or tc.val_every:
             return step % val_every == 0
         # with a time budget: ~15 validations per run, never more than ~10 % of the time
@@ -220,8 +239,8 @@ def train(
         if data.has_validation and last_val_step != step:
             run_validation()  # stopped early: score the weights reached so far
         trained: ValScore | None = None  # the validation score of the trained weights kept
-        if not data.has_validation:
-            kept, state, kept_step = "final averaged", _clone_state(averaged.net), step
+        if not data.has_validation or live is not None:  # live: the held-back objects change
+            kept, state, kept_step, trained = "final averaged", _clone_state(averaged.net), step, last
         elif best is None:
             kept, state, kept_step = "no step trained", start_state, 0
         else:
@@ -241,19 +260,34 @@ def train(
         prov = _provenance(model, mode, widen, data, tc, lr, step, kept_step, start, scored, kept,
                            adj, losses, seed, dev, precision, masks, background_label,
                            time.perf_counter() - t0, 0.0 if trained is None else trained.score)
+        if live_data is not None:
+            prov["live"] = {"painting_changes": live_data.changes,
+                            "seconds": round(time.perf_counter() - t0, 1),
+                            "painting_version": live_data.version}
         nm = name or (f"{model.name}-finetuned" if model is not None else f"unet-{mode}")
         desc = (f"fine-tuned from {model.name}" if model is not None else "trained from scratch") + \
-            f" on {len(data.planes)} painted plane(s), {step} steps; {prov['validation']['note']}"
+            f" on {len(data.planes)} painted plane(s), {step} steps" + \
+            (", live while the user painted" if live is not None else "") + \
+            f"; {prov['validation']['note']}"
         return UNetModel(net=out, normalization=normalization, postprocessing=post, name=nm,
                          description=desc, provenance=prov)
 
     try:
-        while step < tc.steps:
+        while live is not None or step < tc.steps:
             now = time.perf_counter()
-            if _should_stop(stop) or (budget is not None and now - t0 >= budget):
+            if _should_stop(stop) or (budget is not None and now - t0 >= budget) or \
+                    (live is not None and live[0].stopped):
                 break
+            if live_data is not None:
+                new = live_data.refresh()  # a changed painting is trained on from this step
+                if new is not None:
+                    data = new
+                    if sized:
+                        post = postprocessing_for(mode, data.object_area)
+            factor = (min(1.0, 0.1 + 0.9 * step / LIVE_WARMUP_STEPS) if live is not None
+                      else schedule(progress(now), tc.warmup, tc.cosine_decay))
             for g in opt.param_groups:
-                g["lr"] = lr * schedule(progress(now), tc.warmup, tc.cosine_decay)
+                g["lr"] = lr * factor
             with rng_t.active():
                 x, t, w = sample_batch(data, rng, tc.batch_size, tc.sampling, tc.foreground_fraction)
                 xt = torch.from_numpy(x).to(dev)
@@ -277,8 +311,15 @@ def train(
             if validation_due(now) or step == tc.steps:
                 if data.has_validation:
                     run_validation()
+            if live_preview is not None and live_preview.due():
+                with rng_t.active():
+                    ev = live_preview.run(averaged.net, data, dev, post, adj, step)
+                if ev is not None:
+                    yield ev
             now = time.perf_counter()
-            if budget is not None:
+            if live is not None:
+                eta, total = None, step
+            elif budget is not None:
                 eta = max(0.0, budget - (now - t0))
                 total = min(tc.steps, max(step, int(round(step / max(progress(now), 1e-9)))))
             else:
@@ -286,81 +327,19 @@ def train(
                 total = tc.steps
             yield StepDone(step=step, total=total, loss=lv,
                            val_score=None if last is None else last.score,
-                           best_score=None if last is None else max(start.score, best.score if best else 0.0),
+                           best_score=max((v.score for v in (start, best) if v is not None),
+                                          default=None),
                            eta_s=eta,
                            val_iou=None if last is None else last.iou,
                            val_f1=None if last is None else last.f1,
-                           validation=data.validation_note)
+                           validation=data.validation_note + (
+                               f"; {live_data.message}" if live_data is not None and live_data.message
+                               else ""),
+                           painting_version=None if live_data is None else live_data.trained_version)
     except GeneratorExit:
         # closed by the caller: end cleanly (Python >= 3.13 hands this value to close())
         return result()
     return result()
-
-
-def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: TrainConfig,
-                lr: float, step: int, best_step: int, start: ValScore | None,
-                best: ValScore | None, kept: str, adj: torch.Tensor | None, losses: list[float],
-                seed: int, dev: torch.device, precision: str, masks: Any,
-                background_label: int | None, seconds: float, trained_best: float = 0.0
-                ) -> dict[str, Any]:
-    def sc(v: ValScore | None) -> dict[str, Any] | None:
-        return None if v is None else {"iou": v.iou, "f1": v.f1, "score": v.score,
-                                       "objects": v.n_objects}
-
-    note = data.validation_note
-    if kept == "start":
-        note = (f"WARNING: validation on {data.val_objects} held-back objects scored the starting "
-                f"model ({start.score:.3f}) above the trained weights ({trained_best:.3f}) by "
-                f"more than {tc.start_margin}: the starting model was kept")
-    prov = {
-        "base_model": None if model is None else {"name": model.name, "source": model.source},
-        "from_scratch": model is None,
-        "mode": mode,
-        "boundary_class_added": widen,
-        "data_shapes": [list(s) for s in data.shapes],
-        "planes": len(data.planes),
-        "known_pixels": data.known_pixels,
-        "painted_objects": data.objects,
-        "validation_pixels": data.val_pixels,
-        "validation": {"available": data.has_validation, "objects": data.val_objects, "note": note,
-                       "start": sc(start), "best": sc(best), "kept": kept},
-        "background_label": background_label,
-        "masks": masks is not None,
-        "steps": step,
-        "steps_planned": tc.steps,
-        "minutes_planned": tc.minutes,
-        "training_seconds_measured": round(seconds, 1),
-        "best_step": best_step if data.has_validation else None,
-        "patch": {"output": data.out_size, "input": data.in_size},
-        "training": {**tc.to_dict(), "lr": lr, "precision": precision},
-        "augmentation": tc.augmentation.to_dict(),
-        # kept for older readers: the ranking score (mean of IoU and F1), None without validation
-        "validation_iou": None if best is None else best.iou,
-        "validation_iou_start": None if start is None else start.iou,
-        "class_mean_weights": None if data.class_weights is None else [float(v) for v in data.class_weights],
-        "logit_adjustment": None if adj is None else [float(v) for v in adj],
-        "final_loss": losses[-1] if losses else None,
-        "seed": seed,
-        "device": str(dev),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if model is not None and model.provenance:
-        prov["base_provenance"] = model.provenance
-    return prov
-
-
-def training_summary(prov: dict[str, Any]) -> str:
-    """One line on what training did and what was validated (CLI, widget)."""
-    v = prov["validation"]
-    head = (f"trained {prov['steps']} steps in {prov['training_seconds_measured']:.0f} s "
-            f"({prov['mode']} mode{', boundary class added' if prov.get('boundary_class_added') else ''})")
-    if not v["available"]:
-        return f"{head}; {v['note']}"
-    b, s0 = v["best"], v["start"]
-    what = ("the starting model" if v["kept"] == "start" else
-            "the final averaged weights" if v["kept"] == "final averaged" else f"step {prov['best_step']}")
-    return (f"{head}; validation on {v['objects']} held-back objects: F1 {b['f1']:.3f}, IoU "
-            f"{b['iou']:.3f} (start F1 {s0['f1']:.3f}, IoU {s0['iou']:.3f}); kept {what}")
 
 
 def train_model(images: Any, labels: Any, masks: Any = None, **kwargs: Any) -> UNetModel:

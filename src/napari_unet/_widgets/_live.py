@@ -1,0 +1,348 @@
+"""Live mode of the Fine-tune widget: the U-Net learns while the user paints.
+
+A :class:`LiveSession` connects one (image, Labels) pair of the viewer to the core's
+:func:`~napari_unet.core.train.live_train` running in a napari thread worker:
+
+- every paint, fill or erase of the Labels layer (its ``paint`` event: the changed pixels) is sent
+  to the core's :class:`~napari_unet.core.train.LiveInbox` as the new labels of the changed box
+  (a copy of that box only, never a diff of the whole array); replacing the layer's data sends it
+  whole;
+- the box the user looks at (napari's camera and canvas size, clipped to the image; the current
+  plane of a stack) is sent on every pan, zoom or change of plane; the worker segments it every
+  few seconds, or at once when it moved, into the preview layer ``"<image> live"``;
+- Stop ends training; the model is kept as after fine-tuning.
+
+Unpainted pixels are unknown: background is what the user painted with the background label.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels
+
+from ._common import level0
+
+
+def visible_box(layer: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the pixels of ``layer`` (last two axes, ``shape``) inside the canvas
+    (napari's ``corner_pixels``: the corners of the canvas in the layer's data coordinates,
+    updated when the canvas draws), clipped to the image."""
+    corners = np.asarray(layer.corner_pixels, float)[:, -2:]
+    y0, x0 = (int(max(0, np.floor(v))) for v in corners[0])
+    y1 = int(min(shape[0], np.ceil(corners[1][0]) + 1))
+    x1 = int(min(shape[1], np.ceil(corners[1][1]) + 1))
+    return y0, max(y0, y1), x0, max(x0, x1)
+
+
+def changed_box(atoms: Any, ndim: int) -> tuple[slice, ...] | None:
+    """The bounding box of the pixels changed by a napari paint event's history atoms
+    ((indices, old values, new values) each)."""
+    lo = hi = None
+    for atom in atoms or ():
+        idx = atom[0]
+        if len(idx) != ndim or not len(idx[0]):
+            continue
+        a = np.array([int(np.min(i)) for i in idx])
+        b = np.array([int(np.max(i)) + 1 for i in idx])
+        lo = a if lo is None else np.minimum(lo, a)
+        hi = b if hi is None else np.maximum(hi, b)
+    if lo is None:
+        return None
+    return tuple(slice(int(s), int(e)) for s, e in zip(lo, hi, strict=True))
+
+
+class LiveSession:
+    """One live training of the widget (see the module docstring). ``on_event(ev)`` gets every
+    event of the worker on the Qt thread; ``on_model(model)`` the kept model; ``on_done()``
+    is called when the worker has ended."""
+
+    def __init__(self, viewer: Any, image_name: str, labels_name: str, base: Any, *,
+                 background_label: int | None, lr: float, strength: float, device: str, seed: int,
+                 on_event: Any, on_model: Any, on_done: Any, preview_every: float = 3.0,
+                 corrections: Any = None) -> None:
+        from napari.qt.threading import create_worker
+
+        from ..core.train import LiveInbox
+
+        self.viewer = viewer
+        self.image_layer = viewer.layers[image_name]
+        self.labels_layer = viewer.layers[labels_name]
+        image = level0(self.image_layer.data)
+        labels = np.asarray(level0(self.labels_layer.data))
+        self.rgb = bool(getattr(self.image_layer, "rgb", False))
+        spatial = tuple(image.shape[:-1] if self.rgb else image.shape)
+        if spatial != labels.shape:
+            raise ValueError(f"'{image_name}' {spatial} and '{labels_name}' {labels.shape} differ "
+                             f"in shape: paint the labels on that image")
+        if labels.ndim not in (2, 3):
+            raise ValueError(f"live training needs a 2D image or a stack of planes, got "
+                             f"{labels.shape}")
+        self.shape = labels.shape
+        self.preview_name = f"{image_name} live"
+        self.corrections = corrections  # learning from corrections: the edited objects are known
+        mask = None
+        if corrections is not None:
+            labels, mask = self._corrected()
+        self.inbox = LiveInbox(labels, None if mask is None else [mask])
+        self.started = time.monotonic()
+        self.on_event, self.on_model, self.on_done = on_event, on_model, on_done
+        self.worker = create_worker(
+            _live_job, image, self.inbox, base, background_label=background_label, lr=lr,
+            strength=strength, device=device, seed=seed, rgb=self.rgb,
+            preview_every=preview_every, _ignore_errors=True)
+        self.worker.yielded.connect(self._yielded)
+        self.worker.returned.connect(self._returned)
+        self.worker.finished.connect(self._finished)
+        self.labels_layer.events.paint.connect(self._painted)
+        self.labels_layer.events.data.connect(self._replaced)
+        self.viewer.camera.events.center.connect(self.send_view)
+        self.viewer.camera.events.zoom.connect(self.send_view)
+        self.viewer.dims.events.current_step.connect(self.send_view)
+        self.send_view()
+        self.worker.start()
+
+    # ---------------------------------------------------------------- painter -> core
+    def _corrected(self) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return self.corrections.masked_labels(self.labels_layer)
+        except ValueError:  # nothing corrected yet: nothing known
+            return np.zeros(self.shape, np.int32), np.zeros(self.shape, bool)
+
+    def _painted(self, event: Any) -> None:
+        if self.corrections is not None:  # what is known grows with each correction
+            self.corrections.record(self.labels_layer, getattr(event, "value", None))
+            labels, mask = self._corrected()
+            self.inbox.paint(0, (0,) * labels.ndim, labels, mask=mask)
+            return
+        box = changed_box(getattr(event, "value", None), len(self.shape))
+        if box is None:
+            return
+        values = np.array(level0(self.labels_layer.data)[box])  # a copy of the changed box
+        self.inbox.paint(0, tuple(s.start for s in box), values)
+
+    def _replaced(self, event: Any = None) -> None:
+        data = np.asarray(level0(self.labels_layer.data))
+        if data.shape == self.shape:
+            self.inbox.set_labels(0, data)
+
+    def plane(self) -> tuple[int, ...]:
+        if len(self.shape) == 2:
+            return ()
+        step = self.viewer.dims.current_step
+        ax = self.viewer.dims.ndim - 3  # the plane axis of the image (first of its 3 dims)
+        return (int(min(max(step[ax] if ax >= 0 else 0, 0), self.shape[0] - 1)),)
+
+    def send_view(self, event: Any = None) -> None:
+        box = visible_box(self.labels_layer, self.shape[-2:])
+        self.inbox.view(0, box, self.plane())
+
+    # ---------------------------------------------------------------- core -> viewer
+    def _yielded(self, ev: Any) -> None:
+        from ..core.events import PreviewDone
+
+        if isinstance(ev, PreviewDone):
+            self._show_preview(ev)
+        else:
+            self.send_view()  # the canvas may have redrawn since the last camera event
+        self.on_event(ev)
+
+    def _show_preview(self, ev: Any) -> None:
+        if self.preview_name in self.viewer.layers and \
+                isinstance(self.viewer.layers[self.preview_name], Labels) and \
+                self.viewer.layers[self.preview_name].data.shape == self.shape:
+            layer = self.viewer.layers[self.preview_name]
+        else:
+            if self.preview_name in self.viewer.layers:
+                self.viewer.layers.remove(self.preview_name)
+            layer = Labels(np.zeros(self.shape, np.uint32), name=self.preview_name,
+                           scale=self.labels_layer.scale, translate=self.labels_layer.translate,
+                           opacity=0.5)
+            self.viewer.layers.insert(self.viewer.layers.index(self.labels_layer), layer)
+        y0, y1, x0, x1 = ev.box
+        key = tuple(ev.plane) + (slice(y0, y1), slice(x0, x1))
+        layer.data[key] = ev.labels
+        layer.refresh()
+
+    def _returned(self, model: Any) -> None:
+        if model is not None:
+            self.on_model(model)
+
+    def _finished(self) -> None:
+        self.disconnect()
+        self.on_done()
+
+    # ---------------------------------------------------------------- control
+    def stop(self) -> None:
+        self.inbox.stop()
+
+    def disconnect(self) -> None:
+        for ev, fn in ((self.labels_layer.events.paint, self._painted),
+                       (self.labels_layer.events.data, self._replaced),
+                       (self.viewer.camera.events.center, self.send_view),
+                       (self.viewer.camera.events.zoom, self.send_view),
+                       (self.viewer.dims.events.current_step, self.send_view)):
+            try:
+                ev.disconnect(fn)
+            except Exception:  # pragma: no cover - already disconnected
+                pass
+
+
+def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None, lr: float,
+              strength: float, device: str, seed: int, rgb: bool, preview_every: float) -> Any:
+    """Worker generator: load the base model if needed, then train live until Stop."""
+    from ..core.io import UNetModel, load_model
+    from ..core.train import TrainConfig, live_train
+    from ._training import augmentation_for
+
+    model = base if isinstance(base, UNetModel) else load_model(base)
+    config = TrainConfig(lr=float(lr), augmentation=augmentation_for(strength))
+    return (yield from live_train(image, inbox, model=model, config=config,
+                                  background_label=background_label,
+                                  channel_axis=-1 if rgb else None, device=device, seed=seed,
+                                  preview_every=preview_every, name=f"{model.name}-live"))
+
+
+class LiveControls:
+    """The Live switch and "New labels layer" button of the Fine-tune widget (``owner``), and
+    the status line of a live training."""
+
+    def __init__(self, owner: Any) -> None:
+        from magicgui.widgets import CheckBox, PushButton
+        from qtpy.QtWidgets import QHBoxLayout
+
+        self.owner = owner
+        self.session: LiveSession | None = None
+        self.live = CheckBox(
+            value=False, text="Live",
+            tooltip="Train while you paint: every stroke in the Labels layer is learnt within a "
+                    "second, and the part of the image you look at is segmented every few "
+                    "seconds into the layer '<image> live'. Paint background with the background "
+                    "label, each object with its own id; unpainted is unknown. Untick to stop "
+                    "and keep the model")
+        self.new_labels = PushButton(
+            text="New labels layer",
+            tooltip="Add an empty Labels layer on the chosen image to paint on (background = the "
+                    "background label, objects = the next ids)")
+        self.layout = QHBoxLayout()
+        self.layout.addWidget(self.live.native)
+        self.layout.addWidget(self.new_labels.native)
+        self.live.changed.connect(self._toggled)
+        self.new_labels.changed.connect(self.add_labels_layer)
+        self._last: Any = None
+
+    def add_labels_layer(self) -> Any:
+        """An empty Labels layer on the chosen image, selected, in paint mode; returns it."""
+        from napari.utils.notifications import show_error
+
+        w = self.owner
+        name = w.image.value
+        if not name or name not in w.viewer.layers:
+            show_error("Choose the image to paint on first.")
+            return None
+        img = w.viewer.layers[name]
+        data = level0(img.data)
+        shape = tuple(data.shape[:-1] if getattr(img, "rgb", False) else data.shape)
+        layer = w.viewer.add_labels(np.zeros(shape, np.uint32), name=f"{name} painting",
+                                    scale=img.scale[-len(shape):], translate=img.translate[-len(shape):])
+        w.labels.reset_choices()
+        w.labels.value = layer.name
+        w.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        layer.selected_label = int(w.background_label.value) + 1
+        w.status.setText(f"Paint on '{layer.name}': background with label "
+                         f"{int(w.background_label.value)}, each object with its own id "
+                         f"(press M for a new one), then tick Live.")
+        return layer
+
+    def _toggled(self, on: bool) -> None:
+        if on and self.session is None:
+            self.start()
+        elif not on and self.session is not None:
+            self.stop()
+
+    def start(self) -> LiveSession | None:
+        from napari.utils.notifications import show_error
+
+        from ._jobs import user_message
+
+        w = self.owner
+        if w.running:
+            show_error("A fine-tuning is running: stop it before going live.")
+            self.live.value = False
+            return None
+        name = w.base_model.value
+        if not name or name not in w.registry:
+            show_error("Choose a base model first.")
+            self.live.value = False
+            return None
+        if not w.image.value or not w.labels.value:
+            show_error("Choose an image and the Labels layer painted on it (or add a new one).")
+            self.live.value = False
+            return None
+        from ._corrections import CORRECTED
+
+        corrections = w.corrections if w.region.value == CORRECTED else None
+        if corrections is None:
+            w.scribbles.value = True  # live: unpainted is unknown
+        try:
+            self.session = LiveSession(
+                w.viewer, w.image.value, w.labels.value, w.registry[name].ref(),
+                background_label=w._background() if corrections is not None
+                else int(w.background_label.value), lr=float(w.lr.value),
+                strength=float(w.strength.value), device=w.device.value, seed=int(w.seed.value),
+                on_event=self._event, on_model=w._on_returned, on_done=self._done,
+                corrections=corrections)
+        except (ValueError, KeyError) as exc:
+            show_error(f"Cannot go live: {user_message(exc)}")
+            self.live.value = False
+            return None
+        self.session.worker.errored.connect(
+            lambda e: show_error(f"Live training failed: {user_message(e)}"))
+        w.plot.clear(0)
+        w.status.setText("Live: starting…")
+        for c in (w.train_button, w.base_model, w.image, w.labels, w.device, self.new_labels):
+            c.enabled = False
+        return self.session
+
+    def stop(self) -> None:
+        if self.session is not None:
+            self.owner.status.setText("Stopping live training: keeping the model…")
+            self.session.stop()
+
+    def _event(self, ev: Any) -> None:
+        from ..core.events import LiveWaiting, PreviewDone, StepDone
+
+        w, s = self.owner, self.session
+        if isinstance(ev, LiveWaiting):
+            w.status.setText(f"Live: {ev.message}")
+        elif isinstance(ev, StepDone):
+            w.plot.add(ev.step, ev.loss, ev.val_score, ev.step)  # the x axis grows with the run
+            since = None if s is None else s.inbox.seconds_since_change()
+            text = f"Live: step {ev.step}, loss {ev.loss:.4f}"
+            if since is not None:
+                text += f", painting last changed {since:.0f} s ago"
+            if ev.val_score is not None:
+                text += f", validation F1 {ev.val_f1:.3f}, IoU {ev.val_iou:.3f}"
+            w.status.setText(text + f"\n{ev.validation}")
+        elif isinstance(ev, PreviewDone):
+            self._last = ev
+
+    def _done(self) -> None:
+        w = self.owner
+        self.session = None
+        if self.live.value:
+            self.live.value = False
+        for c in (w.train_button, w.base_model, w.image, w.labels, w.device, self.new_labels):
+            c.enabled = True
+        w.save_button.enabled = w.model is not None
+        if w.model is not None and w._summary:
+            w.status.setText(f"Model '{w.model_name}' ready; Save writes it to a file.\n{w._summary}")
+
+    def cleanup(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+            self.session.worker.quit()
+            self.session.disconnect()

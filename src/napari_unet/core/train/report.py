@@ -1,0 +1,79 @@
+"""What a training run reports: the provenance stored in the model file and the one-line summary
+that the CLI and the widget show."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from ..io import UNetModel
+from .config import TrainConfig
+from .validation import ValScore
+
+
+def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: TrainConfig,
+                lr: float, step: int, best_step: int, start: ValScore | None,
+                best: ValScore | None, kept: str, adj: torch.Tensor | None, losses: list[float],
+                seed: int, dev: torch.device, precision: str, masks: Any,
+                background_label: int | None, seconds: float, trained_best: float = 0.0
+                ) -> dict[str, Any]:
+    def sc(v: ValScore | None) -> dict[str, Any] | None:
+        return None if v is None else {"iou": v.iou, "f1": v.f1, "score": v.score,
+                                       "objects": v.n_objects}
+
+    note = data.validation_note
+    if kept == "start":
+        note = (f"WARNING: validation on {data.val_objects} held-back objects scored the starting "
+                f"model ({start.score:.3f}) above the trained weights ({trained_best:.3f}) by "
+                f"more than {tc.start_margin}: the starting model was kept")
+    prov = {
+        "base_model": None if model is None else {"name": model.name, "source": model.source},
+        "from_scratch": model is None,
+        "mode": mode,
+        "boundary_class_added": widen,
+        "data_shapes": [list(s) for s in data.shapes],
+        "planes": len(data.planes),
+        "known_pixels": data.known_pixels,
+        "painted_objects": data.objects,
+        "validation_pixels": data.val_pixels,
+        "validation": {"available": data.has_validation, "objects": data.val_objects, "note": note,
+                       "start": sc(start), "best": sc(best), "kept": kept},
+        "background_label": background_label,
+        "masks": masks is not None,
+        "steps": step,
+        "steps_planned": tc.steps,
+        "minutes_planned": tc.minutes,
+        "training_seconds_measured": round(seconds, 1),
+        "best_step": best_step if data.has_validation else None,
+        "patch": {"output": data.out_size, "input": data.in_size},
+        "training": {**tc.to_dict(), "lr": lr, "precision": precision},
+        "augmentation": tc.augmentation.to_dict(),
+        # kept for older readers: the ranking score (mean of IoU and F1), None without validation
+        "validation_iou": None if best is None else best.iou,
+        "validation_iou_start": None if start is None else start.iou,
+        "class_mean_weights": None if data.class_weights is None else [float(v) for v in data.class_weights],
+        "logit_adjustment": None if adj is None else [float(v) for v in adj],
+        "final_loss": losses[-1] if losses else None,
+        "seed": seed,
+        "device": str(dev),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if model is not None and model.provenance:
+        prov["base_provenance"] = model.provenance
+    return prov
+
+
+def training_summary(prov: dict[str, Any]) -> str:
+    """One line on what training did and what was validated (CLI, widget)."""
+    v = prov["validation"]
+    head = (f"trained {prov['steps']} steps in {prov['training_seconds_measured']:.0f} s "
+            f"({prov['mode']} mode{', boundary class added' if prov.get('boundary_class_added') else ''})")
+    if not v["available"]:
+        return f"{head}; {v['note']}"
+    b, s0 = v["best"], v["start"]
+    what = ("the starting model" if v["kept"] == "start" else
+            "the final averaged weights" if v["kept"] == "final averaged" else f"step {prov['best_step']}")
+    return (f"{head}; validation on {v['objects']} held-back objects: F1 {b['f1']:.3f}, IoU "
+            f"{b['iou']:.3f} (start F1 {s0['f1']:.3f}, IoU {s0['iou']:.3f}); kept {what}")
