@@ -203,3 +203,20 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     with output_lock(dest):
         assert (tmp_path / ".res.zarr.lock").read_text().split()[1] != dead
     assert not (tmp_path / ".res.zarr.lock").exists()
+
+
+def test_clipping_is_recorded_only_when_off_and_travels_into_bioimageio_packages():
+    """Model files keep their header (no 'clip' key by default: older versions read them); a
+    package exported from one clips as we do, so bioimage.io tools give our probabilities."""
+    assert "clip" not in Normalization().to_dict()
+    off = Normalization("percentile", 1.0, 99.8, clip=False)
+    assert Normalization.from_dict(off.to_dict()) == off
+    assert off.clip_range[1] > 1e38 and Normalization().clip_range == CLIP
+    pytest.importorskip("bioimageio.spec")
+    import bioimageio.spec.model.v0_5 as v
+
+    from napari_unet.core.exchange.bioimageio import _preprocessing
+
+    ops = _preprocessing(Normalization(), v)
+    assert [op.id for op in ops][-1] == "clip" and (ops[-1].kwargs.min, ops[-1].kwargs.max) == CLIP
+    assert "clip" not in [op.id for op in _preprocessing(off, v)]

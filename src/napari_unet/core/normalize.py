@@ -78,8 +78,8 @@ class Normalization:
     "minmax": the same with the minimum and maximum; "fixed": (x - offset) / scale;
     "none": the values as they are (float32).
 
-    Normalised values are clipped to :data:`CLIP` ([-1, 2]) in every mode but "none", so a few
-    saturated or dead pixels cannot disturb the segmentation around them. The arithmetic is done
+    Normalised values are clipped to :data:`CLIP` ([-1, 2]) in every mode but "none" (unless
+    ``clip=False``), so a few saturated or dead pixels cannot disturb the segmentation around them. The arithmetic is done
     in float64 for float64 and 64-bit integer images (a finite float64 image of any magnitude
     gives finite network input).
     """
@@ -89,6 +89,7 @@ class Normalization:
     high: float = 99.8
     offset: float = 0.0
     scale: float = 1.0
+    clip: bool = True  # False: no clipping (models from elsewhere that were trained without it)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -99,16 +100,20 @@ class Normalization:
             raise ValueError("normalization scale must not be 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["clip"]:
+            del d["clip"]  # the default: model files stay readable by versions without the field
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalization:
         return cls(**d)
 
     @property
-    def clip(self) -> tuple[float, float]:
-        """The range normalised values are clipped to (float32's finite range for "none")."""
-        return (-_F32_MAX, _F32_MAX) if self.mode == "none" else CLIP
+    def clip_range(self) -> tuple[float, float]:
+        """The range normalised values are clipped to: :data:`CLIP`, or float32's finite range for
+        mode "none" and ``clip=False``."""
+        return CLIP if self.clip and self.mode != "none" else (-_F32_MAX, _F32_MAX)
 
     def stats(self, image: Any, channel_axis: int | None = None) -> np.ndarray:
         """(offset, scale, clip low, clip high) per channel, shape (C, 4), computed on the whole 2D
@@ -123,7 +128,7 @@ class Normalization:
                       for c in range(image.shape[channel_axis])]
         out = np.empty((len(planes), 4), np.float64)
         for i, plane in enumerate(planes):
-            out[i] = self._plane_stats(plane) + self.clip
+            out[i] = self._plane_stats(plane) + self.clip_range
         return out
 
     def _plane_stats(self, plane: Any) -> tuple[float, float]:
