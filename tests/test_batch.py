@@ -160,7 +160,7 @@ def test_resume_skips_complete_outputs(tmp_path, nuclei, hela, monkeypatch):
     (out / ".nuclei_semantic.tif.abc.tmp").write_bytes(b"half")
     calls = []
     real = batch.read_image
-    monkeypatch.setattr(batch, "read_image", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    monkeypatch.setattr(batch.files, "read_image", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
     events, _ = run(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"))
     assert [e.status for e in events if isinstance(e, ItemDone)] == ["skipped", "skipped"]
     assert not any(isinstance(e, TileDone) for e in events) and calls == []  # nothing read or computed

@@ -6,11 +6,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from napari_unet.core.checks import smallest_tile
 from napari_unet.core.device import resolve_device
 from napari_unet.core.events import TileDone
 from napari_unet.core.io import UNetModel
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.normalize import Normalization
+from napari_unet.core.normalize import CLIP, Normalization
 from napari_unet.core.tiling import (
     infer_layout,
     mirror_index,
@@ -40,7 +41,7 @@ def _pad_whole_image(net, img, padding):
     img = np.asarray(img, np.float64)
     chw = img if img.ndim == 3 else img[None]
     stats = Normalization().stats(chw, channel_axis=0)
-    norm = ((chw - stats[:, 0, None, None]) / stats[:, 1, None, None]).astype(np.float32)
+    norm = ((chw - stats[:, 0, None, None]) / stats[:, 1, None, None]).clip(*CLIP).astype(np.float32)
     _, h, w = norm.shape
     halo = cfg.halo
     if cfg.padding == "valid":
@@ -53,7 +54,10 @@ def _pad_whole_image(net, img, padding):
         rx = mirror_index(np.arange(-halo, tw - halo), w)
         padded = norm[:, ry[:, None], rx[None, :]]
     else:
-        padded = np.pad(norm, ((0, 0), (halo, th - h - halo), (halo, tw - w - halo)))
+        # zero padding: one constant beyond the border, the plane's median (core.tiling.zero_context)
+        fill = [float(np.median(c)) for c in norm]
+        padded = np.stack([np.pad(c, ((halo, th - h - halo), (halo, tw - w - halo)), constant_values=f)
+                           for c, f in zip(norm, fill, strict=True)])
     return padded, (h, w), 0 if cfg.padding == "valid" else halo
 
 
@@ -65,7 +69,7 @@ def test_tiled_equals_whole_image(net_padding, padding_mode, shape):
     rng = np.random.default_rng(0)
     img = rng.gamma(2.0, 300.0, size=shape).astype(np.uint16)  # real-like skewed intensities
     ref = _whole_image_reference(net, img, padding_mode)
-    for tile in (net.config.input_size(net.config.grid), 64, 100):
+    for tile in (smallest_tile(net.config), 64, 100):
         plan = plan_tiles(net.config, shape, tile)
         out = predict_image(img, net, tile_size=tile, padding=padding_mode, device="cpu")
         assert out.shape == (2,) + shape and out.dtype == np.float32
@@ -102,10 +106,11 @@ class _Probe(torch.nn.Module):
 
 
 @settings(max_examples=40, deadline=None)
-@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(1, 120),
+@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(0, 120),
        padding=st.sampled_from(["valid", "same"]), depth=st.integers(1, 3))
 def test_tiles_abut_exactly_probe(h, w, tile, padding, depth):
     cfg = UNetConfig(depth=depth, base_channels=1, padding=padding)
+    tile += smallest_tile(cfg)  # smaller tiles are refused (tests/test_bad_inputs.py)
     probe = _Probe(cfg)
     img = np.arange(h * w, dtype=np.float32).reshape(h, w)
     out = predict_image(img, probe, tile_size=tile, device="cpu",
@@ -115,13 +120,14 @@ def test_tiles_abut_exactly_probe(h, w, tile, padding, depth):
 
 
 @settings(max_examples=15, deadline=None)
-@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(1, 120),
+@given(h=st.integers(1, 90), w=st.integers(1, 90), tile=st.integers(0, 120),
        padding=st.sampled_from(["valid", "same"]), depth=st.integers(1, 3))
 def test_tta_undoes_each_flip_and_rotation_probe(h, w, tile, padding, depth):
     """The probe commutes with flips and rotations, so test-time augmentation must give back
     exactly its plain output: any transform not undone (or undone wrongly) on any tile,
     square or not, would move pixels."""
     cfg = UNetConfig(depth=depth, base_channels=1, padding=padding)
+    tile += smallest_tile(cfg)
     img = np.arange(h * w, dtype=np.float32).reshape(h, w)
     norm = Normalization("fixed", offset=0.0, scale=float(h * w))
     out = predict_image(img, _Probe(cfg), tile_size=(tile, tile + 16), device="cpu",
@@ -152,7 +158,7 @@ def test_tta_tiled_equals_whole_image(padding_mode, shape):
     ref = _whole_image_tta_reference(net, img, padding_mode)
     plain = predict_image(img, net, padding=padding_mode, device="cpu")
     assert np.abs(plain - ref).max() > 1e-3  # the averaging changes the output
-    for tile in (net.config.input_size(net.config.grid), 64, (52, 100)):
+    for tile in (smallest_tile(net.config), 64, (52, 100)):
         out = predict_image(img, net, tile_size=tile, padding=padding_mode, device="cpu", tta=True)
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     sem = predict_image(img, net, tile_size=64, padding=padding_mode, device="cpu", tta=True,

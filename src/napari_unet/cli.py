@@ -249,16 +249,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _read_tiffs(paths: Sequence[str], what: str) -> list[Any]:
     import os
 
-    import tifffile
+    from .batch import ImageReadError, read_tiff
 
     out = []
     for path in paths:
         if not os.path.isfile(path):
             raise CLIError(f"{what} file {path!r} does not exist")
         try:
-            out.append(tifffile.imread(path))
-        except Exception as exc:
-            raise CLIError(f"cannot read {what} file {path!r}: {exc}") from None
+            out.append(read_tiff(path))
+        except ImageReadError as exc:
+            raise CLIError(f"cannot read {what} file {path!r}: {getattr(exc, 'reason', exc)}") from None
     return out
 
 
@@ -359,11 +359,14 @@ def _read_array(path: str, what: str) -> Any:
                     )
                 node = node[arrays[0]]
             return np.asarray(node[...])
-        import tifffile
+        from .batch import read_tiff
 
-        return tifffile.imread(path)
+        return read_tiff(path)
     except CLIError:
         raise
+    except ValueError as exc:  # ImageReadError from read_tiff, with its reason
+        reason = getattr(exc, "reason", exc)
+        raise CLIError(f"could not read {what} {path} as TIFF: {reason}") from None
     except Exception as exc:  # any reader failure is the file's fault here
         kind = "zarr" if is_zarr else "TIFF"
         raise CLIError(f"could not read {what} {path} as {kind}: {exc}") from exc

@@ -33,8 +33,7 @@ def collect_pairs(viewer: Any, names: list[tuple[str, str, str]], corrections: A
         rgb = bool(getattr(img, "rgb", False))
         spatial = tuple(image.shape[:-1] if rgb else image.shape)
         if spatial != labels.shape:
-            raise ValueError(f"'{img_name}' {spatial} and '{lab_name}' {labels.shape} differ in "
-                             f"shape: the labels must be painted on that image")
+            raise ValueError(_shape_mismatch(img_name, spatial, lab_name, labels.shape))
         mask = None
         if reg_name == CORRECTED:
             labels, mask = corrections.masked_labels(lab)
@@ -53,3 +52,16 @@ def collect_pairs(viewer: Any, names: list[tuple[str, str, str]], corrections: A
                                      f"{labels.shape} differ in shape")
         pairs.append(TrainingPair(img_name, image, labels, mask, rgb))
     return pairs
+
+
+def _shape_mismatch(img_name: str, spatial: tuple[int, ...], lab_name: str, lab_shape: tuple[int, ...]) -> str:
+    """Why an image and a labels layer cannot be trained on together, and what to do."""
+    if len(spatial) == len(lab_shape) + 1 and spatial[1:] == lab_shape:
+        return (f"'{img_name}' is a stack of {spatial[0]} planes {spatial} but '{lab_name}' is one 2D "
+                f"plane {lab_shape}: paint on a labels layer made for the stack (select '{img_name}', "
+                f"then New labels layer), or train on a single 2D image")
+    if len(lab_shape) == len(spatial) + 1 and lab_shape[1:] == spatial:
+        return (f"'{lab_name}' is a stack of {lab_shape[0]} planes {lab_shape} but '{img_name}' is one "
+                f"2D image {spatial}: choose the image the labels were painted on")
+    return (f"'{img_name}' {spatial} and '{lab_name}' {lab_shape} differ in shape: the labels must be "
+            f"painted on that image (a labels layer made for it has its shape)")

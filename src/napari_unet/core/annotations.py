@@ -137,6 +137,11 @@ def labels_to_target(labels: np.ndarray, mask: np.ndarray | None = None,
     else:
         bg_painted = np.zeros(lab.shape, bool)
         objects_in = lab
+    if objects_in.dtype.kind == "i" and objects_in.size and int(objects_in.min()) < 0:
+        raise AnnotationError(
+            f"labels have negative values (minimum {int(objects_in.min())}): paint each object with its "
+            f"own positive id and leave pixels you did not annotate 0; -1 does not mean 'unknown' here "
+            f"(give a mask of the annotated region, or paint background with a background label)")
     painted = objects_in != 0
     if mask is None and background_label is None and not painted.any():
         raise AnnotationError(
@@ -197,6 +202,14 @@ def split_planes(image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
         spatial = img.shape[:-3] + img.shape[-2:]
     else:
         spatial = img.shape
+    if spatial != lab.shape and channel_axis is None and img.ndim == lab.ndim + 1 and (
+            img.shape[:-1] == lab.shape or img.shape[1:] == lab.shape):
+        ax = img.ndim - 1 if img.shape[:-1] == lab.shape else 0
+        raise AnnotationError(
+            f"the image {img.shape} has one axis more than the labels {lab.shape}: axis {ax} "
+            f"({img.shape[ax]} values) looks like colour channels. A grey-value model reads 1 channel: "
+            f"convert the image to grey (or pick one channel) first; to train a {img.shape[ax]}-channel "
+            f"model say which axis holds the channels (channel_axis={ax if ax == 0 else -1})")
     if spatial != lab.shape:
         raise AnnotationError(
             f"image and labels differ in shape: image {img.shape}"

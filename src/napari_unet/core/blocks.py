@@ -106,7 +106,8 @@ def plane_index(layout: Layout, plane: tuple[int, ...]) -> tuple:
 
 def plane_stats(source: Any, layout: Layout, plane: tuple[int, ...], normalization: Normalization,
                 padding: str = "mirror") -> np.ndarray:
-    """Normalisation statistics (C, 2) of one whole plane, exactly as ``predict`` computes them."""
+    """Whole-plane statistics (C, 5) of one plane, exactly as ``predict`` computes them: the
+    normalisation (offset, scale, clip range) and the zero-padding context."""
     reader = PlaneReader(source, plane_index(layout, plane), (layout.y, layout.x), layout.c,
                          normalization, padding)
     return reader.stats

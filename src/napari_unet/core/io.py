@@ -111,10 +111,27 @@ def save_model(model: UNetModel, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.net.state_dict().items()}
     meta = {_HEADER_KEY: json.dumps(model.header())}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def make_parent(path: str | os.PathLike) -> None:
+    """Create the folder that ``path`` goes into; a ValueError that says so where a file stands
+    where a folder must be (the bare ``FileExistsError`` said only "File exists")."""
+    p = Path(path).absolute()
+    for anc in p.parents:  # the nearest existing ancestor decides
+        if anc.exists():
+            if not anc.is_dir():
+                raise ValueError(f"cannot write {str(path)!r}: {str(anc)!r} is a file, not a folder; "
+                                 f"choose an output inside a folder")
+            break
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the folder {str(p.parent)!r} for {str(path)!r}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
@@ -195,6 +212,12 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         state = load_file(str(path), device="cpu")
     except Exception as exc:
         raise ModelFileError(f"{str(path)!r}: the weights cannot be read (corrupt file?): {exc}") from None
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ModelFileError(
+            f"{str(path)!r}: the weights contain NaN or infinite values ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}), so it would segment nothing: the training that "
+            f"made it diverged or the file is damaged; use another model file") from None
     net = UNet(config)
     try:
         net.load_state_dict(state, strict=True)

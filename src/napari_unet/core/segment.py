@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import as_image
 from .device import resolve_device
 from .events import TileDone, relay, run_to_end
 from .io import UNetModel
@@ -54,6 +55,7 @@ def segment(
     """
     if output not in OUTPUT_TYPES:
         raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
+    image = as_image(image)
     cfg = model.config
     layout = infer_layout(tuple(image.shape), cfg.in_channels, axes, rgb)
     dev = resolve_device(device)

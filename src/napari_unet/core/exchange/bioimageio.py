@@ -28,7 +28,7 @@ import torch
 
 from .. import model as model_module
 from ..io import SUFFIX, UNetModel, save_model
-from ..normalize import Normalization
+from ..normalize import CLIP, Normalization
 from . import ExchangeError, ExportStep, require
 from .portable import ONNX_OPSET, export_onnx, export_torchscript, package_geometry
 
@@ -111,6 +111,8 @@ def _preprocessing(norm: Normalization, v: Any) -> list[Any]:
     elif norm.mode == "fixed":
         ops.append(v.ScaleLinearDescr(kwargs=v.ScaleLinearKwargs(
             gain=1.0 / norm.scale, offset=-norm.offset / norm.scale)))
+    if norm.mode != "none" and norm.clip:  # as core.normalize clips (hot pixels)
+        ops.append(v.ClipDescr(kwargs=v.ClipKwargs(min=CLIP[0], max=CLIP[1])))
     return ops
 
 

@@ -19,7 +19,7 @@ import hashlib
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 
 from ..io import ModelFileError, Postprocessing, UNetModel, load_model
 from ..model import UNet, UNetConfig
-from ..normalize import Normalization
+from ..normalize import CLIP, Normalization
 from . import require
 from .bioimageio import ARCH_CALLABLE, CONFIG_KEY
 from .portable import package_geometry
@@ -177,9 +177,16 @@ def _our_architecture(w: Any) -> UNetConfig | None:
 def _normalization(descr: Any) -> Normalization:
     ipt = descr.inputs[0]
     norm: Normalization | None = None
+    clipped = False
     for op in ipt.preprocessing:
         pid = op.id
         if pid == "ensure_dtype":
+            continue
+        if pid == "clip" and norm is not None and not clipped:
+            if (float(op.kwargs.min), float(op.kwargs.max)) != CLIP:
+                raise PackageError(f"the model's pre-processing clips to [{op.kwargs.min}, {op.kwargs.max}]; "
+                                   f"napari-unet clips normalised values to {list(CLIP)} only")
+            clipped = True
             continue
         if norm is not None:
             raise PackageError(f"the model's pre-processing has more than one normalisation step ({pid!r} "
@@ -202,7 +209,10 @@ def _normalization(descr: Any) -> Normalization:
         else:
             raise PackageError(f"the model's pre-processing {pid!r} is not one napari-unet can reproduce "
                                "(it has scale_range, scale_linear and fixed_zero_mean_unit_variance)")
-    return norm or Normalization("none")
+    if norm is None:
+        return Normalization("none")
+    # a package without the clip step was trained (and is tested) without it
+    return replace(norm, clip=clipped)
 
 
 def _n_channels(t: Any) -> int:

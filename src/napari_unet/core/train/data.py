@@ -208,10 +208,11 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
     wcount = np.zeros(num_classes)
     known_total = val_total = 0
     for (chw, tg, _), hb in zip(raw, holdbacks, strict=True):
+        if chw.dtype.kind == "f" and not np.all(np.isfinite(chw)):  # before clipping hides inf
+            raise AnnotationError("the image contains NaN or infinite values; replace them first "
+                                  "(e.g. with numpy.nan_to_num)")
         stats = normalization.stats(chw, channel_axis=0)
         img = Normalization.apply(chw, stats)
-        if not np.all(np.isfinite(img)):
-            raise AnnotationError("the image contains NaN or infinite values")
         # border term where objects meet: background lines ("binary") or boundary pixels ("boundary")
         w = weight_map(tg.target, tg.objects, num_classes, tc.w0, tc.sigma, balance=tc.class_balance,
                        border_classes=(0,) if mode == "binary" else (0, 1))

@@ -1,0 +1,97 @@
+"""Files, globs and folders segmented one by one into an output folder: resumable, atomic, inputs
+never overwritten, unreadable inputs reported and skipped."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.events import ItemDone, TileDone
+from .io import _is_zarr_path, expand_inputs, is_complete, output_path_for, read_image, write_image
+from .zarr_blocks import segment_to_zarr
+
+
+def segment_files(
+    paths: Sequence[str | os.PathLike],
+    model: Any,
+    output: str | os.PathLike,
+    *,
+    output_type: str = "instances",
+    overwrite: bool = False,
+    zarr_output: bool | None = None,
+    client: Any = None,
+    block_size: int | tuple[int, int] = 1024,
+    **segment_kwargs: Any,
+) -> Generator[TileDone | ItemDone, None, dict[str, str]]:
+    """Segment each file into ``output`` (a file for one input, else a folder).
+
+    paths: files, glob patterns or folders (see :func:`expand_inputs`).
+    Each result goes to ``output/<name>_<output_type>.tif`` (``.zarr`` for zarr inputs, for a
+    ``.zarr`` output and for distributed jobs), written under a temporary name and renamed when
+    complete. An existing result (a non-empty TIFF, a zarr array) is not recomputed (ItemDone status
+    "skipped") unless ``overwrite``; an empty folder in its place is replaced, anything else is
+    reported and kept. A zarr output being written by another run is refused (its lock).
+    zarr outputs are computed block by block with :func:`segment_to_zarr` (memory grows with the
+    block, not the image; ``client`` runs the blocks on a dask cluster). Unreadable or unsuitable
+    inputs are reported (status "failed") and the run goes on; a result that would replace an input
+    is refused. Returns {input: output path, or "error: ..."}.
+    """
+    from ..core.segment import segment
+
+    files, problems = expand_inputs(paths)
+    out = Path(output)
+    n = len(files) + len(problems)
+    results: dict[str, str] = {}
+    k = 0
+    for pattern, problem in problems:
+        k += 1
+        results[pattern] = f"error: {problem}"
+        yield ItemDone(k, n, pattern, "failed", problem)
+    inputs = {p.resolve() for p in files}
+    single = len(files) == 1 and len(problems) == 0
+    for p in files:
+        k += 1
+        as_zarr = zarr_output if zarr_output is not None else (
+            client is not None or _is_zarr_path(p) or (single and out.suffix.lower() == ".zarr"))
+        dest = output_path_for(p, out, 1 if single else n, output_type, ".zarr" if as_zarr else ".tif")
+        if as_zarr and not dest.name.lower().endswith(".zarr"):
+            msg = f"this job writes zarr, so the output must end in .zarr, not {dest.name!r}"
+            results[str(p)] = f"error: {msg}"
+            yield ItemDone(k, n, str(p), "failed", msg)
+            continue
+        if dest.resolve() in inputs:
+            msg = f"refusing to overwrite the input file {str(dest)!r}"
+            results[str(p)] = f"error: {msg}"
+            yield ItemDone(k, n, str(p), "failed", msg)
+            continue
+        if not overwrite and is_complete(dest):
+            results[str(p)] = str(dest)
+            yield ItemDone(k, n, str(p), "skipped", str(dest))
+            continue
+        if not overwrite and dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+            # an empty folder is replaced; anything else that is not a finished result is kept
+            kind = "a folder without zarr metadata" if dest.is_dir() else "not a finished result"
+            msg = (f"{str(dest)!r} exists but is {kind}: move it away, or rerun with overwrite "
+                   f"(--overwrite) to replace it")
+            results[str(p)] = f"error: {msg}"
+            yield ItemDone(k, n, str(p), "failed", msg)
+            continue
+        try:
+            if as_zarr:
+                yield from segment_to_zarr(p, model, dest, output_type=output_type, client=client,
+                                           block_size=block_size, **segment_kwargs)
+            else:
+                image = read_image(p)
+                result = yield from segment(image, model, output=output_type, **segment_kwargs)
+                write_image(dest, np.asarray(result))
+        except Exception as exc:  # one bad input must not stop the run
+            results[str(p)] = f"error: {exc}"
+            yield ItemDone(k, n, str(p), "failed", str(exc) or type(exc).__name__)
+            continue
+        results[str(p)] = str(dest)
+        yield ItemDone(k, n, str(p), "done", str(dest))
+    return results

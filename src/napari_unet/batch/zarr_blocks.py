@@ -1,0 +1,169 @@
+"""The zarr block engine: one image (numpy, dask, zarr, a file) into a zarr array, block by block,
+in this process or on a dask cluster; equal to whole-image ``segment``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.events import TileDone
+from .instances import _instances
+from .io import _commit, _partial_path, output_lock, read_image
+from .workers import _Job, _open_source, _run, _worker_net, _zopen
+
+
+def _task_predict(job: _Job, model: Any, pi: int, i: int, out_path: str, output: str) -> int:
+    from ..core.blocks import predict_block
+
+    net = _worker_net(job, model)
+    plane = job.planes[pi]
+    res = predict_block(_open_source(job), net, job.grid, i, layout=job.layout, plane=plane,
+                        stats=job.stats[plane], output=output, padding=job.padding,
+                        device=next(net.parameters()).device, batch_size=job.batch_size, tta=job.tta)
+    y0, x0, h, w = job.grid.region(i)
+    lead = (slice(None),) if output == "probabilities" else ()
+    _zopen(out_path)[plane + lead + (slice(y0, y0 + h), slice(x0, x0 + w))] = res
+    return job.grid.tiles_in(i)
+
+
+
+def segment_to_zarr(
+    image: Any,
+    model: Any,
+    output: str | os.PathLike,
+    *,
+    output_type: str = "instances",
+    axes: str | None = None,
+    rgb: bool | None = None,
+    tile_size: int | tuple[int, int] | None = None,
+    block_size: int | tuple[int, int] = 1024,
+    padding: str = "mirror",
+    device: str = "auto",
+    batch_size: int | None = None,
+    client: Any = None,
+    grow_halo: int = 64,
+    tta: bool = False,
+) -> Generator[TileDone, None, Path]:
+    """Segment ``image`` block by block into the zarr array ``output`` (written atomically).
+
+    image: numpy, dask or zarr array, or the path of a TIFF/zarr file (required with ``client``:
+        the workers open it themselves). Shapes and options as in
+        :func:`~napari_unet.core.segment.segment`, whose result this equals (instances: up to a
+        renumbering; ids restart at 1 in each plane; uint32).
+    block_size: pixels per block side, rounded to a multiple of the tile step; also the zarr chunks.
+    client: a ``dask.distributed.Client``: blocks run on its workers. The image, the output folder
+        and its scratch space must be reachable from every worker (a shared file system).
+    grow_halo: first window margin for growing objects into grow classes; widened where needed.
+    tta: average over the 8 flips/rotations of each tile (8x the compute).
+
+    Peak memory: a few blocks and their halos, plus label tables (8 bytes per object).
+    Yields TileDone (tiles predicted, then blocks post-processed); returns the output path.
+    """
+    import zarr
+
+    from ..core.blocks import block_grid, plane_stats
+    from ..core.checks import as_image
+    from ..core.device import resolve_device
+    from ..core.io import Postprocessing, UNetModel, make_parent
+    from ..core.segment import OUTPUT_TYPES
+    from ..core.tiling import PADDING_MODES, auto_tile_size, infer_layout
+
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    post = model.postprocessing if isinstance(model, UNetModel) else Postprocessing()
+    from ..core.postprocess import NEEDS_PROBABILITIES
+
+    if output_type == "instances" and post.split in NEEDS_PROBABILITIES:
+        raise ValueError("this model separates instances by a watershed over the whole plane, which "
+                         "cannot be done block by block: write 'semantic' or 'probabilities' to zarr, "
+                         "or segment to a TIFF output (in memory)")
+    dest = Path(output)
+    if isinstance(image, (str, os.PathLike)):
+        arr = as_image(read_image(image), f"the image {str(image)!r}")
+        # workers open the file themselves; in this process the opened array is used
+        src: Any = str(Path(image).resolve()) if client is not None else arr
+    else:
+        if client is not None:
+            raise ValueError("a distributed job reads its image from a file every worker can reach: "
+                             "pass the image's path, not an array")
+        src = arr = as_image(image)
+    cfg = model.config
+    layout = infer_layout(tuple(arr.shape), cfg.in_channels, axes, rgb)
+    dev = resolve_device(device) if client is None else None
+    if batch_size is None:
+        batch_size = 1 if dev is None or dev.type == "cpu" else 4
+    if tile_size is None:  # resolved once here, so that every block uses the same tiles
+        import torch
+
+        tile_size = auto_tile_size(cfg, dev or torch.device("cpu"), batch_size)
+    h, w = arr.shape[layout.y], arr.shape[layout.x]
+    grid = block_grid(cfg, (h, w), tile_size, block_size)
+    plane_shape = tuple(arr.shape[a] for a in layout.plane_axes)
+    planes = list(np.ndindex(*plane_shape)) if plane_shape else [()]
+    norm = getattr(model, "normalization", None)
+    if norm is None:
+        from ..core.normalize import Normalization
+
+        norm = Normalization()
+    stats = {pl: plane_stats(arr, layout, pl, norm, padding) for pl in planes}
+    job = _Job(uuid.uuid4().hex, src, axes, rgb, padding, str(dev or device), batch_size, grid, layout,
+               stats, planes, bool(tta))
+
+    make_parent(dest)
+    with output_lock(dest):
+        partial = _partial_path(dest)
+        scratch = dest.with_name(f".{dest.name}.scratch")
+        for d in (partial, scratch):
+            if d.exists():
+                shutil.rmtree(d)
+        bh, bw = grid.block
+        ones = (1,) * len(plane_shape)
+
+        def create(path: Path, dtype: Any, classes: int | None = None) -> str:
+            shape = plane_shape + ((classes,) if classes else ()) + (h, w)
+            chunks = ones + ((classes,) if classes else ()) + (bh, bw)
+            zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            return str(path)
+
+        if output_type == "probabilities":
+            pred_path = create(partial, np.float32, cfg.num_classes)
+        elif output_type == "semantic":
+            pred_path = create(partial, np.uint8)
+        else:
+            pred_path = create(scratch / "semantic.zarr", np.uint8)
+        mode = "probabilities" if output_type == "probabilities" else "semantic"
+        n_tiles = sum(grid.tiles_in(i) for i in range(len(grid))) * len(planes)
+        grow = output_type == "instances" and bool(post.grow_classes)
+        post_passes = 0 if output_type != "instances" else (4 if grow else 2)
+        total = n_tiles + post_passes * len(grid) * len(planes)
+        dev_name = str(dev) if dev is not None else "dask"
+        model_ref = client.scatter(model, broadcast=True) if client is not None else model
+        done = 0
+        try:
+            calls = [(job, model_ref, pi, i, pred_path, mode) for pi in range(len(planes)) for i in range(len(grid))]
+            for k, tiles in _run(_task_predict, calls, client):
+                done += tiles
+                yield TileDone(done, total, calls[k][2], len(planes), dev_name)
+            if output_type == "instances":
+                for ev_done in _instances(job.grid, job.planes, post, pred_path, partial, scratch, create, client, grow, grow_halo):
+                    done += ev_done
+                    yield TileDone(done, total, 0, len(planes), dev_name)
+            _commit(partial, dest)
+        finally:
+            if scratch.exists():
+                shutil.rmtree(scratch, ignore_errors=True)
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+            if client is not None:
+                client.cancel(model_ref)
+    return dest
+
+
