@@ -113,3 +113,47 @@ def test_finetune_pairs_that_do_not_fit(make_napari_viewer, tiny_model_path, not
     assert any(words in m for m in msgs), msgs
     np.testing.assert_array_equal(viewer.layers["painted"].data, lab)  # nothing lost
     assert ft.train_button.enabled
+
+
+def test_painting_during_training_is_kept_and_does_not_disturb_it(make_napari_viewer, qtbot,
+                                                                   tiny_model_path, nuclei_image,
+                                                                   nuclei_mask, notifications):
+    """The job trains on a copy of the labels: the user paints on, nothing is lost either way."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image, name="nuclei")
+    lab = viewer.add_labels(nuclei_mask.copy(), name="painted")
+    _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    assert seg.load_model_file(str(tiny_model_path)) == "tiny"
+    ft.image.value, ft.labels.value, ft.base_model.value = "nuclei", "painted", "tiny"
+    ft.steps.value, ft.device.value = 4, "cpu"
+    ft.train()
+    qtbot.waitUntil(lambda: bool(ft.plot.loss), timeout=TIMEOUT)
+    with lab.block_history():
+        lab.data_setitem(np.nonzero(np.ones((10, 10), bool)), 999)  # a stroke while it trains
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    assert errors(notifications) == []
+    assert ft.model is not None and len(ft.plot.loss) == 4
+    assert (np.asarray(lab.data)[:10, :10] == 999).all()  # the stroke is kept in the layer
+    np.testing.assert_array_equal(np.asarray(lab.data)[10:], nuclei_mask[10:])
+
+
+def test_closing_the_viewer_mid_run_ends_the_jobs_quietly(make_napari_viewer, qtbot, tiny_model_path,
+                                                         nuclei_image, nuclei_mask, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.tile(nuclei_image, (2, 1)), name="big")
+    viewer.add_labels(np.tile(nuclei_mask, (2, 1)), name="painted")
+    w = _segment(viewer, tiny_model_path)
+    _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    w.tile_size.value = 48
+    seg_worker = w.run()
+    ft.image.value, ft.labels.value, ft.base_model.value = "big", "painted", "tiny"
+    ft.steps.value, ft.device.value = 1000, "cpu"
+    ft_worker = ft.train()
+    qtbot.waitUntil(lambda: w.progress_bar.value() > 0 and bool(ft.plot.loss), timeout=TIMEOUT)
+    done = []
+    seg_worker.finished.connect(lambda: done.append("segment"))
+    ft_worker.finished.connect(lambda: done.append("fine-tune"))
+    viewer.close()
+    qtbot.waitUntil(lambda: len(done) == 2, timeout=TIMEOUT)
+    assert errors(notifications) == []
