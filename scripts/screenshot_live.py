@@ -71,7 +71,10 @@ def main() -> int:
                 k += 1
             settle(app, 0.1)
         last = ft.live._last
-        f1 = None if last is None else score_rest(last.labels, gt, np.asarray(layer.data))
+        f1 = None
+        if last is not None:  # the preview covers the box in view
+            y0, y1, x0, x1 = last.box
+            f1 = score_rest(last.labels, gt[y0:y1, x0:x1], np.asarray(layer.data)[y0:y1, x0:x1])
         print(f"{when:.0f} s: {k} strokes, preview of step {None if last is None else last.step}, "
               f"F1 on the unpainted cells {f1}; status: {ft.status.text()!r}", flush=True)
         shot(viewer, app, f"live-{int(when)}s.png")
