@@ -106,12 +106,13 @@ def at(timeline: list[tuple[float, float]], t: float) -> float | None:
     return seen[-1] if seen else None
 
 
-def run_live(img, gt, seconds, every, seed=0) -> dict:
+def run_live(img, gt, seconds, every, seed=0, config=None) -> dict:
     plan = strokes(gt, int(seconds / every) + 2, seed)
     painted = np.zeros(gt.shape, np.int32)
     inbox = LiveInbox(painted)
     inbox.view(0, (0, gt.shape[0], 0, gt.shape[1]))
     gen = live_train(img, inbox, model=load_model("nuclei"), background_label=BG, device="cpu",
+                     config=config,
                      seed=seed, preview_every=3.0, poll=0.05)
     t0 = time.perf_counter()
     k = 0

@@ -220,3 +220,40 @@ def test_clipping_is_recorded_only_when_off_and_travels_into_bioimageio_packages
     ops = _preprocessing(Normalization(), v)
     assert [op.id for op in ops][-1] == "clip" and (ops[-1].kwargs.min, ops[-1].kwargs.max) == CLIP
     assert "clip" not in [op.id for op in _preprocessing(off, v)]
+
+
+def test_zero_padding_is_not_silent(tmp_path, capsys, make_napari_viewer, qtbot, tiny_model_path,
+                                    nuclei_image, notifications):
+    """Every model trained here saw mirrored borders: zero padding says what it costs (CLI stderr,
+    a widget warning), mirror padding says nothing; a model trained with zero context would not."""
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.core.io import load_model
+    from napari_unet.core.tiling import zero_padding_note
+
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, nuclei_image[:128, :128])
+    assert main(["segment", str(src), "--model", str(tiny_model_path), "--padding", "zero",
+                 "--output", str(tmp_path / "z.tif"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: zero padding gives this model a context it never saw" in err
+    assert main(["segment", str(src), "--model", str(tiny_model_path), "--output",
+                 str(tmp_path / "m.tif"), "--device", "cpu"]) == 0
+    assert "zero padding" not in capsys.readouterr().err
+    m = load_model(tiny_model_path)
+    assert str(m.config.halo) in zero_padding_note(m)
+    m.provenance = {**(m.provenance or {}), "context": "zero"}
+    assert zero_padding_note(m) is None
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[:128, :128], name="nuclei")
+    _d, seg = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert seg.load_model_file(str(tiny_model_path)) is not None
+    seg.images.value = ["nuclei"]
+    seg.padding.value = "zero"
+    seg.device.value = "cpu"
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.running, timeout=120_000)
+    warned = [str(n.message) for n in notifications if "zero padding" in str(n.message)]
+    assert warned and "mirror padding" in warned[0]

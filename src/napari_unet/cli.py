@@ -144,6 +144,12 @@ def _run_segment(args: argparse.Namespace) -> int:
                 print(f"{ev.name} {what} {ev.message}", file=sys.stderr)
         return ev
 
+    if args.padding == "zero":
+        from .core.tiling import zero_padding_note
+
+        note = zero_padding_note(model)
+        if note:
+            print(f"napari-unet segment: warning: {note}", file=sys.stderr)
     with _dask_client(args) as client:
         gen = segment_files(args.images, model, out, output_type=args.output_type,
                             overwrite=args.overwrite, zarr_output=True if args.zarr else None,

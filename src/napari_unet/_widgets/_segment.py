@@ -215,6 +215,12 @@ class SegmentWidget(QWidget):
         from napari.qt.threading import create_worker
 
         tile = int(self.tile_size.value) or None
+        if self.padding.value == "zero":
+            from ..core.tiling import zero_padding_note
+
+            note = zero_padding_note(entry.model)  # None until a file model is loaded
+            if note:
+                show_warning(f"'{entry.name}': {note}.")
         self.worker = create_worker(
             segment_jobs, jobs, entry.ref(), entry.name, output=output, tile_size=tile,
             padding=self.padding.value, device=self.device.value, tta=bool(self.tta.value),

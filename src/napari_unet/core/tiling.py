@@ -240,6 +240,23 @@ class PlaneReader:
         return out
 
 
+ZERO_PADDING_NOTE = (
+    "zero padding gives this model a context it never saw in training (its patches had mirrored "
+    "borders): expect wrong objects within about {halo} px of the image border (a frame of "
+    "foreground on some images); mirror padding (the default, the paper's) is exact there")
+
+
+def zero_padding_note(model: Any) -> str | None:
+    """The sentence a user gets before ``padding="zero"`` with ``model`` (None when the model was
+    trained with zero context: provenance ``"context": "zero"``). Every model trained here saw
+    mirrored borders, so zero padding is an option for comparison, not a better border."""
+    prov = getattr(model, "provenance", None) or {}
+    if prov.get("context") == "zero":
+        return None
+    halo = getattr(getattr(model, "config", None), "halo", None)
+    return ZERO_PADDING_NOTE.format(halo=halo if isinstance(halo, int) else "a receptive field")
+
+
 def zero_context(normalised: np.ndarray) -> np.ndarray:
     """The constant that ``padding="zero"`` puts beyond the border, per channel of a normalised
     (C, h, w) plane (or its subsample): the plane's median.
