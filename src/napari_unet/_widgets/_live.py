@@ -60,7 +60,7 @@ class LiveSession:
     is called when the worker has ended."""
 
     def __init__(self, viewer: Any, image_name: str, labels_name: str, base: Any, *,
-                 background_label: int | None, lr: float, strength: float, device: str, seed: int,
+                 background_label: int | None, lr: float | None, strength: float, device: str, seed: int,
                  on_event: Any, on_model: Any, on_done: Any, preview_every: float = 3.0,
                  corrections: Any = None) -> None:
         from napari.qt.threading import create_worker
@@ -190,7 +190,7 @@ class LiveSession:
                 pass
 
 
-def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None, lr: float,
+def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None, lr: float | None,
               strength: float, device: str, seed: int, rgb: bool, preview_every: float) -> Any:
     """Worker generator: load the base model if needed, then train live until Stop."""
     from ..core.io import UNetModel, load_model
@@ -198,7 +198,8 @@ def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None
     from ._training import augmentation_for
 
     model = base if isinstance(base, UNetModel) else load_model(base)
-    config = TrainConfig(lr=float(lr), augmentation=augmentation_for(strength))
+    # lr None: live training's own measured rate (core.train.live.LIVE_LR), not Fine-tune's
+    config = TrainConfig(lr=None if lr is None else float(lr), augmentation=augmentation_for(strength))
     return (yield from live_train(image, inbox, model=model, config=config,
                                   background_label=background_label,
                                   channel_axis=-1 if rgb else None, device=device, seed=seed,
@@ -291,7 +292,7 @@ class LiveControls:
             self.session = LiveSession(
                 w.viewer, w.image.value, w.labels.value, w.registry[name].ref(),
                 background_label=w._background() if corrections is not None
-                else int(w.background_label.value), lr=float(w.lr.value),
+                else int(w.background_label.value), lr=None,
                 strength=float(w.strength.value), device=w.device.value, seed=int(w.seed.value),
                 on_event=self._event, on_model=w._on_returned, on_done=self._done,
                 corrections=corrections)
