@@ -39,7 +39,7 @@ from scipy import ndimage as ndi
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _forest import Forest, features, probabilities_to_instances  # noqa: E402
+from _forest import features, probabilities_to_instances  # noqa: E402
 
 from napari_unet._synthetic import rod_colony  # noqa: E402
 from napari_unet.core.annotations import labels_to_target  # noqa: E402
@@ -83,6 +83,13 @@ def strokes(gt: np.ndarray, n: int, seed: int = 0) -> list[tuple[np.ndarray, int
             sel[y0 : y0 + d.shape[0], x0 : x0 + d.shape[1]] = d
             out.append((sel & (gt == 0), BG))
     return out
+
+
+def paint_layer(layer, sel: np.ndarray, value: int) -> None:
+    """Paint ``sel`` with ``value`` into a napari Labels layer through its edit API (one undoable
+    step, one paint event), as napari's brush and fill do."""
+    with layer.block_history():
+        layer.data_setitem(np.nonzero(sel & (np.asarray(layer.data) != value)), value)
 
 
 def score_rest(pred: np.ndarray, gt: np.ndarray, painted: np.ndarray) -> float:
@@ -184,7 +191,6 @@ def run_forest(img, gt, seconds, every, seed=0) -> dict:
         rest = nxt - (time.perf_counter() - t0)
         if rest > 0:
             time.sleep(min(rest, max(0.0, seconds - (time.perf_counter() - t0))))
-    _ = Forest  # the same classifier family as _forest.fit_forest
     return {"timeline": timeline, "fits": fits, "strokes": k}
 
 

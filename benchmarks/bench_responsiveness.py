@@ -110,7 +110,7 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
     import tifffile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_live import BG, strokes
+    from bench_live import BG, paint_layer, strokes
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "brightfield-scratch" / "scratch-assay.tif"
     if not data.exists():
@@ -134,9 +134,7 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
     plan = strokes(gt, int(seconds / 5) + 3)
 
     def stroke(k: int) -> None:
-        sel, v = plan[k]
-        with layer.block_history():
-            layer.data_setitem(np.nonzero(sel & (layer.data != v)), v)
+        paint_layer(layer, *plan[k])
 
     stroke(0)
     stroke(1)

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_live import BG, score_rest, strokes  # noqa: E402  (the simulated user of the benchmark)
+from bench_live import BG, paint_layer, score_rest, strokes  # noqa: E402  (the simulated user of the benchmark)
 from make_screenshots import settle, shot, wait  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +55,7 @@ def main() -> int:
     plan = strokes(gt, int(max(args.shots) / args.every) + 2)
 
     def stroke(k: int) -> None:
-        sel, v = plan[k]
-        with layer.block_history():
-            layer.data_setitem(np.nonzero(sel & (layer.data != v)), v)
+        paint_layer(layer, *plan[k])
 
     stroke(0)
     stroke(1)

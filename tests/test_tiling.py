@@ -54,7 +54,7 @@ def _pad_whole_image(net, img, padding):
         rx = mirror_index(np.arange(-halo, tw - halo), w)
         padded = norm[:, ry[:, None], rx[None, :]]
     else:
-        # zero padding: one constant beyond the border, the plane's median (core.tiling.zero_context)
+        # zero padding: one constant beyond the border, the plane's median (core.padding.zero_context)
         fill = [float(np.median(c)) for c in norm]
         padded = np.stack([np.pad(c, ((halo, th - h - halo), (halo, tw - w - halo)), constant_values=f)
                            for c, f in zip(norm, fill, strict=True)])

@@ -73,7 +73,7 @@ def test_open_model_file_refuses_a_broken_package_with_a_message(make_napari_vie
 def test_a_network_from_another_program_is_not_fine_tuned():
     import threading
 
-    from napari_unet._widgets._finetune import _train_job
+    from napari_unet._widgets._training import _train_job
     from napari_unet.core.exchange.portable import scripted
     from napari_unet.core.exchange.runtime import ExternalNet
     from napari_unet.core.io import UNetModel

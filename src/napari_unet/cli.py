@@ -145,7 +145,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         return ev
 
     if args.padding == "zero":
-        from .core.tiling import zero_padding_note
+        from .core.padding import zero_padding_note
 
         note = zero_padding_note(model)
         if note:

@@ -13,7 +13,6 @@ import threading
 from typing import Any
 
 import napari
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -36,15 +35,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_names, put_layer, warm_up_labels
+from ._common import layer_names, warm_up_labels
 from ._corrections import CORRECTED, CorrectionTracking
 from ._export import ExportControl
 from ._jobs import user_message
 from ._live import LiveControls
 from ._pairs import WHOLE, collect_pairs
 from ._plot import LossPlot
+from ._sample_preview import SamplePreview
 from ._state import registry_for
-from ._training import TrainingPair
+from ._training import TrainingPair, _train_job
 
 
 class FineTuneWidget(QWidget):
@@ -58,13 +58,11 @@ class FineTuneWidget(QWidget):
         self.registry = registry_for(viewer)
         warm_up_labels()
         self.worker: Any = None
-        self.preview_worker: Any = None
         self.model: Any = None  # the last fine-tuned UNetModel
         self.model_name = ""
         self._stop = threading.Event()
         self._progress: Any = None
         self._pairs: list[tuple[str, str, str]] = []
-        self._preview_source = ""
         self._budget_s: float | None = None
         self._summary = ""
 
@@ -154,6 +152,7 @@ class FineTuneWidget(QWidget):
         layout.addWidget(self.pair_list)
         layout.addWidget(settings.native)
         layout.addLayout(buttons)
+        self._sample = SamplePreview(self)  # Preview: one augmented sample
         self.live = LiveControls(self)  # the Live switch: training while the user paints
         layout.addLayout(self.live.layout)
         layout.addWidget(self.progress_bar)
@@ -233,50 +232,11 @@ class FineTuneWidget(QWidget):
     # ------------------------------------------------------------------ preview
     def preview(self) -> Any:
         """Add one augmented sample and its weight map as layers (computed in a worker)."""
-        if self.preview_worker is not None:
-            return None
-        try:
-            pair = self.collect_pairs()[0]
-        except ValueError as exc:
-            show_error(f"Cannot preview: {user_message(exc)}")
-            return None
-        from napari.qt.threading import create_worker
+        return self._sample.start()
 
-        from ._training import preview_sample
-
-        plane = None
-        if pair.labels.ndim == 3:
-            plane = int(self.viewer.dims.current_step[0])
-        self._preview_source = pair.name
-        self.preview_worker = create_worker(
-            preview_sample, pair, plane, augmentation_strength=float(self.strength.value),
-            background_label=self._background(), _ignore_errors=True)
-        self.preview_worker.returned.connect(self._preview_done)
-        self.preview_worker.errored.connect(
-            lambda e: show_error(f"Cannot preview: {user_message(e)}"))
-        self.preview_worker.finished.connect(self._preview_finished)
-        self.preview_button.enabled = False
-        self.preview_worker.start()
-        return self.preview_worker
-
-    def _preview_done(self, result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        image, _target, weights = result
-        # beside the source image (to its right), in its pixel size
-        meta: dict[str, Any] = {}
-        name = self._preview_source
-        if name in self.viewer.layers:
-            src = self.viewer.layers[name]
-            scale, translate = list(src.scale[-2:]), list(src.translate[-2:])
-            translate[1] += 1.05 * image.shape[1] * scale[1]
-            meta = {"scale": tuple(scale), "translate": tuple(translate)}
-        put_layer(self.viewer, "augmented sample", image, "image", meta, colormap="gray")
-        top = float(np.percentile(weights[weights > 0], 99.5)) if np.any(weights > 0) else 1.0
-        put_layer(self.viewer, "augmented weight map", weights, "image", meta, colormap="inferno",
-                  blending="additive", opacity=0.7, contrast_limits=(0.0, max(top, 1e-3)))
-
-    def _preview_finished(self) -> None:
-        self.preview_worker = None
-        self.preview_button.enabled = True
+    @property
+    def preview_worker(self) -> Any:
+        return self._sample.worker
 
     # ------------------------------------------------------------------ train
     @property
@@ -432,25 +392,3 @@ class FineTuneWidget(QWidget):
         for layer in self.viewer.layers:
             layer.events.name.disconnect(self._layers_changed)
         self.registry.changed.disconnect(self._models_changed)
-
-
-def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
-               strength: float, background_label: int | None, device: str,
-               stop: threading.Event, seed: int | None = None, minutes: float | None = None) -> Any:
-    """Worker generator: load the base model if needed, then train (see ``_training``)."""
-    from ..core.io import UNetModel, load_model
-    from ._training import start_training
-
-    if not isinstance(model, UNetModel):
-        model = load_model(model)
-        yield ("loaded", model_name, model)
-    if type(model.net).__name__ == "ExternalNet":  # imported from another program's package
-        raise ValueError(f"'{model_name}' comes from another program's bioimage.io package: napari-unet "
-                         "can segment with it but not fine-tune it; choose a napari-unet base model")
-    # all cores: unlike segmenting (no faster on both cores of a 2-core CPU), a training step is
-    # 1.8x faster with two threads than one (bf16, 4 x 444 px: 0.59 vs 1.04 s), and the viewer's
-    # longest event-loop gap stays below 100 ms (benchmarks/bench_responsiveness.py)
-    return (yield from start_training(pairs, model, steps=steps, minutes=minutes, lr=lr,
-                                      augmentation_strength=strength,
-                                      background_label=background_label, device=device,
-                                      stop=stop, seed=seed))

@@ -17,7 +17,6 @@ Unpainted pixels are unknown: background is what the user painted with the backg
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -87,7 +86,6 @@ class LiveSession:
         if corrections is not None:
             labels, mask = self._corrected()
         self.inbox = LiveInbox(labels, None if mask is None else [mask])
-        self.started = time.monotonic()
         self.on_event, self.on_model, self.on_done = on_event, on_model, on_done
         self.worker = create_worker(
             _live_job, image, self.inbox, base, background_label=background_label, lr=lr,

@@ -216,7 +216,7 @@ class SegmentWidget(QWidget):
 
         tile = int(self.tile_size.value) or None
         if self.padding.value == "zero":
-            from ..core.tiling import zero_padding_note
+            from ..core.padding import zero_padding_note
 
             note = zero_padding_note(entry.model)  # None until a file model is loaded
             if note:

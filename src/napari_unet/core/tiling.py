@@ -30,6 +30,7 @@ from .io import UNetModel
 from .layout import Layout, infer_layout  # noqa: F401 - Layout: importable from here as before
 from .model import UNet, UNetConfig
 from .normalize import Normalization
+from .padding import mirror_index, zero_context, zero_padding_note  # noqa: F401 - importable here
 
 PADDING_MODES = ("mirror", "zero")
 OUTPUTS = ("probabilities", "semantic")
@@ -150,16 +151,6 @@ def auto_tile_size(config: UNetConfig, device: torch.device, batch_size: int = 1
 
 
 # ---------------------------------------------------------------------------- reading blocks
-def mirror_index(idx: np.ndarray, n: int) -> np.ndarray:
-    """Map coordinates outside [0, n) into it by mirroring without repeating the edge pixel
-    (numpy's ``reflect`` mode, applied as often as needed; n == 1 maps everything to 0)."""
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    r = np.mod(idx, period)
-    return np.where(r >= n, period - r, r)
-
-
 class PlaneReader:
     """Reads (C, h, w) float32 blocks of one 2D plane of an image, normalised with whole-plane
     statistics, with mirrored or zero context outside the image. Only the needed block of the source
@@ -238,35 +229,6 @@ class PlaneReader:
             _check_finite(raw)
             out[:, iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = Normalization.apply(raw, self.stats)
         return out
-
-
-ZERO_PADDING_NOTE = (
-    "zero padding gives this model a context it never saw in training (its patches had mirrored "
-    "borders): expect wrong objects within about {halo} px of the image border (a frame of "
-    "foreground on some images); mirror padding (the default, the paper's) is exact there")
-
-
-def zero_padding_note(model: Any) -> str | None:
-    """The sentence a user gets before ``padding="zero"`` with ``model`` (None when the model was
-    trained with zero context: provenance ``"context": "zero"``). Every model trained here saw
-    mirrored borders, so zero padding is an option for comparison, not a better border."""
-    prov = getattr(model, "provenance", None) or {}
-    if prov.get("context") == "zero":
-        return None
-    halo = getattr(getattr(model, "config", None), "halo", None)
-    return ZERO_PADDING_NOTE.format(halo=halo if isinstance(halo, int) else "a receptive field")
-
-
-def zero_context(normalised: np.ndarray) -> np.ndarray:
-    """The constant that ``padding="zero"`` puts beyond the border, per channel of a normalised
-    (C, h, w) plane (or its subsample): the plane's median.
-
-    A context of exact zeros (the 1st percentile: darker than the image's own background, and
-    perfectly flat) is nothing a network trained on mirror-padded patches has seen: the shipped
-    nuclei model answered it with a foreground frame ~8 px wide along every border (93 instead
-    of 117 nuclei on the DSB sample). At the plane's median the outside reads as empty background.
-    """
-    return np.median(normalised.reshape(len(normalised), -1), axis=1)
 
 
 _NONFINITE = ("the image contains NaN or infinite values; replace them first "

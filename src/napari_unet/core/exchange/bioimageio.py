@@ -93,7 +93,7 @@ def _test_crop(sample: np.ndarray, in_channels: int, size: int) -> np.ndarray:
     if a.ndim != 3 or a.shape[0] != in_channels:
         raise ExchangeError(f"the sample image (shape {np.asarray(sample).shape}) must be 2D (Y, X) or "
                             f"(C, Y, X) with the model's {in_channels} channel(s)")
-    from ..tiling import mirror_index
+    from ..padding import mirror_index
 
     h, w = a.shape[-2:]
     y0, x0 = (h - size) // 2, (w - size) // 2

@@ -308,7 +308,7 @@ def train(
             lv = float(loss.detach())
             losses.append(lv)
             now = time.perf_counter()
-            if validation_due(now) or step == tc.steps:
+            if validation_due(now) or (live is None and step == tc.steps):
                 if data.has_validation:
                     run_validation()
             if live_preview is not None and live_preview.due():
