@@ -72,7 +72,7 @@ def score(pred_fn, test) -> dict:
             "f1_each": [round(v, 4) for v in f1s], "iou_each": [round(v, 4) for v in ious]}
 
 
-def run_unet(train_pairs, test, seconds: float, seed: int = 0) -> dict:
+def run_unet(train_pairs, test, seconds: float, seed: int = 0, tta: bool = False) -> dict:
     cfg = TrainConfig(steps=10**9, minutes=seconds / 60.0)
     t0 = time.perf_counter()
     gen = train([p[0] for p in train_pairs], [p[1] for p in train_pairs], model=load_model("nuclei"),
@@ -85,8 +85,11 @@ def run_unet(train_pairs, test, seconds: float, seed: int = 0) -> dict:
             break
     wall = time.perf_counter() - t0
     res = score(lambda im: segment_image(im, model, output="instances", device="cpu"), test)
+    if tta:  # the Segment widget's / CLI's test-time augmentation (8 flips and rotations)
+        t = score(lambda im: segment_image(im, model, output="instances", device="cpu", tta=True), test)
+        res.update(f1_tta=t["f1"], iou_tta=t["iou"])
     prov = model.provenance
-    res.update(seconds=round(wall, 1), steps=prov["steps"], mode=prov["mode"],
+    res.update(seconds=round(wall, 1), steps=prov["steps"], mode=prov["mode"], seed=seed,
                validation=prov["validation"]["kept"], precision=prov["training"]["precision"])
     return res
 
@@ -140,16 +143,23 @@ def plot(results: dict, path: Path) -> None:
 def markdown(results: dict) -> str:
     lines = [f"Machine: {results['machine']}; load: {results['load']}", ""]
     for case, r in results["cases"].items():
-        lines += [f"**{case}** (scored on {r['test_frames']} frames not trained on)", "",
-                  "| budget (s) | U-Net s | steps | U-Net F1 | U-Net IoU | forest F1 | forest IoU | "
-                  "forest fit s | ours above the forest in both |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+        seeds = len({u.get("seed", 0) for u in r["unet"]}) > 1
+        tta = any("f1_tta" in u for u in r["unet"])
+        head = "| budget (s) | " + ("seed | " if seeds else "") + "U-Net s | steps | U-Net F1 | U-Net IoU | " + \
+            ("F1 with TTA | IoU with TTA | " if tta else "") + \
+            "forest F1 | forest IoU | forest fit s | ours above the forest in both |"
+        lines += [f"**{case}** (scored on {r['test_frames']} frames not trained on)", "", head,
+                  "|" + "---:|" * (head.count("|") - 2) + ":---:|"]
         for u in r["unet"]:
             f = forest_at(r["forest"], u["budget"])
             fb = (f"{f['f1']:.3f} | {f['iou']:.3f} | {f['seconds']:.0f}" if f else "— | — | (not fitted yet)")
             above = "yes" if f is None or (u["f1"] > f["f1"] and u["iou"] > f["iou"]) else "no"
-            lines.append(f"| {u['budget']:.0f} | {u['seconds']:.0f} | {u['steps']} | {u['f1']:.3f} | "
-                         f"{u['iou']:.3f} | {fb} | {above} |")
+            if tta and f is not None:
+                above += " / with TTA " + ("yes" if u["f1_tta"] > f["f1"] and u["iou_tta"] > f["iou"] else "no")
+            lines.append(f"| {u['budget']:.0f} | " + (f"{u.get('seed', 0)} | " if seeds else "")
+                         + f"{u['seconds']:.0f} | {u['steps']} | {u['f1']:.3f} | {u['iou']:.3f} | "
+                         + (f"{u['f1_tta']:.3f} | {u['iou_tta']:.3f} | " if tta else "")
+                         + f"{fb} | {above} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -158,6 +168,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", type=float, nargs="+", default=[15, 30, 60, 120, 300])
     ap.add_argument("--cases", nargs="+", default=["brightfield", "rods"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="one U-Net run per budget and seed (the spread of a 2-minute run is wide)")
+    ap.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
     ap.add_argument("--out", default=str(HERE / "results_finetune.json"))
     args = ap.parse_args()
     load = os.getloadavg()
@@ -170,18 +183,20 @@ def main() -> None:
         print(case, "forests", [(f["seconds"], round(f["f1"], 3), round(f["iou"], 3)) for f in forests],
               flush=True)
         unets = []
-        for b in args.budgets:
-            u = run_unet(tr, te, b)
+        for b, seed in [(b, seed) for b in args.budgets for seed in args.seeds]:
+            u = run_unet(tr, te, b, seed=seed, tta=args.tta)
             u["budget"] = b
             unets.append(u)
-            print(case, "unet", b, u["seconds"], u["steps"], round(u["f1"], 3), round(u["iou"], 3),
+            print(case, "unet", b, seed, u["seconds"], u["steps"], round(u["f1"], 3), round(u["iou"], 3),
+                  *((round(u["f1_tta"], 3), round(u["iou_tta"], 3)) if args.tta else ()),
                   u["validation"], flush=True)
         results["cases"][case] = {"unet": unets, "forest": forests, "test_frames": len(te)}
     results["load"] += f", {os.getloadavg()[0]:.2f} at the end"
     Path(args.out).write_text(json.dumps(results, indent=1))
     md = markdown(results)
     Path(args.out).with_suffix(".md").write_text(md + "\n")
-    plot(results, HERE.parent / "docs" / "images" / "bench_finetune.png")
+    if args.out == ap.get_default("out"):  # the main run's curve
+        plot(results, HERE.parent / "docs" / "images" / "bench_finetune.png")
     print(md)
 
 

@@ -5,6 +5,7 @@ import pytest
 from scipy import ndimage
 
 from napari_unet.core.annotations import AnnotationError, labels_to_target, split_planes
+from napari_unet.core.train import TrainConfig
 from napari_unet.core.weights import border_term, class_balance, nearest_two_distances, weight_map
 
 
@@ -105,6 +106,22 @@ def test_class_balance():
     assert np.all(plain[tg.target == 1] == 1.0)
     np.testing.assert_allclose(plain - 1, balanced - wc[tg.target.clip(0)], atol=1e-5)
     assert (plain[tg.target == 0] > 1.5).any()  # the separating line keeps its border weight
+
+
+def test_class_balance_of_background_against_all_objects():
+    """balance="objects": background and the object classes together weigh the same; inside the
+    objects boundary and interior keep their proportions (one weight for both)."""
+    t = np.full((10, 10), -1, np.int8)
+    t[:1] = 1  # 10 boundary pixels
+    t[1:3] = 2  # 20 interior pixels
+    t[3:9] = 0  # 60 background pixels
+    wc = class_balance(t, 3, groups=((0,), (1, 2)))
+    np.testing.assert_allclose(wc, [90 / (2 * 60), 90 / (2 * 30), 90 / (2 * 30)])
+    w = weight_map(t, np.zeros_like(t, dtype=np.int32), 3, balance="objects", w0=0)
+    assert w[t == 0].sum() == pytest.approx(w[t > 0].sum())
+    assert w[t >= 0].mean() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="class_balance"):
+        TrainConfig(class_balance="classes")
 
 
 def test_unknown_pixels_get_zero_weight():

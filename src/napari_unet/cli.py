@@ -230,6 +230,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                           "thickens objects until packed neighbours merge)")
     bal.add_argument("--no-class-balance", dest="class_balance", action="store_false",
                      help="w_c = 1: only the paper's border term (the default)")
+    p.add_argument("--no-prior-adaptation", dest="prior_adaptation", action="store_false",
+                   help="do not record the painting's background share: segmenting then uses the "
+                        "probabilities as predicted instead of re-weighting each image to its own "
+                        "share of background (needed for block-wise zarr output)")
     p.add_argument("--loss", choices=("ce", "ce+dice"), default="ce+dice",
                    help="ce+dice (default): the paper's weighted cross-entropy plus a soft Dice of "
                         "the object classes; ce: the weighted cross-entropy alone")
@@ -291,6 +295,7 @@ def _run_train(args: argparse.Namespace) -> int:
         config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size,
                              patch_size=args.patch_size, lr=args.lr, val_fraction=args.val_fraction,
                              augmentation=Augmentation(), class_balance=args.class_balance,
+                             prior_adaptation=args.prior_adaptation,
                              logit_adjustment=args.logit_adjustment, sampling=args.sampling,
                              loss=args.loss, precision=args.precision)
     except ValueError as exc:

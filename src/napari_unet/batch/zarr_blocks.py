@@ -85,6 +85,11 @@ def segment_to_zarr(
         raise ValueError("this model separates instances by a watershed over the whole plane, which "
                          "cannot be done block by block: write 'semantic' or 'probabilities' to zarr, "
                          "or segment to a TIFF output (in memory)")
+    if post.background_prior is not None:
+        raise ValueError("this model re-weights each whole plane to that plane's own background share "
+                         "(it was trained with prior adaptation), which cannot be done block by block: "
+                         "segment to a TIFF output (in memory), or train the model with "
+                         "--no-prior-adaptation for block-wise zarr output")
     dest = Path(output)
     if isinstance(image, (str, os.PathLike)):
         arr = as_image(read_image(image), f"the image {str(image)!r}")

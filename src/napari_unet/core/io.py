@@ -45,7 +45,10 @@ class Postprocessing:
     connected regions where the probability of ``instance_classes`` exceeds ``seed_threshold``,
     at least ``min_seed_size`` pixels; a watershed of that probability floods from them over the
     pixels where background has probability < 0.5: what the network knows about borders
-    separates packed objects).
+    separates packed objects). ``background_prior``: the share of background among the pixels
+    the model was trained on; when set, each plane's probabilities are re-weighted to that plane's
+    own background share, estimated by EM (:mod:`napari_unet.core.prior`) before anything else
+    (None: used as predicted; the shipped models).
     """
 
     instance_classes: tuple[int, ...] = (1,)
@@ -54,11 +57,20 @@ class Postprocessing:
     split: str = "components"
     seed_threshold: float = 0.5
     min_seed_size: int = 1
+    background_prior: float | None = None
+
+    def __post_init__(self) -> None:
+        bp = self.background_prior
+        if bp is not None and not (isinstance(bp, int | float) and 0.0 < float(bp) < 1.0):
+            raise ValueError(f"Postprocessing.background_prior must be in (0, 1) or None, got {bp!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"instance_classes": list(self.instance_classes), "grow_classes": list(self.grow_classes),
-                "min_size": self.min_size, "split": self.split,
-                "seed_threshold": self.seed_threshold, "min_seed_size": self.min_seed_size}
+        d = {"instance_classes": list(self.instance_classes), "grow_classes": list(self.grow_classes),
+             "min_size": self.min_size, "split": self.split,
+             "seed_threshold": self.seed_threshold, "min_seed_size": self.min_seed_size}
+        if self.background_prior is not None:
+            d["background_prior"] = float(self.background_prior)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Postprocessing:

@@ -19,6 +19,7 @@ from .events import TileDone, relay, run_to_end
 from .io import UNetModel
 from .model import UNet
 from .postprocess import NEEDS_PROBABILITIES, instances_from_semantic, semantic_labels
+from .prior import adapt_background_prior
 from .tiling import auto_tile_size, infer_layout, plan_tiles, predict
 
 OUTPUT_TYPES = ("instances", "semantic", "probabilities")
@@ -50,7 +51,10 @@ def segment(
     output: "instances" -> uint16/uint32 labels (*planes, Y, X), touching objects separated, ids
     restarting at 1 in each plane; "semantic" -> uint8 class ids; "probabilities" -> float32
     (*planes, classes, Y, X). ``tta``: average over the 8 flips/rotations of each tile (8x the
-    compute, see :func:`~napari_unet.core.tiling.predict`). Yields TileDone over all tiles of all planes; returns the output.
+    compute, see :func:`~napari_unet.core.tiling.predict`). A model whose post-processing records
+    the background share it was trained on has each plane's probabilities re-weighted to that
+    plane's own share first (:mod:`~napari_unet.core.prior`; all three outputs). Yields TileDone
+    over all tiles of all planes; returns the output.
     The input is never modified.
     """
     if output not in OUTPUT_TYPES:
@@ -82,13 +86,16 @@ def segment(
         for ax, i in zip(plane_axes, pidx, strict=True):
             key[ax] = i
         plane = image[tuple(key)]
+        adapt = post is not None and post.background_prior is not None
         mode = "semantic" if output in ("semantic", "instances") and not _needs_probs(post, output) \
-            else "probabilities"
+            and not adapt else "probabilities"
         gen = predict(plane, model, axes=plane_axes_str, output=mode, tile_size=tile_size,
                       padding=padding, device=dev, batch_size=batch_size, tta=tta)
         result = yield from relay(gen, lambda ev, done=done, pi=pi: replace(
             ev, done=done + ev.done, total=total, plane=pi, planes=len(planes)))
         done += n_tiles
+        if adapt:  # the plane's own background share (EM), on the stitched whole plane
+            result, _ = adapt_background_prior(result, post.background_prior)
         if output == "instances":
             sem = result if mode == "semantic" else semantic_labels(result)
             fgp = None if mode == "semantic" else result[list(post.instance_classes)].sum(0)

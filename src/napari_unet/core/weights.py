@@ -28,19 +28,29 @@ SIGMA = 5.0
 _NEGLIGIBLE = 1e-12  # border terms below this are dropped (far below float32 resolution of w_c)
 
 
-def class_balance(target: np.ndarray, num_classes: int) -> np.ndarray:
+def class_balance(target: np.ndarray, num_classes: int,
+                  groups: tuple[tuple[int, ...], ...] | None = None) -> np.ndarray:
     """Per-class weights that balance the class frequencies of the known pixels.
 
     ``target``: (H, W) integer array of class ids, -1 = unknown. Returns a float64 array of shape
     (num_classes,): w_k = n_known / (K * n_k) over the K classes present (so the mean weight over the
-    known pixels is 1); classes absent from ``target`` get 0.
+    known pixels is 1); classes absent from ``target`` get 0. With ``groups`` (e.g. background
+    ``(0,)`` against the object classes ``(1, 2)``) the *groups* are balanced instead: every class
+    of group g gets n_known / (G * n_g), so background and objects weigh the same in total while
+    the classes inside a group keep their natural proportions.
     """
     t = np.asarray(target)
     counts = np.bincount(t[t >= 0].ravel().astype(np.int64), minlength=num_classes)[:num_classes]
-    present = counts > 0
     out = np.zeros(num_classes, np.float64)
+    if groups is None:
+        groups = tuple((k,) for k in range(num_classes))
+    n_group = np.array([counts[list(g)].sum() for g in groups], np.float64)
+    present = n_group > 0
     if present.any():
-        out[present] = counts.sum() / (present.sum() * counts[present])
+        for g, n in zip(groups, n_group, strict=True):
+            if n > 0:
+                for k in g:
+                    out[k] = counts.sum() / (present.sum() * n) if counts[k] > 0 else 0.0
     return out
 
 
@@ -108,7 +118,7 @@ def border_term(objects: np.ndarray, w0: float = W0, sigma: float = SIGMA,
 
 def weight_map(target: np.ndarray, objects: np.ndarray, num_classes: int, w0: float = W0,
                sigma: float = SIGMA, border_on_background_only: bool = True,
-               balance: bool = True, border_classes: tuple[int, ...] | None = None) -> np.ndarray:
+               balance: bool | str = True, border_classes: tuple[int, ...] | None = None) -> np.ndarray:
     """The weight map of paper eq. 2, float32 (H, W); 0 on unknown pixels (``target == -1``).
 
     ``target``: (H, W) class ids (0 background, -1 unknown); ``objects``: (H, W) the objects whose
@@ -117,7 +127,8 @@ def weight_map(target: np.ndarray, objects: np.ndarray, num_classes: int, w0: fl
     background pixels only by default (the separating lines and narrow gaps; the usual reading of
     the paper's Fig. 3d); ``border_on_background_only=False`` adds it on every known pixel.
     ``w0 = 0`` gives class balance only; ``balance=False`` sets w_c = 1 for every known pixel (the
-    border term stays), which keeps the decision boundary where the class frequencies put it.
+    border term stays), which keeps the decision boundary where the class frequencies put it;
+    ``balance="objects"`` balances background against the object classes taken together.
     ``border_classes``: the classes that get the border term (overrides
     ``border_on_background_only``); a background/boundary/interior target uses (0, 1), so that the
     boundary pixels where packed objects touch (no background between them) are weighted.
@@ -125,7 +136,11 @@ def weight_map(target: np.ndarray, objects: np.ndarray, num_classes: int, w0: fl
     t = np.asarray(target)
     if t.shape != np.asarray(objects).shape:
         raise ValueError(f"target {t.shape} and objects {np.asarray(objects).shape} differ in shape")
-    wc = (class_balance(t, num_classes) if balance else np.ones(num_classes)).astype(np.float32)
+    if balance == "objects":  # background against all object classes together
+        wc = class_balance(t, num_classes, groups=((0,), tuple(range(1, num_classes))))
+    else:
+        wc = class_balance(t, num_classes) if balance else np.ones(num_classes)
+    wc = wc.astype(np.float32)
     known = t >= 0
     out = np.zeros(t.shape, np.float32)
     out[known] = wc[t[known]]

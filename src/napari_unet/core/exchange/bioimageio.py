@@ -157,6 +157,11 @@ def _model_card(model: UNetModel, geo: Any, classes: Sequence[str]) -> str:
         f"objects under {model.postprocessing.min_size} pixels removed (not expressible in the spec; kept "
         f"under `config.{CONFIG_KEY}`).", "",
     ]
+    if model.postprocessing.background_prior is not None:
+        lines += [f"Before that, napari-unet re-weights each plane's probabilities to that plane's own "
+                  f"background share, estimated by EM (Saerens et al. 2002) against the "
+                  f"{model.postprocessing.background_prior:.3f} background share of the painting it "
+                  f"was trained on; the package's weights output the probabilities as predicted.", ""]
     if prov.get("training_data"):
         lines += ["## Training data", *[f"- {t}" for t in prov["training_data"]], ""]
         for k, v in (prov.get("training_data_licenses") or {}).items():

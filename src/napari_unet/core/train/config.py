@@ -3,7 +3,7 @@
 The defaults are measured, not guessed: see docs/benchmarks.md ("Fine-tuning a new modality") for
 the runs behind them. In short, on two painted frames of a modality no shipped model knows:
 
-- Adam, fine-tuning rate 1e-3 with a short warm-up and a cosine decay to 5 % (3e-4 was too timid to
+- Adam, fine-tuning rate 2e-3 with a short warm-up and a cosine decay to 5 % (3e-4 was too timid to
   move the nuclei model to brightfield cells in two minutes);
 - ``class_balance=False``: the paper's w_c weighted the rare class ~27x on a sparse colony and thickened
   objects until packed neighbours merged; the border term of eq. 2 (w0 = 10, sigma = 5 px) stays;
@@ -39,7 +39,7 @@ class TrainConfig:
     - ``steps``: optimisation steps; ``minutes``: a time budget (wall clock, validation included).
       Training ends at whichever comes first; the learning-rate schedule follows the larger of the
       two progress fractions, so a time budget gets a full warm-up and decay.
-    - ``optimizer="adam"``, ``lr``: None = 1e-3 (fine-tuning and from scratch). Warm-up over the
+    - ``optimizer="adam"``, ``lr``: None = 2e-3 (fine-tuning and from scratch). Warm-up over the
       first ``warmup`` fraction of the run, then a cosine decay to 5 % (``cosine_decay``).
       ``momentum=0.99`` is the paper's, for ``optimizer="sgd"``.
     - ``patch_size=256`` output pixels, ``batch_size=4`` (shrunk to the image when it is smaller).
@@ -66,6 +66,11 @@ class TrainConfig:
       0.45 for the final weights; validation windows were then still off the pooling grid,
       and a dozen held-back cells are not the frames to come either).
     - ``ema``: decay of the exponential moving average of the weights (0 = off: raw weights).
+    - ``prior_adaptation``: record the painting's background share in the model, so that
+      segmenting re-weights each plane to its own share (EM, :mod:`napari_unet.core.prior`): how
+      much background a user painted is not how much the next images hold. Measured on
+      brightfield cells (train on frames with a wide scratch, 71 % background; score on later
+      frames with 42 % and 20 %): foreground IoU 0.648 -> 0.783 with the same weights.
     - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32),
       "fp32" or "bf16".
     """
@@ -82,7 +87,7 @@ class TrainConfig:
     warmup: float = 0.05
     w0: float = W0
     sigma: float = SIGMA
-    class_balance: bool = False
+    class_balance: bool | str = False
     logit_adjustment: bool | None = None
     loss: str = "ce+dice"
     foreground_fraction: float = 0.33
@@ -95,6 +100,7 @@ class TrainConfig:
     val_every: int | None = None
     ema: float = 0.95
     precision: str = "auto"
+    prior_adaptation: bool = True
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
@@ -110,6 +116,9 @@ class TrainConfig:
                               ("precision", PRECISIONS), ("keep", KEEPS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.class_balance not in (False, True, "objects"):
+            raise ValueError(f"TrainConfig.class_balance must be False, True (the paper's w_c per class) "
+                             f"or 'objects' (background against objects), got {self.class_balance!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if not 0 <= self.val_fraction < 1:

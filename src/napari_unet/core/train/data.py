@@ -61,6 +61,7 @@ class TrainingData:
     validation_note: str = ""  # why nothing is held back, or what is
     object_area: float | None = None  # median painted object, pixels
     class_weights: np.ndarray | None = None  # (K,) mean weight per class over the training pixels
+    background_share: float | None = None  # background among the known training pixels
 
     @property
     def has_validation(self) -> bool:
@@ -244,7 +245,8 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
     val_objects = sum(p.holdback.n_objects for p in planes if p.holdback is not None)
     return TrainingData(planes, mode, num_classes, out_size, in_size, halo, shapes, known_total,
                         val_total, n_objects, val_objects, note,
-                        float(np.median(areas)) if areas.size else None, class_weights)
+                        float(np.median(areas)) if areas.size else None, class_weights,
+                        float(wcount[0] / wcount.sum()) if wcount.sum() > 0 else None)
 
 
 def sample_batch(data: TrainingData, rng: np.random.Generator, n: int, sampling: str = "pixels",

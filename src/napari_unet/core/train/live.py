@@ -34,6 +34,7 @@ from ..events import LiveWaiting, PreviewDone, StepDone
 from ..io import UNetModel
 from ..normalize import Normalization
 from ..postprocess import instances_from_semantic, semantic_labels
+from ..prior import adapt_background_prior
 from .config import TrainConfig, default_architecture
 from .data import as_list, patch_sizes, prepare_data
 from .network import widened_config
@@ -201,6 +202,7 @@ class LivePreview:
                                          out_size, halo, device, bias)
         finally:
             net.train(was_training)
+        prob, _ = adapt_background_prior(prob, post.background_prior)  # as segment does
         fgp = prob[list(post.instance_classes)].sum(0)
         labels = instances_from_semantic(semantic_labels(prob), post, fgp, prob)
         return PreviewDone(pair=pair, plane=plane, box=(y0, y1, x0, x1), labels=labels, step=step,

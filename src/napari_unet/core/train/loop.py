@@ -20,6 +20,7 @@ was validated.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Generator
@@ -32,7 +33,7 @@ from ..annotations import check_mode, num_classes_for
 from ..augment import augment
 from ..device import resolve_device
 from ..events import StepDone, run_to_end
-from ..io import UNetModel
+from ..io import Postprocessing, UNetModel
 from ..model import UNet, UNetConfig
 from ..normalize import Normalization
 from .config import TrainConfig, default_architecture, postprocessing_for
@@ -152,6 +153,7 @@ def train(
     sized = post is None or widen or post.split == "seeded"
     if sized:  # sized for the objects painted now
         post = postprocessing_for(mode, data.object_area)
+    post = _with_prior(post, data, tc)
     live_data = live_preview = None
     if live is not None:
         inbox, version, preview_every = live
@@ -260,6 +262,7 @@ def train(
         prov = _provenance(model, mode, widen, data, tc, lr, step, kept_step, start, scored, kept,
                            adj, losses, seed, dev, precision, masks, background_label,
                            time.perf_counter() - t0, 0.0 if trained is None else trained.score)
+        prov["background_prior"] = None if post is None else post.background_prior
         if live_data is not None:
             prov["live"] = {"painting_changes": live_data.changes,
                             "seconds": round(time.perf_counter() - t0, 1),
@@ -284,6 +287,7 @@ def train(
                     data = new
                     if sized:
                         post = postprocessing_for(mode, data.object_area)
+                    post = _with_prior(post, data, tc)
             factor = (min(1.0, 0.1 + 0.9 * step / LIVE_WARMUP_STEPS) if live is not None
                       else schedule(progress(now), tc.warmup, tc.cosine_decay))
             for g in opt.param_groups:
@@ -340,6 +344,16 @@ def train(
         # closed by the caller: end cleanly (Python >= 3.13 hands this value to close())
         return result()
     return result()
+
+
+def _with_prior(post: Postprocessing | None, data: Any, tc: TrainConfig) -> Postprocessing | None:
+    """``post`` recording the painting's background share (prior adaptation), or without one."""
+    if post is None:
+        return None
+    share = data.background_share
+    if tc.prior_adaptation and share is not None and 0.0 < share < 1.0:
+        return dataclasses.replace(post, background_prior=round(float(share), 6))
+    return dataclasses.replace(post, background_prior=None)
 
 
 def train_model(images: Any, labels: Any, masks: Any = None, **kwargs: Any) -> UNetModel:

@@ -70,10 +70,13 @@ def training_summary(prov: dict[str, Any]) -> str:
     v = prov["validation"]
     head = (f"trained {prov['steps']} steps in {prov['training_seconds_measured']:.0f} s "
             f"({prov['mode']} mode{', boundary class added' if prov.get('boundary_class_added') else ''})")
+    bp = prov.get("background_prior")
+    tail = ("" if bp is None else f"; segmenting adapts to each image's own share of background "
+            f"(the painting's: {100 * bp:.0f} %)")
     if not v["available"]:
-        return f"{head}; {v['note']}"
+        return f"{head}; {v['note']}{tail}"
     b, s0 = v["best"], v["start"]
     what = ("the starting model" if v["kept"] == "start" else
             "the final averaged weights" if v["kept"] == "final averaged" else f"step {prov['best_step']}")
     return (f"{head}; validation on {v['objects']} held-back objects: F1 {b['f1']:.3f}, IoU "
-            f"{b['iou']:.3f} (start F1 {s0['f1']:.3f}, IoU {s0['iou']:.3f}); kept {what}")
+            f"{b['iou']:.3f} (start F1 {s0['f1']:.3f}, IoU {s0['iou']:.3f}); kept {what}{tail}")

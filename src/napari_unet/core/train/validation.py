@@ -20,6 +20,7 @@ from ..io import Postprocessing
 from ..metrics import match_instances
 from ..model import UNet
 from ..postprocess import instances_from_semantic, semantic_labels
+from ..prior import adapt_background_prior
 
 
 @dataclass
@@ -142,6 +143,7 @@ def score_holdback(probabilities: np.ndarray, hb: Holdback, post: Postprocessing
     ``probabilities`` (K, h, w) on one held-back block, as a user gets them. Predicted objects
     lying mostly outside the scored mask (on objects cut by the block's edge, or unknown pixels)
     are not counted."""
+    probabilities, _ = adapt_background_prior(probabilities, post.background_prior)  # as segment
     classes = semantic_labels(probabilities)
     fgp = probabilities[list(post.instance_classes)].sum(0)
     pred = instances_from_semantic(classes, post, fgp, probabilities).astype(np.int64)
