@@ -20,7 +20,6 @@ from ..io import Postprocessing
 from ..metrics import match_instances
 from ..model import UNet
 from ..postprocess import instances_from_semantic, semantic_labels
-from ..prior import adapt_background_prior
 
 
 @dataclass
@@ -140,10 +139,11 @@ def predict_probabilities(net: UNet, image_padded: np.ndarray, pad: int,
 def score_holdback(probabilities: np.ndarray, hb: Holdback, post: Postprocessing
                    ) -> tuple[int, int, int, int, int]:
     """(intersection, union, tp, n_pred, n_gt) of the instances that ``post`` makes of
-    ``probabilities`` (K, h, w) on one held-back block, as a user gets them. Predicted objects
+    ``probabilities`` (K, h, w) on one held-back block, as a user gets them (as predicted: the
+    background-prior adaptation of :mod:`~napari_unet.core.prior` is a whole-plane figure, and a
+    block drawn around held-back objects is not a plane the user segments). Predicted objects
     lying mostly outside the scored mask (on objects cut by the block's edge, or unknown pixels)
     are not counted."""
-    probabilities, _ = adapt_background_prior(probabilities, post.background_prior)  # as segment
     classes = semantic_labels(probabilities)
     fgp = probabilities[list(post.instance_classes)].sum(0)
     pred = instances_from_semantic(classes, post, fgp, probabilities).astype(np.int64)
