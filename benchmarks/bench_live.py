@@ -85,6 +85,17 @@ def strokes(gt: np.ndarray, n: int, seed: int = 0) -> list[tuple[np.ndarray, int
     return out
 
 
+def paint_due(plan: list[tuple[np.ndarray, int]], k: int, every: float, now: float,
+              painted: np.ndarray) -> int:
+    """Paint into ``painted`` the strokes of ``plan`` due by ``now`` (stroke k at k * every
+    seconds), from stroke ``k`` on; returns the index of the next stroke."""
+    while k < len(plan) and k * every <= now:
+        sel, v = plan[k]
+        painted[sel] = v
+        k += 1
+    return k
+
+
 def paint_layer(layer, sel: np.ndarray, value: int) -> None:
     """Paint ``sel`` with ``value`` into a napari Labels layer through its edit API (one undoable
     step, one paint event), as napari's brush and fill do."""
@@ -127,11 +138,9 @@ def run_live(img, gt, seconds, every, seed=0, config=None) -> dict:
     steps = 0
     while True:
         now = time.perf_counter() - t0
-        while k < len(plan) and k * every <= now:
-            sel, v = plan[k]
-            painted[sel] = v
+        if (k2 := paint_due(plan, k, every, now, painted)) > k:
             inbox.set_labels(0, painted)
-            k += 1
+            k = k2
         if now >= seconds:
             break
         ev = next(gen)
@@ -165,10 +174,7 @@ def run_forest(img, gt, seconds, every, seed=0) -> dict:
     fits = 0
     while True:
         now = time.perf_counter() - t0
-        while k < len(plan) and k * every <= now:
-            sel, v = plan[k]
-            painted[sel] = v
-            k += 1
+        k = paint_due(plan, k, every, now, painted)
         if now >= seconds:
             break
         tgt = labels_to_target(painted, None, BG, mode="boundary").target.ravel() \

@@ -29,8 +29,13 @@ _TOL = 1e-4
 _ITERS = 100
 
 
+def _ratios(train_bg: float, bg: float) -> tuple[float, float]:
+    """Re-weighting factors of the background and of the object classes."""
+    return bg / train_bg, (1.0 - bg) / (1.0 - train_bg)
+
+
 def _reweighted(p: np.ndarray, train_bg: float, bg: float) -> np.ndarray:
-    rb, ro = bg / train_bg, (1.0 - bg) / (1.0 - train_bg)
+    rb, ro = _ratios(train_bg, bg)
     q = np.array(p, dtype=np.float32, copy=True)
     q[0] *= rb
     q[1:] *= ro
@@ -57,13 +62,13 @@ def estimate_background_prior(probabilities: np.ndarray, train_background: float
     po = np.clip(1.0 - p0, 0.0, 1.0)
     bg = float(train_background)
     for _ in range(_ITERS):
-        rb, ro = bg / train_background, (1.0 - bg) / (1.0 - train_background)
-        q0 = rb * p0 / np.maximum(rb * p0 + ro * po, 1e-30)
+        rb, ro = _ratios(train_background, bg)
+        q0 = rb * p0 / np.maximum(rb * p0 + ro * po, 1e-30)  # re-weighted background posterior
         new = min(max(float(q0.mean()), bg_lo), bg_hi)
-        if abs(new - bg) < _TOL:
-            bg = new
-            break
+        converged = abs(new - bg) < _TOL
         bg = new
+        if converged:
+            break
     return bg
 
 

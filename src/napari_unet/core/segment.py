@@ -80,13 +80,13 @@ def segment(
         out = None  # allocated after the first plane, when the instance dtype is known
     elif tuple(out.shape) != oshape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {oshape}")
+    adapt = post is not None and post.background_prior is not None  # core/prior.py
     done = 0
     for pi, pidx in enumerate(planes):
         key: list[Any] = [slice(None)] * len(shape)
         for ax, i in zip(plane_axes, pidx, strict=True):
             key[ax] = i
         plane = image[tuple(key)]
-        adapt = post is not None and post.background_prior is not None
         mode = "semantic" if output in ("semantic", "instances") and not _needs_probs(post, output) \
             and not adapt else "probabilities"
         gen = predict(plane, model, axes=plane_axes_str, output=mode, tile_size=tile_size,

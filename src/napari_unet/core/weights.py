@@ -41,16 +41,14 @@ def class_balance(target: np.ndarray, num_classes: int,
     """
     t = np.asarray(target)
     counts = np.bincount(t[t >= 0].ravel().astype(np.int64), minlength=num_classes)[:num_classes]
-    out = np.zeros(num_classes, np.float64)
     if groups is None:
         groups = tuple((k,) for k in range(num_classes))
     n_group = np.array([counts[list(g)].sum() for g in groups], np.float64)
-    present = n_group > 0
-    if present.any():
-        for g, n in zip(groups, n_group, strict=True):
-            if n > 0:
-                for k in g:
-                    out[k] = counts.sum() / (present.sum() * n) if counts[k] > 0 else 0.0
+    out = np.zeros(num_classes, np.float64)
+    for g, n in zip(groups, n_group, strict=True):
+        if n > 0:
+            out[list(g)] = counts.sum() / ((n_group > 0).sum() * n)
+    out[counts == 0] = 0.0  # a class absent from the target gets no weight
     return out
 
 

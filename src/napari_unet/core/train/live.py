@@ -202,7 +202,8 @@ class LivePreview:
                                          out_size, halo, device, bias)
         finally:
             net.train(was_training)
-        prob, _ = adapt_background_prior(prob, post.background_prior)  # as segment does
+        # as segment does, over what is previewed: the view box (segment of that box gives the same)
+        prob, _ = adapt_background_prior(prob, post.background_prior)
         fgp = prob[list(post.instance_classes)].sum(0)
         labels = instances_from_semantic(semantic_labels(prob), post, fgp, prob)
         return PreviewDone(pair=pair, plane=plane, box=(y0, y1, x0, x1), labels=labels, step=step,

@@ -149,11 +149,18 @@ def train(
     data = prepare_data(images, labels, masks, config=arch, normalization=normalization, mode=mode,
                         background_label=background_label, channel_axis=channel_axis,
                         train_config=tc)
-    post = model.postprocessing if model is not None else None
-    sized = post is None or widen or post.split == "seeded"
-    if sized:  # sized for the objects painted now
-        post = postprocessing_for(mode, data.object_area)
-    post = _with_prior(post, data, tc)
+    base_post = model.postprocessing if model is not None else None
+    sized = base_post is None or widen or base_post.split == "seeded"
+
+    def post_for(d: Any) -> Postprocessing:
+        """Post-processing for the painting ``d``: sized for its objects (seeded / new models),
+        with its background share when prior adaptation is on."""
+        post = postprocessing_for(mode, d.object_area) if sized else base_post
+        share = d.background_share
+        keep = tc.prior_adaptation and share is not None and 0.0 < share < 1.0
+        return dataclasses.replace(post, background_prior=round(float(share), 6) if keep else None)
+
+    post = post_for(data)
     live_data = live_preview = None
     if live is not None:
         inbox, version, preview_every = live
@@ -262,7 +269,7 @@ def train(
         prov = _provenance(model, mode, widen, data, tc, lr, step, kept_step, start, scored, kept,
                            adj, losses, seed, dev, precision, masks, background_label,
                            time.perf_counter() - t0, 0.0 if trained is None else trained.score)
-        prov["background_prior"] = None if post is None else post.background_prior
+        prov["background_prior"] = post.background_prior
         if live_data is not None:
             prov["live"] = {"painting_changes": live_data.changes,
                             "seconds": round(time.perf_counter() - t0, 1),
@@ -285,9 +292,7 @@ def train(
                 new = live_data.refresh()  # a changed painting is trained on from this step
                 if new is not None:
                     data = new
-                    if sized:
-                        post = postprocessing_for(mode, data.object_area)
-                    post = _with_prior(post, data, tc)
+                    post = post_for(data)
             factor = (min(1.0, 0.1 + 0.9 * step / LIVE_WARMUP_STEPS) if live is not None
                       else schedule(progress(now), tc.warmup, tc.cosine_decay))
             for g in opt.param_groups:
@@ -344,16 +349,6 @@ def train(
         # closed by the caller: end cleanly (Python >= 3.13 hands this value to close())
         return result()
     return result()
-
-
-def _with_prior(post: Postprocessing | None, data: Any, tc: TrainConfig) -> Postprocessing | None:
-    """``post`` recording the painting's background share (prior adaptation), or without one."""
-    if post is None:
-        return None
-    share = data.background_share
-    if tc.prior_adaptation and share is not None and 0.0 < share < 1.0:
-        return dataclasses.replace(post, background_prior=round(float(share), 6))
-    return dataclasses.replace(post, background_prior=None)
 
 
 def train_model(images: Any, labels: Any, masks: Any = None, **kwargs: Any) -> UNetModel:
