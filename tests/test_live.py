@@ -69,6 +69,8 @@ def test_waits_for_a_painting_then_trains_on_each_change_from_the_next_step(colo
     inbox.stop()
     model = run_to_end(gen)
     assert model.provenance["live"]["painting_changes"] == 1
+    # Live records no background prior (a few scribbles are no prior of the image)
+    assert model.postprocessing.background_prior is None and model.provenance["background_prior"] is None
     assert "live" in model.description
 
 
