@@ -506,7 +506,7 @@ def test_the_start_is_kept_only_when_validation_says_so_and_loudly(colony, tmp_p
 
 def test_time_budget_ends_training(colony):
     imgs, labs = colony
-    cfg = fast_config(steps=10**6, minutes=0.03, val_every=None)
+    cfg = fast_config(steps=10**6, minutes=0.03, val_every=None, plateau_patience=0)  # the budget ends it
     events, model = list_events(train(imgs, labs, model=tiny_model(), config=cfg, device="cpu", seed=0))
     prov = model.provenance
     assert 1 <= prov["steps"] < 10**6 and prov["minutes_planned"] == 0.03
@@ -566,7 +566,8 @@ def test_bf16_training_on_the_cpu_is_finite_and_recorded(colony):
 def test_packed_rods_come_out_separated():
     """Issue 11: a colony of touching rods with weak borders (no background between cells, the
     border barely brighter) fine-tuned from two painted frames comes out as separate cells on a
-    third: a boundary class is added and the seeded watershed separates the cells."""
+    third: a boundary class is added and the seeded watershed separates the cells. (300 steps
+    were on the edge: F1 0.55 with one thread on an avx512 CPU, 0.82-1.0 elsewhere; 400: 0.97-1.0.)"""
     from napari_unet.core.metrics import foreground_iou, instance_f1
     from napari_unet.core.segment import segment_image
 
@@ -574,7 +575,7 @@ def test_packed_rods_come_out_separated():
     imgs, labs = [f[0] for f in frames[:2]], [f[1] for f in frames[:2]]
     test_img, test_lab = frames[2]
     base = tiny_model(depth=3, base=8, seed=0)
-    cfg = TrainConfig(steps=300, batch_size=4, patch_size=96, lr=3e-3, precision="fp32",
+    cfg = TrainConfig(steps=400, batch_size=4, patch_size=96, lr=3e-3, precision="fp32",
                       val_fraction=0.0)
     model = train_model(imgs, labs, model=base, config=cfg, device="cpu", seed=0)
     assert model.provenance["mode"] == "boundary" and model.postprocessing.split == "seeded"

@@ -220,10 +220,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default 2e-3), warmed up, then a cosine decay")
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of the painted objects held back for validation, whole, in one block "
-                        "per image (default 0.1; 0 = none). Nothing is held back when fewer than 40 "
+                   help="share of the painted objects held back for validation, whole, from all over "
+                        "each image (default 0.1; 0 = none). Nothing is held back when fewer than 40 "
                         "objects are painted. The final averaged weights are kept (the base model "
-                        "only if validation scores it higher by more than 0.05)")
+                        "only if validation scores it higher by more than 0.05); with validation, "
+                        "training ends early once the validation loss stops improving")
+    p.add_argument("--whole-budget", action="store_true",
+                   help="train for all of --steps / --minutes even when validation says the "
+                        "painting is learnt (default: end early then, and say so)")
     bal = p.add_mutually_exclusive_group()
     bal.add_argument("--class-balance", dest="class_balance", action="store_true", default=False,
                      help="add the paper's class-balancing w_c to the weight map (off by default: it "
@@ -297,7 +301,8 @@ def _run_train(args: argparse.Namespace) -> int:
                              augmentation=Augmentation(), class_balance=args.class_balance,
                              prior_adaptation=args.prior_adaptation,
                              logit_adjustment=args.logit_adjustment, sampling=args.sampling,
-                             loss=args.loss, precision=args.precision)
+                             loss=args.loss, precision=args.precision,
+                             plateau_patience=0 if args.whole_budget else TrainConfig.plateau_patience)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     base = None

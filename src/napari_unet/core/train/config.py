@@ -66,6 +66,10 @@ class TrainConfig:
       0.45 for the final weights; validation windows were then still off the pooling grid,
       and a dozen held-back cells are not the frames to come either).
     - ``ema``: decay of the exponential moving average of the weights (0 = off: raw weights).
+    - ``plateau_patience``: with validation, the run ends early when the validation loss has not
+      reached a new minimum for this many validations (after a fifth of the run): the learning
+      rate decays to its floor over a quarter of the time spent so far, then training stops and
+      says so (:mod:`.plateau`; 0 = off: the budget is the only end).
     - ``prior_adaptation``: record the painting's background share in the model, so that
       segmenting re-weights each plane to its own share (EM, :mod:`napari_unet.core.prior`): how
       much background a user painted is not how much the next images hold. Measured on
@@ -99,13 +103,14 @@ class TrainConfig:
     start_margin: float = 0.05
     val_every: int | None = None
     ema: float = 0.95
+    plateau_patience: int = 3
     precision: str = "auto"
     prior_adaptation: bool = True
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
         for name, lo in (("steps", 1), ("batch_size", 1), ("patch_size", 1), ("val_min_total", 0),
-                         ("val_min_objects", 1)):
+                         ("val_min_objects", 1), ("plateau_patience", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {lo}, got {v!r}")

@@ -220,6 +220,7 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
         t = tg.target.copy()
         if hb is not None:
             y0, y1, x0, x1 = hb.box
+            hb.target = np.where(hb.mask, t[y0:y1, x0:x1], IGNORE).astype(np.int8)
             t[y0:y1, x0:x1][hb.region] = IGNORE
             w[y0:y1, x0:x1][hb.region] = 0.0
         known = t >= 0

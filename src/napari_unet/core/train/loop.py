@@ -40,6 +40,7 @@ from .config import TrainConfig, default_architecture, postprocessing_for
 from .data import as_list, choose_mode, prepare_data, sample_batch
 from .live import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from .loss import training_loss
+from .plateau import Plateau
 from .network import (
     AveragedWeights,
     TorchRng,
@@ -207,6 +208,9 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     budget = None if tc.minutes is None or live is not None else 60.0 * float(tc.minutes)
     val_every = tc.validation_interval()
+    plateau = Plateau(0 if live is not None else tc.plateau_patience)
+    factor = 0.0
+    ended: dict[str, Any] | None = None  # when the schedule ended early, and why
 
     t0 = time.perf_counter()
     start = validate(averaged.net, data, dev, post, adj, autocast)
@@ -224,8 +228,11 @@ def train(
         p = step / tc.steps
         return max(p, (now - t0) / budget) if budget else p
 
+    def clock(now: float) -> float:  # the plateau's clock: seconds with a time budget, else steps
+        return now - t0 if budget else float(step)
+
     def run_validation() -> None:
-        nonlocal best, best_state, best_step, last, last_val_step, last_val_t, val_cost
+        nonlocal best, best_state, best_step, last, last_val_step, last_val_t, val_cost, ended
         tv = time.perf_counter()
         with rng_t.active():
             last = validate(averaged.net, data, dev, post, adj, autocast)
@@ -233,6 +240,12 @@ def train(
         last_val_step, last_val_t = step, time.perf_counter()
         if last is not None and (best is None or last.score > best.score):
             best, best_state, best_step = last, _clone_state(averaged.net), step
+        if last is not None and step > 0 and plateau.observe(last.nll, progress(last_val_t),
+                                                             clock(last_val_t), factor):
+            ended = {"step": step, "seconds": round(last_val_t - t0, 1),
+                     "best_validation_loss": round(plateau.best, 4),
+                     "reason": f"the validation loss had not improved for {plateau.patience} "
+                               f"validations"}
 
     def validation_due(now: float) -> bool:
         if not data.has_validation:
@@ -270,6 +283,7 @@ def train(
                            adj, losses, seed, dev, precision, masks, background_label,
                            time.perf_counter() - t0, 0.0 if trained is None else trained.score)
         prov["background_prior"] = post.background_prior
+        prov["ended_early"] = ended
         if live_data is not None:
             prov["live"] = {"painting_changes": live_data.changes,
                             "seconds": round(time.perf_counter() - t0, 1),
@@ -286,7 +300,7 @@ def train(
         while live is not None or step < tc.steps:
             now = time.perf_counter()
             if _should_stop(stop) or (budget is not None and now - t0 >= budget) or \
-                    (live is not None and live[0].stopped):
+                    (live is not None and live[0].stopped) or plateau.done(clock(now)):
                 break
             if live_data is not None:
                 new = live_data.refresh()  # a changed painting is trained on from this step
@@ -294,6 +308,7 @@ def train(
                     data = new
                     post = post_for(data)
             factor = (min(1.0, 0.1 + 0.9 * step / LIVE_WARMUP_STEPS) if live is not None
+                      else plateau.factor(clock(now)) if plateau.ending
                       else schedule(progress(now), tc.warmup, tc.cosine_decay))
             for g in opt.param_groups:
                 g["lr"] = lr * factor
@@ -328,6 +343,11 @@ def train(
             now = time.perf_counter()
             if live is not None:
                 eta, total = None, step
+            elif plateau.ending:  # the final decay: its end is known
+                left = plateau.remaining(clock(now))
+                rate = step / max(now - t0, 1e-9) if budget else 1.0
+                eta = left if budget else left * (now - t0) / step
+                total = min(tc.steps, step + int(round(left * rate)))
             elif budget is not None:
                 eta = max(0.0, budget - (now - t0))
                 total = min(tc.steps, max(step, int(round(step / max(progress(now), 1e-9)))))

@@ -70,6 +70,10 @@ def training_summary(prov: dict[str, Any]) -> str:
     v = prov["validation"]
     head = (f"trained {prov['steps']} steps in {prov['training_seconds_measured']:.0f} s "
             f"({prov['mode']} mode{', boundary class added' if prov.get('boundary_class_added') else ''})")
+    end = prov.get("ended_early")
+    if end:
+        head += (f", ended early: the painting was learnt ({end['reason']}; the learning rate "
+                 f"decayed from step {end['step']})")
     bp = prov.get("background_prior")
     tail = ("" if bp is None else f"; segmenting adapts to each image's own share of background "
             f"(the painting's: {100 * bp:.0f} %)")

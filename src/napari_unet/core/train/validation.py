@@ -28,7 +28,8 @@ class Holdback:
     ``region`` (box shape): the pixels training does not see the labels of (the held-back objects
     and a ring around each); ``mask`` (box shape): the scored pixels (the region without the parts
     of other objects it overlaps); ``instances`` (box shape): the held-back objects, 0 elsewhere;
-    ``foreground``: their pixels."""
+    ``foreground``: their pixels; ``target`` (box shape): the training target (class ids) on the
+    scored pixels, -1 elsewhere (set by :func:`~.data.prepare_data`; calibration reads it)."""
 
     box: tuple[int, int, int, int]
     region: np.ndarray
@@ -36,6 +37,7 @@ class Holdback:
     instances: np.ndarray
     foreground: np.ndarray
     n_objects: int
+    target: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class ValScore:
     iou: float
     f1: float
     n_objects: int
+    nll: float | None = None  # mean cross-entropy, background vs objects, on the scored pixels
 
     @property
     def score(self) -> float:
@@ -167,6 +170,7 @@ def validate(net: UNet, data: Any, device: torch.device, post: Postprocessing,
     if not data.has_validation:
         return None
     inter = union = tp = n_pred = n_gt = 0
+    nll_sum, nll_n = 0.0, 0
     was_training = net.training
     net.eval()
     try:
@@ -176,9 +180,15 @@ def validate(net: UNet, data: Any, device: torch.device, post: Postprocessing,
             prob = predict_probabilities(net, p.image, p.pad, p.holdback.box, data.out_size,
                                          data.halo, device, bias, autocast)
             a, b, c, d, e = score_holdback(prob, p.holdback, post)
+            if p.holdback.target is not None:
+                k = p.holdback.target >= 0
+                pb = np.clip(prob[0][k].astype(np.float64), 1e-7, 1 - 1e-7)
+                obj = p.holdback.target[k] > 0
+                nll_sum += float(-np.log(np.where(obj, 1.0 - pb, pb)).sum())
+                nll_n += int(k.sum())
             inter, union, tp, n_pred, n_gt = inter + a, union + b, tp + c, n_pred + d, n_gt + e
     finally:
         net.train(was_training)
     iou = inter / union if union else 0.0  # blocks always hold objects: union > 0
     f1 = 2 * tp / (n_pred + n_gt) if (n_pred + n_gt) else 0.0
-    return ValScore(iou=iou, f1=f1, n_objects=n_gt)
+    return ValScore(iou=iou, f1=f1, n_objects=n_gt, nll=nll_sum / nll_n if nll_n else None)
