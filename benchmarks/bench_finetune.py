@@ -89,8 +89,10 @@ def run_unet(train_pairs, test, seconds: float, seed: int = 0, tta: bool = False
         t = score(lambda im: segment_image(im, model, output="instances", device="cpu", tta=True), test)
         res.update(f1_tta=t["f1"], iou_tta=t["iou"])
     prov = model.provenance
+    end = prov.get("ended_early")
     res.update(seconds=round(wall, 1), steps=prov["steps"], mode=prov["mode"], seed=seed,
-               validation=prov["validation"]["kept"], precision=prov["training"]["precision"])
+               validation=prov["validation"]["kept"], precision=prov["training"]["precision"],
+               ended_early_s=None if end is None else end["seconds"])
     return res
 
 
@@ -120,15 +122,20 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2 * len(cases), figsize=(4.2 * 2 * len(cases), 3.4))
     for ci, case in enumerate(cases):
         r = results["cases"][case]
+        budgets = sorted({u["budget"] for u in r["unet"]})
         for k, metric in enumerate(("f1", "iou")):
             ax = axes[2 * ci + k]
-            xs = [u["seconds"] for u in r["unet"]]
-            ax.plot(xs, [u[metric] for u in r["unet"]], "o-", label="U-Net fine-tune (ours)")
+            vals = [[u[metric] for u in r["unet"] if u["budget"] == b] for b in budgets]
+            mean = np.array([np.mean(v) for v in vals])
+            err = np.array([[m - min(v) for m, v in zip(mean, vals)], [max(v) - m for m, v in zip(mean, vals)]])
+            seeds = max(len(v) for v in vals)
+            ax.errorbar(budgets, mean, yerr=err if seeds > 1 else None, fmt="o-", capsize=3,
+                        label="U-Net fine-tune (ours)" + (f", mean and range of {seeds} seeds" if seeds > 1 else ""))
             fx = sorted(r["forest"], key=lambda f: f["seconds"])
             ax.plot([f["seconds"] for f in fx], [f[metric] for f in fx], "s--",
                     label="random forest (3 classes + watershed)")
             ax.set_xscale("log")
-            ax.set_xlabel("training wall seconds (2-core CPU)")
+            ax.set_xlabel("training budget / forest fit, wall seconds (2-core CPU)")
             ax.set_ylabel("instance F1@0.5" if metric == "f1" else "foreground IoU")
             ax.set_title(f"{case}: {'F1' if metric == 'f1' else 'IoU'}")
             ax.set_ylim(0, 1)
@@ -141,7 +148,9 @@ def plot(results: dict, path: Path) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Machine: {results['machine']}; load: {results['load']}", ""]
+    lines = [f"Machine: {results['machine']}; load: {results['load']}", "",
+             "\\* the run ended before its budget: validation said the painting was learnt "
+             "(the validation loss had stopped improving).", ""]
     for case, r in results["cases"].items():
         seeds = len({u.get("seed", 0) for u in r["unet"]}) > 1
         tta = any("f1_tta" in u for u in r["unet"])
@@ -157,10 +166,23 @@ def markdown(results: dict) -> str:
             if tta and f is not None:
                 above += " / with TTA " + ("yes" if u["f1_tta"] > f["f1"] and u["iou_tta"] > f["iou"] else "no")
             lines.append(f"| {u['budget']:.0f} | " + (f"{u.get('seed', 0)} | " if seeds else "")
-                         + f"{u['seconds']:.0f} | {u['steps']} | {u['f1']:.3f} | {u['iou']:.3f} | "
+                         + f"{u['seconds']:.0f}{'*' if u.get('ended_early_s') else ''} | {u['steps']} | {u['f1']:.3f} | {u['iou']:.3f} | "
                          + (f"{u['f1_tta']:.3f} | {u['iou_tta']:.3f} | " if tta else "")
                          + f"{fb} | {above} |")
         lines.append("")
+        if seeds:
+            lines += ["Mean over seeds (range):", "",
+                      "| budget (s) | U-Net F1 | U-Net IoU | forest F1 | forest IoU | mean above the forest in both |",
+                      "|---:|---:|---:|---:|---:|:---:|"]
+            for b in sorted({u["budget"] for u in r["unet"]}):
+                us = [u for u in r["unet"] if u["budget"] == b]
+                f = forest_at(r["forest"], b)
+                mf, mi = np.mean([u["f1"] for u in us]), np.mean([u["iou"] for u in us])
+                rng = lambda k: f"{min(u[k] for u in us):.3f}-{max(u[k] for u in us):.3f}"  # noqa: E731
+                above = "yes" if f is None or (mf > f["f1"] and mi > f["iou"]) else "no"
+                fb = f"{f['f1']:.3f} | {f['iou']:.3f}" if f else "— | —"
+                lines.append(f"| {b:.0f} | {mf:.3f} ({rng('f1')}) | {mi:.3f} ({rng('iou')}) | {fb} | {above} |")
+            lines.append("")
     return "\n".join(lines)
 
 

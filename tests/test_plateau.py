@@ -9,7 +9,8 @@ from napari_unet._synthetic import rod_colony
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.io import UNetModel
 from napari_unet.core.train import TrainConfig, train_model, training_summary
-from napari_unet.core.train.plateau import FLOOR, Plateau
+from napari_unet.core.train import plateau as plateau_module
+from napari_unet.core.train.plateau import FLOOR, MIN_PASSES, Plateau
 
 
 def test_the_final_decay_begins_after_patience_validations_without_a_new_minimum():
@@ -32,6 +33,11 @@ def test_no_end_early_in_the_run_on_a_missing_loss_or_when_switched_off():
     assert not any(off.observe(v, progress=0.9, x=9.0, factor=1.0) for v in (1.0, 2.0, 3.0, 4.0))
     none = Plateau(patience=1)
     assert not any(none.observe(v, progress=0.9, x=9.0, factor=1.0) for v in (None, math.nan, None))
+    # not before the painting has been seen MIN_PASSES times over: a short run ends by its budget
+    young = Plateau(patience=1, min_progress=0.0)
+    assert not young.observe(1.0, 0.5, 1.0, 1.0, passes=1.0)
+    assert not young.observe(1.2, 0.6, 2.0, 1.0, passes=MIN_PASSES - 1)
+    assert young.observe(1.3, 0.7, 3.0, 1.0, passes=MIN_PASSES)
     # a small wobble (< 1 %) is no new minimum
     wob = Plateau(patience=2, min_progress=0.0)
     assert [wob.observe(v, 0.5, 1.0, 1.0) for v in (1.0, 0.995, 0.994)] == [False, False, True]
@@ -44,7 +50,8 @@ def tiny(seed=0):
     return UNetModel(net, name="tiny", provenance={"origin": "test"})
 
 
-def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_so():
+def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_so(monkeypatch):
+    monkeypatch.setattr(plateau_module, "MIN_PASSES", 0.0)  # a test-sized run
     frames = [rod_colony(seed=s) for s in (0, 1)]
     imgs, labs = [f[0] for f in frames], [f[1] for f in frames]
     # a learning rate too small to move the validation loss: it plateaus from the first validation

@@ -240,8 +240,12 @@ def train(
         last_val_step, last_val_t = step, time.perf_counter()
         if last is not None and (best is None or last.score > best.score):
             best, best_state, best_step = last, _clone_state(averaged.net), step
+        known = max(1, sum(p.centres.size for p in data.planes))
+        seen = np.mean([min(data.out_size, p.shape[0]) * min(data.out_size, p.shape[1])
+                        for p in data.planes])  # plane pixels in one patch
+        passes = step * tc.batch_size * seen / known  # times over the painting was seen
         if last is not None and step > 0 and plateau.observe(last.nll, progress(last_val_t),
-                                                             clock(last_val_t), factor):
+                                                             clock(last_val_t), factor, passes):
             ended = {"step": step, "seconds": round(last_val_t - t0, 1),
                      "best_validation_loss": round(plateau.best, 4),
                      "reason": f"the validation loss had not improved for {plateau.patience} "

@@ -6,7 +6,9 @@ on the held-back objects reached its minimum after about a third of a 5-minute r
 steadily, and the frames not trained on lost foreground IoU with it (0.79 after 2 minutes, 0.69
 after 5). So the validation loss (cross-entropy of background against objects on the held-back
 pixels: smooth, where instance F1 on a dozen objects jumps) is watched; when it has not reached a
-new minimum for ``patience`` validations, the learning rate decays from where it is to the
+new minimum for ``patience`` validations, and every painted pixel has been seen often enough
+for a painting to be memorised at all (:data:`MIN_PASSES` times over, in training patches; a
+15-s run is ended by its budget, not by the noise of its first validations), the learning rate decays from where it is to the
 schedule's floor over a quarter of the time spent so far, and training ends there, early, and
 says so. Without validation the budget is the only end.
 """
@@ -17,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 FLOOR = 0.05  # the schedule's final learning-rate factor (network.schedule)
+MIN_PASSES = 100.0  # training patches cover the painting's known pixels this many times first
 
 
 @dataclass
@@ -39,15 +42,17 @@ class Plateau:
     def ending(self) -> bool:
         return self.start is not None
 
-    def observe(self, loss: float | None, progress: float, x: float, factor: float) -> bool:
-        """Record one validation loss; True when the final decay begins now."""
+    def observe(self, loss: float | None, progress: float, x: float, factor: float,
+                passes: float = math.inf) -> bool:
+        """Record one validation loss; True when the final decay begins now. ``passes``: how
+        many times over the training patches have covered the painting so far."""
         if self.patience <= 0 or self.ending or loss is None or not math.isfinite(loss):
             return False
         if loss < self.best * (1.0 - self.tol):
             self.best, self.since_best = loss, 0
             return False
         self.since_best += 1
-        if self.since_best < self.patience or progress < self.min_progress:
+        if self.since_best < self.patience or progress < self.min_progress or passes < MIN_PASSES:
             return False
         self.start, self.start_factor, self.window = x, max(factor, FLOOR), max(self.share * x, 1e-9)
         return True
