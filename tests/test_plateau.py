@@ -8,7 +8,7 @@ import torch
 from napari_unet._synthetic import rod_colony
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.io import UNetModel
-from napari_unet.core.train import TrainConfig, train_model, training_summary
+from napari_unet.core.train import TrainConfig, train, train_model, training_summary
 from napari_unet.core.train import plateau as plateau_module
 from napari_unet.core.train.plateau import FLOOR, MIN_PASSES, Plateau
 
@@ -57,7 +57,17 @@ def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_s
     # a learning rate too small to move the validation loss: it plateaus from the first validation
     cfg = dict(steps=40, batch_size=2, patch_size=32, val_every=2, val_min_total=0, val_min_objects=1,
                precision="fp32", lr=1e-12)
-    model = train_model(imgs, labs, model=tiny(), config=TrainConfig(**cfg), device="cpu", seed=0)
+    events = []
+    gen = train(imgs, labs, model=tiny(), config=TrainConfig(**cfg), device="cpu", seed=0)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as s:
+            model = s.value
+            break
+    # the status line says so while the final decay runs, and the step estimate knows the end
+    assert not any("finishing early" in e.validation for e in events[:7])
+    assert all("finishing early" in e.validation and e.total == 10 for e in events[7:])  # from step 8 on
     prov = model.provenance
     end = prov["ended_early"]
     # patience 3 after a fifth of the run (step 8), then a decay over a quarter of the 8 steps

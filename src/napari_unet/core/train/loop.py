@@ -367,7 +367,8 @@ def train(
                            val_f1=None if last is None else last.f1,
                            validation=data.validation_note + (
                                f"; {live_data.message}" if live_data is not None and live_data.message
-                               else ""),
+                               else "") + ("; the painting is learnt (the validation loss stopped "
+                                           "improving): finishing early" if plateau.ending else ""),
                            painting_version=None if live_data is None else live_data.trained_version)
     except GeneratorExit:
         # closed by the caller: end cleanly (Python >= 3.13 hands this value to close())
