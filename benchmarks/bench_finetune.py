@@ -127,7 +127,7 @@ def plot(results: dict, path: Path) -> None:
             ax = axes[2 * ci + k]
             vals = [[u[metric] for u in r["unet"] if u["budget"] == b] for b in budgets]
             mean = np.array([np.mean(v) for v in vals])
-            err = np.array([[m - min(v) for m, v in zip(mean, vals)], [max(v) - m for m, v in zip(mean, vals)]])
+            err = np.array([[m - min(v) for m, v in zip(mean, vals, strict=False)], [max(v) - m for m, v in zip(mean, vals, strict=False)]])
             seeds = max(len(v) for v in vals)
             ax.errorbar(budgets, mean, yerr=err if seeds > 1 else None, fmt="o-", capsize=3,
                         label="U-Net fine-tune (ours)" + (f", mean and range of {seeds} seeds" if seeds > 1 else ""))
@@ -178,10 +178,10 @@ def markdown(results: dict) -> str:
                 us = [u for u in r["unet"] if u["budget"] == b]
                 f = forest_at(r["forest"], b)
                 mf, mi = np.mean([u["f1"] for u in us]), np.mean([u["iou"] for u in us])
-                rng = lambda k: f"{min(u[k] for u in us):.3f}-{max(u[k] for u in us):.3f}"  # noqa: E731
+                rng = {k: f"{min(u[k] for u in us):.3f}-{max(u[k] for u in us):.3f}" for k in ("f1", "iou")}
                 above = "yes" if f is None or (mf > f["f1"] and mi > f["iou"]) else "no"
                 fb = f"{f['f1']:.3f} | {f['iou']:.3f}" if f else "— | —"
-                lines.append(f"| {b:.0f} | {mf:.3f} ({rng('f1')}) | {mi:.3f} ({rng('iou')}) | {fb} | {above} |")
+                lines.append(f"| {b:.0f} | {mf:.3f} ({rng['f1']}) | {mi:.3f} ({rng['iou']}) | {fb} | {above} |")
             lines.append("")
     return "\n".join(lines)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from napari_unet._synthetic import rod_colony
-from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.io import UNetModel
+from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.train import TrainConfig, train, train_model, training_summary
 from napari_unet.core.train import plateau as plateau_module
 from napari_unet.core.train.plateau import FLOOR, MIN_PASSES, Plateau
@@ -38,6 +38,11 @@ def test_no_end_early_in_the_run_on_a_missing_loss_or_when_switched_off():
     assert not young.observe(1.0, 0.5, 1.0, 1.0, passes=1.0)
     assert not young.observe(1.2, 0.6, 2.0, 1.0, passes=MIN_PASSES - 1)
     assert young.observe(1.3, 0.7, 3.0, 1.0, passes=MIN_PASSES)
+    # nothing counts while validation scores the weights no better than the start
+    undecided = Plateau(patience=1, min_progress=0.0)
+    assert not any(undecided.observe(v, 0.5, 1.0, 1.0, learnt=False) for v in (0.2, 0.3, 0.4, 0.5))
+    assert undecided.best == math.inf
+    assert not undecided.observe(0.6, 0.5, 2.0, 1.0) and undecided.best == 0.6
     # a small wobble (< 1 %) is no new minimum
     wob = Plateau(patience=2, min_progress=0.0)
     assert [wob.observe(v, 0.5, 1.0, 1.0) for v in (1.0, 0.995, 0.994)] == [False, False, True]
@@ -52,6 +57,13 @@ def tiny(seed=0):
 
 def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_so(monkeypatch):
     monkeypatch.setattr(plateau_module, "MIN_PASSES", 0.0)  # a test-sized run
+    observe = Plateau.observe  # and a network that cannot learn counts as learnt: the wiring
+
+    def learnt_anyway(self, *args, **kw):
+        kw["learnt"] = True
+        return observe(self, *args, **kw)
+
+    monkeypatch.setattr(Plateau, "observe", learnt_anyway)
     frames = [rod_colony(seed=s) for s in (0, 1)]
     imgs, labs = [f[0] for f in frames], [f[1] for f in frames]
     # a learning rate too small to move the validation loss: it plateaus from the first validation
@@ -73,6 +85,7 @@ def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_s
     # patience 3 after a fifth of the run (step 8), then a decay over a quarter of the 8 steps
     assert end is not None and end["step"] == 8 and prov["steps"] == 10
     assert "validation loss" in end["reason"] and end["best_validation_loss"] > 0
+    assert end["from_step"] == 2  # the lowest loss (its first validation): decayed from there
     assert "ended early" in training_summary(prov)
     assert prov["validation"]["best"]["score"] is not None  # the final weights are validated
     off = train_model(imgs, labs, model=tiny(), config=TrainConfig(**cfg, plateau_patience=0),

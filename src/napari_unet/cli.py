@@ -188,144 +188,6 @@ def _dask_client(args: argparse.Namespace) -> Iterator[Any]:
         yield client
 
 
-# ---------------------------------------------------------------------------- train
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="fine-tune or train a model on painted labels",
-        description="Fine-tune a model (or train one from scratch) on images with painted labels "
-                    "(TIFF: each object painted with its own id, 0 = not painted). Without masks and "
-                    "without --background-label every unpainted pixel is background; with masks only "
-                    "inside them; with --background-label (scribbles) only pixels painted with it.")
-    p.add_argument("--images", nargs="+", required=True, metavar="IMAGE",
-                   help="image files (2D, or stacks whose painted planes are used)")
-    p.add_argument("--labels", nargs="+", required=True, metavar="LABELS",
-                   help="one labels file per image, same shape (integer ids, 0 = not painted)")
-    p.add_argument("--masks", nargs="+", metavar="MASK",
-                   help="one mask file per image: nonzero where the annotation is complete")
-    p.add_argument("--background-label", type=int, default=None, metavar="N",
-                   help="label id painted on background (scribbles); other unpainted pixels are ignored")
-    p.add_argument("--base-model", default=None, metavar="NAME_OR_PATH",
-                   help="shipped model name or model file to fine-tune (default: train from scratch)")
-    p.add_argument("--mode", choices=("auto", "binary", "boundary"), default="auto",
-                   help="classes: auto (default: boundary when painted objects touch, else binary), "
-                        "binary (background/object with separating lines, the paper) or boundary "
-                        "(background/boundary/interior; a 2-class base model gets a boundary class)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="time budget in minutes (validation included); training ends at the budget "
-                        "or at --steps, whichever comes first")
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimisation steps (default 500, or no limit with --minutes)")
-    p.add_argument("--patch-size", type=int, default=256, help="output patch size in pixels")
-    p.add_argument("--batch-size", type=int, default=4, help="patches per step")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 2e-3), warmed up, then a cosine decay")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of the painted objects held back for validation, whole, from all over "
-                        "each image (default 0.1; 0 = none). Nothing is held back when fewer than 40 "
-                        "objects are painted. The final averaged weights are kept (the base model "
-                        "only if validation scores it higher by more than 0.05); with validation, "
-                        "training ends early once the validation loss stops improving")
-    p.add_argument("--whole-budget", action="store_true",
-                   help="train for all of --steps / --minutes even when validation says the "
-                        "painting is learnt (default: end early then, and say so)")
-    bal = p.add_mutually_exclusive_group()
-    bal.add_argument("--class-balance", dest="class_balance", action="store_true", default=False,
-                     help="add the paper's class-balancing w_c to the weight map (off by default: it "
-                          "thickens objects until packed neighbours merge)")
-    bal.add_argument("--no-class-balance", dest="class_balance", action="store_false",
-                     help="w_c = 1: only the paper's border term (the default)")
-    p.add_argument("--no-prior-adaptation", dest="prior_adaptation", action="store_false",
-                   help="do not record the painting's background share: segmenting then uses the "
-                        "probabilities as predicted instead of re-weighting each image to its own "
-                        "share of background (needed for block-wise zarr output)")
-    p.add_argument("--loss", choices=("ce", "ce+dice"), default="ce+dice",
-                   help="ce+dice (default): the paper's weighted cross-entropy plus a soft Dice of "
-                        "the object classes; ce: the weighted cross-entropy alone")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 where the device computes it natively (faster), else fp32")
-    p.add_argument("--sampling", choices=("pixels", "images"), default="pixels",
-                   help="where training patches come from: in proportion to each image's painted "
-                        "pixels (default), or each image (plane) equally often")
-    adj = p.add_mutually_exclusive_group()
-    adj.add_argument("--logit-adjustment", dest="logit_adjustment", action="store_true", default=None,
-                     help="shift the output bias by -log(mean class weight) so that the argmax is not "
-                          "drawn toward the heavily weighted class (default: as the base model)")
-    adj.add_argument("--no-logit-adjustment", dest="logit_adjustment", action="store_false")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--seed", type=int, default=None, help="random seed (reproducible on CPU)")
-    p.add_argument("--name", default=None, help="name stored in the model file")
-    p.add_argument("--output", "-o", required=True, metavar="MODEL",
-                   help="model file to write (.safetensors)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run_train)
-
-
-def _read_tiffs(paths: Sequence[str], what: str) -> list[Any]:
-    import os
-
-    from .batch import ImageReadError, read_tiff
-
-    out = []
-    for path in paths:
-        if not os.path.isfile(path):
-            raise CLIError(f"{what} file {path!r} does not exist")
-        try:
-            out.append(read_tiff(path))
-        except ImageReadError as exc:
-            raise CLIError(f"cannot read {what} file {path!r}: {getattr(exc, 'reason', exc)}") from None
-    return out
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    if len(args.labels) != len(args.images):
-        raise CLIError(f"got {len(args.images)} --images but {len(args.labels)} --labels: give one "
-                       f"labels file per image, in the same order")
-    if args.masks is not None and len(args.masks) != len(args.images):
-        raise CLIError(f"got {len(args.images)} --images but {len(args.masks)} --masks: give one mask "
-                       f"per image, in the same order")
-    images = _read_tiffs(args.images, "image")
-    labels = _read_tiffs(args.labels, "labels")
-    masks = _read_tiffs(args.masks, "mask") if args.masks else None
-
-    from .core.annotations import AnnotationError
-    from .core.augment import Augmentation
-    from .core.device import resolve_device
-    from .core.io import ModelFileError, load_model, save_model
-    from .core.train import TrainConfig, train, training_summary
-
-    try:
-        device = resolve_device(args.device)
-        steps = args.steps if args.steps is not None else (10**9 if args.minutes else 500)
-        config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size,
-                             patch_size=args.patch_size, lr=args.lr, val_fraction=args.val_fraction,
-                             augmentation=Augmentation(), class_balance=args.class_balance,
-                             prior_adaptation=args.prior_adaptation,
-                             logit_adjustment=args.logit_adjustment, sampling=args.sampling,
-                             loss=args.loss, precision=args.precision,
-                             plateau_patience=0 if args.whole_budget else TrainConfig.plateau_patience)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-    base = None
-    if args.base_model:
-        try:
-            base = load_model(args.base_model)
-        except ModelFileError as exc:
-            raise CLIError(str(exc)) from None
-    gen = train(images, labels, masks, model=base, config=config, mode=args.mode,
-                background_label=args.background_label, device=device, seed=args.seed,
-                name=args.name)
-    try:
-        model = drive(gen, desc="train", quiet=args.quiet)
-    except (AnnotationError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
-    path = save_model(model, args.output)
-    print(training_summary(model.provenance) + f"; wrote {path}")
-    if model.provenance["validation"]["kept"] == "start":
-        print(model.provenance["validation"]["note"], file=sys.stderr)
-    return 0
-
-
-
 # ---------------------------------------------------------------------------- evaluate
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -412,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment(sub)
-    _add_train(sub)
+    from ._cli_train import add_train
+
+    add_train(sub)
     _add_evaluate(sub)
     from ._cli_export import add_export
 

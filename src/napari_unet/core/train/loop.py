@@ -40,7 +40,6 @@ from .config import TrainConfig, default_architecture, postprocessing_for
 from .data import as_list, choose_mode, prepare_data, sample_batch
 from .live import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from .loss import training_loss
-from .plateau import Plateau
 from .network import (
     AveragedWeights,
     TorchRng,
@@ -50,6 +49,7 @@ from .network import (
     widen_head,
     widened_config,
 )
+from .plateau import Plateau
 from .report import _provenance
 from .validation import ValScore, validate
 
@@ -211,6 +211,8 @@ def train(
     plateau = Plateau(0 if live is not None else tc.plateau_patience)
     factor = 0.0
     ended: dict[str, Any] | None = None  # when the schedule ended early, and why
+    low_state: dict[str, torch.Tensor] = {}  # the averaged weights at the validation loss's minimum
+    low_step = 0
 
     t0 = time.perf_counter()
     start = validate(averaged.net, data, dev, post, adj, autocast)
@@ -233,6 +235,7 @@ def train(
 
     def run_validation() -> None:
         nonlocal best, best_state, best_step, last, last_val_step, last_val_t, val_cost, ended
+        nonlocal low_state, low_step
         tv = time.perf_counter()
         with rng_t.active():
             last = validate(averaged.net, data, dev, post, adj, autocast)
@@ -244,12 +247,19 @@ def train(
         seen = np.mean([min(data.out_size, p.shape[0]) * min(data.out_size, p.shape[1])
                         for p in data.planes])  # plane pixels in one patch
         passes = step * tc.batch_size * seen / known  # times over the painting was seen
+        learnt = last is not None and start is not None and last.score > start.score + tc.start_margin
         if last is not None and step > 0 and plateau.observe(last.nll, progress(last_val_t),
-                                                             clock(last_val_t), factor, passes):
-            ended = {"step": step, "seconds": round(last_val_t - t0, 1),
+                                                             clock(last_val_t), factor,
+                                                             passes=passes, learnt=learnt):
+            # the decay starts from the weights of the minimum: what came after it was memorising
+            net.load_state_dict(low_state)
+            averaged.net.load_state_dict(low_state)
+            ended = {"step": step, "seconds": round(last_val_t - t0, 1), "from_step": low_step,
                      "best_validation_loss": round(plateau.best, 4),
                      "reason": f"the validation loss had not improved for {plateau.patience} "
                                f"validations"}
+        elif plateau.improved:
+            low_state, low_step = _clone_state(averaged.net), step
 
     def validation_due(now: float) -> bool:
         if not data.has_validation:

@@ -6,11 +6,13 @@ on the held-back objects reached its minimum after about a third of a 5-minute r
 steadily, and the frames not trained on lost foreground IoU with it (0.79 after 2 minutes, 0.69
 after 5). So the validation loss (cross-entropy of background against objects on the held-back
 pixels: smooth, where instance F1 on a dozen objects jumps) is watched; when it has not reached a
-new minimum for ``patience`` validations, and every painted pixel has been seen often enough
+new minimum for ``patience`` validations (counted only once validation scores the weights above
+the starting model: on brightfield cells an early low of a still undecided network ended runs
+before they had learnt anything, and the starting model came back), and every painted pixel has been seen often enough
 for a painting to be memorised at all (:data:`MIN_PASSES` times over, in training patches; a
 15-s run is ended by its budget, not by the noise of its first validations), the learning rate decays from where it is to the
-schedule's floor over a quarter of the time spent so far, and training ends there, early, and
-says so. Without validation the budget is the only end.
+schedule's floor over a quarter of the time spent so far, starting from the weights of that
+minimum (what came after it is memorising), and training ends there, early, and says so. Without validation the budget is the only end.
 """
 
 from __future__ import annotations
@@ -37,18 +39,23 @@ class Plateau:
     start: float | None = None  # clock at which the final decay began
     start_factor: float = 1.0
     window: float = 0.0
+    improved: bool = False  # the last observed loss was a new minimum
 
     @property
     def ending(self) -> bool:
         return self.start is not None
 
     def observe(self, loss: float | None, progress: float, x: float, factor: float,
-                passes: float = math.inf) -> bool:
+                passes: float = math.inf, learnt: bool = True) -> bool:
         """Record one validation loss; True when the final decay begins now. ``passes``: how
-        many times over the training patches have covered the painting so far."""
-        if self.patience <= 0 or self.ending or loss is None or not math.isfinite(loss):
+        many times over the training patches have covered the painting so far; ``learnt``:
+        whether validation scores the weights above the starting model's (before that, a low
+        loss is a soft, undecided network, not a learnt painting, and is not counted)."""
+        self.improved = False
+        if self.patience <= 0 or self.ending or loss is None or not math.isfinite(loss) or not learnt:
             return False
-        if loss < self.best * (1.0 - self.tol):
+        self.improved = loss < self.best * (1.0 - self.tol)
+        if self.improved:
             self.best, self.since_best = loss, 0
             return False
         self.since_best += 1

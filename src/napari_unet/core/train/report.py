@@ -72,8 +72,9 @@ def training_summary(prov: dict[str, Any]) -> str:
             f"({prov['mode']} mode{', boundary class added' if prov.get('boundary_class_added') else ''})")
     end = prov.get("ended_early")
     if end:
-        head += (f", ended early: the painting was learnt ({end['reason']}; the learning rate "
-                 f"decayed from step {end['step']})")
+        head += (f", ended early: the painting was learnt ({end['reason']}; at step "
+                 f"{end['step']} training went back to step {end['from_step']}, the lowest "
+                 f"validation loss, and decayed its learning rate from there)")
     bp = prov.get("background_prior")
     tail = ("" if bp is None else f"; segmenting adapts to each image's own share of background "
             f"(the painting's: {100 * bp:.0f} %)")
