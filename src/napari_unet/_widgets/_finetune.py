@@ -97,9 +97,13 @@ class FineTuneWidget(QWidget):
         self.device = ComboBox(choices=["auto", *available_devices()], value="auto",
                                label="Device", tooltip="Where to train: auto = GPU if any, else CPU")
         self.minutes = FloatSpinBox(
-            value=2.0, min=0.0, max=1440.0, step=0.5, label="Minutes",
+            # 4, not 2: in the viewer training leaves a core to the event loop (a step takes
+            # ~1.6x the CLI's on 2 cores: 2 minutes left brightfield cells unseparated), and with
+            # validation it ends by itself once the painting is learnt
+            value=4.0, min=0.0, max=1440.0, step=0.5, label="Minutes",
             tooltip="Time budget of the training in minutes, used when Steps is 0; the learning "
-                    "rate warms up and decays within it")
+                    "rate warms up and decays within it. With validation (40 or more painted "
+                    "objects), training ends earlier once the painting is learnt")
         self.steps = SpinBox(value=0, min=0, max=1000000, step=50, label="Steps",
                              tooltip="Optimisation steps, each a batch of augmented patches; 0 = "
                                      "train for Minutes instead (a fixed number of steps with a "
