@@ -5,14 +5,15 @@ is memorising them: on brightfield cells (two frames painted, two later frames s
 on the held-back objects reached its minimum after about a third of a 5-minute run and then rose
 steadily, and the frames not trained on lost foreground IoU with it (0.79 after 2 minutes, 0.69
 after 5). So the validation loss (cross-entropy of background against objects on the held-back
-pixels: smooth, where instance F1 on a dozen objects jumps) is watched; when it has not reached a
-new minimum for ``patience`` validations (counted only once validation scores the weights above
-the starting model: on brightfield cells an early low of a still undecided network ended runs
-before they had learnt anything, and the starting model came back), and every painted pixel has been seen often enough
-for a painting to be memorised at all (:data:`MIN_PASSES` times over, in training patches; a
-15-s run is ended by its budget, not by the noise of its first validations), the learning rate decays from where it is to the
-schedule's floor over a quarter of the time spent so far, starting from the weights of that
-minimum (what came after it is memorising), and training ends there, early, and says so. Without validation the budget is the only end.
+pixels: smooth, where instance F1 on a dozen objects jumps) is watched. When it has not reached
+a new minimum for ``patience`` validations, training goes back to the weights of that minimum,
+the learning rate decays from where it is to the schedule's floor over a quarter of the time
+spent so far, and training ends there, early, and says so. Lows count only once validation
+scores the weights above the starting model (an early low of a still undecided network ended
+brightfield runs before they had learnt anything, and the starting model came back), and the
+end comes only after the training patches have covered the painting :data:`MIN_PASSES` times
+(a 15-s run is ended by its budget, not by the noise of its first validations). Without
+validation the budget is the only end.
 """
 
 from __future__ import annotations

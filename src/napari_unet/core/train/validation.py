@@ -29,7 +29,8 @@ class Holdback:
     and a ring around each); ``mask`` (box shape): the scored pixels (the region without the parts
     of other objects it overlaps); ``instances`` (box shape): the held-back objects, 0 elsewhere;
     ``foreground``: their pixels; ``target`` (box shape): the training target (class ids) on the
-    scored pixels, -1 elsewhere (set by :func:`~.data.prepare_data`; calibration reads it)."""
+    scored pixels, -1 elsewhere (set by :func:`~.data.prepare_data`; the validation loss
+    reads it)."""
 
     box: tuple[int, int, int, int]
     region: np.ndarray
