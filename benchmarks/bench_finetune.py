@@ -91,6 +91,7 @@ def run_unet(train_pairs, test, seconds: float, seed: int = 0, tta: bool = False
     prov = model.provenance
     end = prov.get("ended_early")
     res.update(seconds=round(wall, 1), steps=prov["steps"], mode=prov["mode"], seed=seed,
+               networks=model.members,
                validation=prov["validation"]["kept"], precision=prov["training"]["precision"],
                ended_early_s=None if end is None else end["seconds"])
     return res

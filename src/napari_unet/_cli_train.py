@@ -38,6 +38,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "or at --steps, whichever comes first")
     p.add_argument("--steps", type=int, default=None,
                    help="optimisation steps (default 500, or no limit with --minutes)")
+    p.add_argument("--members", type=int, default=None, metavar="N",
+                   help="networks to fine-tune one after the other and average (an ensemble: "
+                        "steadier results, Nx the compute to segment); default: one per minute of "
+                        "--minutes, at most 3, when the painting can be validated, else 1")
     p.add_argument("--patch-size", type=int, default=256, help="output patch size in pixels")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step")
     p.add_argument("--lr", type=float, default=None,
@@ -124,7 +128,7 @@ def _run_train(args: argparse.Namespace) -> int:
                              augmentation=Augmentation(), class_balance=args.class_balance,
                              prior_adaptation=args.prior_adaptation,
                              logit_adjustment=args.logit_adjustment, sampling=args.sampling,
-                             loss=args.loss, precision=args.precision,
+                             loss=args.loss, precision=args.precision, members=args.members,
                              plateau_patience=0 if args.whole_budget else TrainConfig.plateau_patience)
     except ValueError as exc:
         raise CLIError(str(exc)) from None

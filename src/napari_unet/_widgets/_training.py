@@ -56,17 +56,19 @@ def start_training(
     stop: threading.Event | None = None,
     name: str | None = None,
     seed: int | None = None,
+    members: int | None = None,
 ) -> Generator[Any, None, Any]:
     """Fine-tune ``base_model`` (not modified) on ``pairs``; yields ``StepDone``, returns the best
     UNetModel. Setting ``stop`` ends training after the current step and returns the kept model.
     ``minutes``: a time budget (training ends at it or after ``steps``).
-    ``seed``: same pairs, settings and seed -> same model on the CPU (None: a fresh draw)."""
+    ``seed``: same pairs, settings and seed -> same model on the CPU (None: a fresh draw).
+    ``members``: networks of the ensemble (None: automatic, see TrainConfig.members)."""
     from ..core.train import TrainConfig, train
 
     rgb = {p.rgb for p in pairs}
     if len(rgb) > 1:
         raise ValueError("mix of RGB and grey-value images: fine-tune on one kind at a time")
-    config = TrainConfig(steps=int(steps), minutes=minutes, lr=float(lr),
+    config = TrainConfig(steps=int(steps), minutes=minutes, lr=float(lr), members=members,
                          augmentation=augmentation_for(augmentation_strength))
     masks = [p.mask for p in pairs]
     return (yield from train(
@@ -134,7 +136,8 @@ def preview_sample(
 
 def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
                strength: float, background_label: int | None, device: str,
-               stop: threading.Event, seed: int | None = None, minutes: float | None = None) -> Any:
+               stop: threading.Event, seed: int | None = None, minutes: float | None = None,
+               members: int | None = None) -> Any:
     """Worker generator: load the base model if needed, then train (the Fine-tune widget's Train)."""
     from ..core.io import UNetModel, load_model
 
@@ -150,4 +153,4 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
     return (yield from start_training(pairs, model, steps=steps, minutes=minutes, lr=lr,
                                       augmentation_strength=strength,
                                       background_label=background_label, device=device,
-                                      stop=stop, seed=seed))
+                                      stop=stop, seed=seed, members=members))

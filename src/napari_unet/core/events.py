@@ -45,6 +45,8 @@ class StepDone:
     val_f1: float | None = None
     validation: str = ""
     painting_version: int | None = None  # live training: the painting this step trained on
+    network: int = 0  # an ensemble's networks train one after the other: this one's index
+    networks: int = 1  # and how many there are
 
 
 @dataclass(frozen=True)

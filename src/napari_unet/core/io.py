@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .ensemble import UNetEnsemble, n_members
 from .model import UNet, UNetConfig
 from .normalize import Normalization
 
@@ -84,7 +85,7 @@ class Postprocessing:
 class UNetModel:
     """A network with everything needed to use it: normalisation, post-processing, provenance."""
 
-    net: UNet
+    net: UNet  # or a UNetEnsemble (several networks of one architecture, averaged)
     normalization: Normalization = field(default_factory=Normalization)
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
     name: str = "unnamed"
@@ -96,8 +97,13 @@ class UNetModel:
     def config(self) -> UNetConfig:
         return self.net.config
 
+    @property
+    def members(self) -> int:
+        """How many networks the model averages (1: a single U-Net)."""
+        return n_members(self.net)
+
     def header(self) -> dict[str, Any]:
-        return {
+        h = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "name": self.name,
@@ -107,10 +113,13 @@ class UNetModel:
             "postprocessing": self.postprocessing.to_dict(),
             "provenance": self.provenance,
         }
+        if self.members > 1:
+            h["ensemble"] = self.members  # weights under members.<i>. (core/ensemble.py)
+        return h
 
     def copy(self) -> UNetModel:
         """A deep copy (weights included), e.g. as the start of fine-tuning."""
-        net = UNet(self.net.config)
+        net = _empty_net(self.net.config, self.members)
         net.load_state_dict(self.net.state_dict())
         return UNetModel(net, self.normalization, self.postprocessing, self.name, self.description,
                          json.loads(json.dumps(self.provenance)), self.source)
@@ -230,7 +239,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
             f"{str(path)!r}: the weights contain NaN or infinite values ({', '.join(bad[:3])}"
             f"{', ...' if len(bad) > 3 else ''}), so it would segment nothing: the training that "
             f"made it diverged or the file is damaged; use another model file") from None
-    net = UNet(config)
+    k = header.get("ensemble", 1)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ModelFileError(f"{str(path)!r} has an invalid model configuration: ensemble size {k!r}")
+    net = _empty_net(config, k)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -249,6 +261,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         provenance=dict(header.get("provenance", {})),
         source=str(path),
     )
+
+
+def _empty_net(config: UNetConfig, members: int) -> UNet | UNetEnsemble:
+    return UNet(config) if members == 1 else UNetEnsemble.empty(config, members)
 
 
 # ---------------------------------------------------------------------------- shipped models

@@ -10,7 +10,8 @@ optimisation step and returns the trained :class:`~napari_unet.core.io.UNetModel
 - :mod:`.loss`: the paper's weighted cross-entropy, and Dice;
 - :mod:`.network`: the trained copy (boundary class added when needed), averaged weights,
   precision, the private RNG, the learning-rate schedule;
-- :mod:`.loop`: the training generator;
+- :mod:`.loop`: the training generator of one network;
+- :mod:`.members`: :func:`train`, one network or an ensemble of them sharing the budget;
 - :mod:`.live`: live training while the user paints (the painting changes between steps, a
   preview of the viewed box);
 - :mod:`.report`: the provenance stored in the model file and the one-line summary.
@@ -19,7 +20,8 @@ optimisation step and returns the trained :class:`~napari_unet.core.io.UNetModel
 from .config import TrainConfig, default_architecture, postprocessing_for
 from .data import TrainingData, choose_mode, prepare_data, sample_batch, touching_fraction
 from .live import LiveInbox, live_train
-from .loop import train, train_model
+from .loop import train_network
+from .members import train, train_model
 from .loss import dice_loss, training_loss, weighted_loss
 from .network import widen_head
 from .report import training_summary
@@ -40,6 +42,7 @@ __all__ = [
     "touching_fraction",
     "train",
     "train_model",
+    "train_network",
     "training_loss",
     "training_summary",
     "validate",

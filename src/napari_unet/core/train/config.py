@@ -30,6 +30,9 @@ SAMPLING = ("pixels", "images")
 LOSSES = ("ce", "ce+dice")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEPS = ("final", "best")
+MEMBER_SECONDS = 60.0  # automatic ensembles: one network per this many seconds of a time budget
+MAX_AUTO_MEMBERS = 3
+MAX_MEMBERS = 8
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,14 @@ class TrainConfig:
       much background a user painted is not how much the next images hold. Measured on
       brightfield cells (train on frames with a wide scratch, 71 % background; score on later
       frames with 42 % and 20 %): foreground IoU 0.648 -> 0.783 with the same weights.
+    - ``members``: how many networks are fine-tuned, one after the other, and averaged (their
+      softmax means: :mod:`napari_unet.core.ensemble`); the budget (``minutes`` or ``steps``) is
+      shared by them, a network that ends early leaving its time to the next, and each holds back
+      its own objects for validation (``holdback_seed``), so that together they learn all of the
+      painting. None (default): one per :data:`MEMBER_SECONDS` of a time budget, at most
+      :data:`MAX_AUTO_MEMBERS`, when the painting can be validated (a network validated worse
+      than the starting model is left out); else one. Measured on brightfield cells: see
+      docs/benchmarks.md ("An ensemble instead of one network").
     - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32),
       "fp32" or "bf16".
     """
@@ -106,11 +117,13 @@ class TrainConfig:
     plateau_patience: int = 3
     precision: str = "auto"
     prior_adaptation: bool = True
+    members: int | None = None
+    holdback_seed: int = 0
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
         for name, lo in (("steps", 1), ("batch_size", 1), ("patch_size", 1), ("val_min_total", 0),
-                         ("val_min_objects", 1), ("plateau_patience", 0)):
+                         ("val_min_objects", 1), ("plateau_patience", 0), ("holdback_seed", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"TrainConfig.{name} must be an integer >= {lo}, got {v!r}")
@@ -124,6 +137,10 @@ class TrainConfig:
         if self.class_balance not in (False, True, "objects"):
             raise ValueError(f"TrainConfig.class_balance must be False, True (the paper's w_c per class) "
                              f"or 'objects' (background against objects), got {self.class_balance!r}")
+        if self.members is not None and (not isinstance(self.members, int) or isinstance(self.members, bool)
+                                         or not 1 <= self.members <= MAX_MEMBERS):
+            raise ValueError(f"TrainConfig.members must be None (automatic) or an integer from 1 to "
+                             f"{MAX_MEMBERS}, got {self.members!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if not 0 <= self.val_fraction < 1:
@@ -141,6 +158,16 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.start_margin must be in [0, 1], got {self.start_margin!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"TrainConfig.warmup must be in [0, 1), got {self.warmup!r}")
+
+    def members_for(self, has_validation: bool, live: bool = False) -> int:
+        """How many networks this run trains (see ``members``)."""
+        if live:
+            return 1
+        if self.members is not None:
+            return self.members
+        if not has_validation or self.minutes is None:
+            return 1
+        return int(min(MAX_AUTO_MEMBERS, max(1, 60.0 * self.minutes // MEMBER_SECONDS)))
 
     def learning_rate(self) -> float:
         return float(self.lr) if self.lr is not None else 2e-3

@@ -49,7 +49,7 @@ LIVE_LR = 5e-3
 class LiveInbox:
     """Painting changes, the viewed box and Stop, from the painter to a running live training.
 
-    ``labels``: the labels arrays (one per image, as for :func:`~.loop.train`) as they are when
+    ``labels``: the labels arrays (one per image, as for :func:`~.members.train`) as they are when
     live training starts; the inbox keeps its own copies (the user's layers are never written).
     ``masks``: None, or one mask (or None) per image, where unpainted means background.
     Every method may be called from any thread.
@@ -243,13 +243,13 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
                device: Any = "auto", seed: int | None = None, stop: Any = None,
                preview_every: float = 3.0, poll: float = 0.2, name: str | None = None,
                ) -> Generator[LiveWaiting | StepDone | PreviewDone, None, UNetModel | None]:
-    """Train live on ``images`` (as for :func:`~.loop.train`) while ``inbox`` brings the painting.
+    """Train live on ``images`` (as for :func:`~.members.train`) while ``inbox`` brings the painting.
 
     ``mode``: None/"auto" is "boundary" here (see the code). Waits (yielding
     :class:`LiveWaiting` every ``poll`` seconds) until the painting has objects and background; then trains until ``inbox.stop()`` or ``stop()``, taking in every change of the
     painting before the next step, and previews the viewed box every ``preview_every`` seconds.
     ``config.prior_adaptation`` is ignored: live models record no background prior. Returns the model (None when stopped before anything could be trained on)."""
-    from .loop import _resolve_mode, _should_stop, train  # the loop imports this module
+    from .loop import _resolve_mode, _should_stop, train_network  # the loop imports this module
 
     ims = as_list(images, "images")
     # no prior adaptation in Live: the share of background in a few scribbles says nothing of
@@ -287,7 +287,8 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
                 message = f"waiting for a painting to learn from: {exc}"
         yield LiveWaiting(message=message, painting_version=version)
         time.sleep(poll)
-    gen = train(ims, labels, masks_arg, model=model, config=tc, mode=mode,
-                background_label=background_label, channel_axis=channel_axis, device=device,
-                seed=seed, stop=stop, name=name, live=(inbox, version, preview_every))
+    gen = train_network(ims, labels, masks_arg, model=model, config=tc, mode=mode,
+                        background_label=background_label, channel_axis=channel_axis,
+                        device=device, seed=seed, stop=stop, name=name,
+                        live=(inbox, version, preview_every))
     return (yield from gen)

@@ -1,5 +1,6 @@
-"""The training loop: :func:`train` yields a :class:`~..events.StepDone` after every step and returns
-the trained :class:`~..io.UNetModel`; :func:`train_model` runs it to the end.
+"""The training loop of one network: :func:`train_network` yields a :class:`~..events.StepDone`
+after every step and returns the trained :class:`~..io.UNetModel` (:func:`.members.train` runs it
+once per network of an ensemble).
 
 What one step does (paper section 3):
 
@@ -31,8 +32,9 @@ import torch
 
 from ..annotations import check_mode, num_classes_for
 from ..augment import augment
+from ..ensemble import members_of
 from ..device import resolve_device
-from ..events import StepDone, run_to_end
+from ..events import StepDone
 from ..io import Postprocessing, UNetModel
 from ..model import UNet, UNetConfig
 from ..normalize import Normalization
@@ -92,7 +94,15 @@ def _resolve_mode(model: UNetModel | None, mode: str | None, labels: Any,
     return mode, k == 2 and mode == "boundary"
 
 
-def train(
+def _member_view(model: UNetModel, member: int) -> UNetModel:
+    """One network of a base ensemble (network ``member`` modulo its size) as a model to fine-tune."""
+    nets = members_of(model.net)
+    if len(nets) == 1:
+        return model
+    return dataclasses.replace(model, net=nets[member % len(nets)])
+
+
+def train_network(
     images: Any,
     labels: Any,
     masks: Any = None,
@@ -108,6 +118,8 @@ def train(
     stop: Callable[[], bool] | Any = None,
     name: str | None = None,
     live: tuple[Any, int, float] | None = None,
+    member: int = 0,
+    members: int | None = None,
 ) -> Generator[StepDone, None, UNetModel]:
     """Fine-tune ``model`` (or train a new one) on painted labels; yields StepDone, returns the model.
 
@@ -128,8 +140,14 @@ def train(
 
     Errors in the data (AnnotationError, a ValueError) are raised at the first ``next()``.
     ``live``: (inbox, painting version, preview seconds), set by :func:`.live.live_train`.
+    ``member``: this network's index in an ensemble (its hold-back and its network of a base
+    ensemble); ``members``: the ensemble's size, None = decide it from the painting
+    (:meth:`TrainConfig.members_for`) and train the first network on its share of the budget;
+    the decision is returned as ``provenance["members_planned"]``.
     """
     tc = config or TrainConfig()
+    if model is not None:
+        model = _member_view(model, member)
     dev = resolve_device(device)
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     if model is None and architecture is not None and mode in (None, "auto"):
@@ -150,6 +168,11 @@ def train(
     data = prepare_data(images, labels, masks, config=arch, normalization=normalization, mode=mode,
                         background_label=background_label, channel_axis=channel_axis,
                         train_config=tc)
+    k = members if members is not None else tc.members_for(data.has_validation, live is not None)
+    if members is None and k > 1:  # the first of k networks: its share of the budget
+        tc = dataclasses.replace(tc, steps=max(1, tc.steps // k),
+                                 minutes=None if tc.minutes is None else tc.minutes / k)
+    which = f"network {member + 1} of {k}: " if k > 1 else ""
     base_post = model.postprocessing if model is not None else None
     sized = base_post is None or widen or base_post.split == "seeded"
 
@@ -298,6 +321,7 @@ def train(
                            time.perf_counter() - t0, 0.0 if trained is None else trained.score)
         prov["background_prior"] = post.background_prior
         prov["ended_early"] = ended
+        prov["members_planned"] = k
         if live_data is not None:
             prov["live"] = {"painting_changes": live_data.changes,
                             "seconds": round(time.perf_counter() - t0, 1),
@@ -375,17 +399,14 @@ def train(
                            eta_s=eta,
                            val_iou=None if last is None else last.iou,
                            val_f1=None if last is None else last.f1,
-                           validation=data.validation_note + (
+                           validation=which + data.validation_note + (
                                f"; {live_data.message}" if live_data is not None and live_data.message
                                else "") + ("; the painting is learnt (the validation loss stopped "
                                            "improving): finishing early" if plateau.ending else ""),
-                           painting_version=None if live_data is None else live_data.trained_version)
+                           painting_version=None if live_data is None else live_data.trained_version,
+                           network=member, networks=k)
     except GeneratorExit:
         # closed by the caller: end cleanly (Python >= 3.13 hands this value to close())
         return result()
     return result()
 
-
-def train_model(images: Any, labels: Any, masks: Any = None, **kwargs: Any) -> UNetModel:
-    """Run :func:`train` to the end and return the trained model (same arguments)."""
-    return run_to_end(train(images, labels, masks, **kwargs))

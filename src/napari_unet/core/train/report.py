@@ -71,6 +71,22 @@ def training_summary(prov: dict[str, Any]) -> str:
     head = (f"trained {prov['steps']} steps in {prov['training_seconds_measured']:.0f} s "
             f"({prov['mode']} mode{', boundary class added' if prov.get('boundary_class_added') else ''})")
     end = prov.get("ended_early")
+    ens = prov.get("ensemble")
+    if ens:
+        n_in = sum(bool(e["in_ensemble"]) for e in ens)
+        early = sum(e["ended_early_s"] is not None for e in ens)
+        head = (f"trained {len(ens)} networks one after the other, {prov['steps']} steps in "
+                f"{prov['training_seconds_measured']:.0f} s ({prov['mode']} mode"
+                f"{', boundary class added' if prov.get('boundary_class_added') else ''}; "
+                f"{early} of them ended early, their painting learnt), each validated on its own "
+                f"held-back objects; ")
+        head += (f"kept all {n_in} as an ensemble (segmenting runs each of them: {n_in}x the time "
+                 f"of one network)" if n_in == len(ens) and n_in > 1 else
+                 f"kept {n_in} of them as an ensemble ({len(ens) - n_in} validated no better than "
+                 f"the starting model: left out; segmenting costs {n_in}x one network)" if n_in > 1
+                 else "kept one network (the others validated no better than the starting model)"
+                 if n_in == 1 else "no network validated better than the starting model")
+        end = None
     if end:
         head += (f", ended early: the painting was learnt ({end['reason']}; at step "
                  f"{end['step']} training went back to step {end['from_step']}, the lowest "
@@ -82,6 +98,7 @@ def training_summary(prov: dict[str, Any]) -> str:
         return f"{head}; {v['note']}{tail}"
     b, s0 = v["best"], v["start"]
     what = ("the starting model" if v["kept"] == "start" else
+            "the ensemble (figures: the mean of its networks')" if v["kept"] == "ensemble" else
             "the final averaged weights" if v["kept"] == "final averaged" else f"step {prov['best_step']}")
     return (f"{head}; validation on {v['objects']} held-back objects: F1 {b['f1']:.3f}, IoU "
             f"{b['iou']:.3f} (start F1 {s0['f1']:.3f}, IoU {s0['iou']:.3f}); kept {what}{tail}")

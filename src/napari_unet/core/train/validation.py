@@ -91,7 +91,8 @@ def choose_holdback(planes: list[tuple[np.ndarray, np.ndarray]], config: Any
     if n_total < config.val_min_total:
         return none, n_total, (f"no validation: {n_total} objects painted, fewer than the "
                                f"{config.val_min_total} needed to hold some back; {after}")
-    blocks = [_scattered(known, inst, config.val_fraction, seed=k) for k, (known, inst) in enumerate(planes)]
+    blocks = [_scattered(known, inst, config.val_fraction, seed=k + 1000 * config.holdback_seed)
+              for k, (known, inst) in enumerate(planes)]
     n_val = sum(b.n_objects for b in blocks if b is not None)
     if n_val < config.val_min_objects:
         return none, n_total, (f"no validation: {config.val_min_objects} whole objects cannot be "

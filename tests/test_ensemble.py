@@ -1,0 +1,225 @@
+"""Ensembles of fine-tuned networks: the mean of their probabilities, the model file, tiling, and
+training that shares its budget between networks holding back different objects."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from napari_unet._synthetic import rod_colony
+from napari_unet.cli import main
+from napari_unet.core.ensemble import UNetEnsemble
+from napari_unet.core.io import ModelFileError, UNetModel, load_model, read_header, save_model
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.segment import segment_image
+from napari_unet.core.tiling import predict_image
+from napari_unet.core.train import TrainConfig, prepare_data, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def nets(n=2, classes=2, padding="valid", seed=0, base=4, jitter=True):
+    torch.manual_seed(seed)
+    names = ("background", "object") if classes == 2 else ("background", "boundary", "interior")
+    cfg = UNetConfig(depth=2, base_channels=base, padding=padding, num_classes=classes,
+                     class_names=names)
+    out = []
+    for _ in range(n):
+        net = UNet(cfg)
+        if jitter:
+            with torch.no_grad():  # members that disagree: a random head bias each
+                net.head.bias.normal_(0, 1)
+        out.append(net.eval())
+    return out
+
+
+def tiny():
+    return UNetModel(nets(1, base=8, jitter=False)[0], name="tiny")
+
+
+@pytest.fixture(scope="module")
+def colony():
+    frames = [rod_colony(seed=s) for s in (0, 1)]
+    return [f[0] for f in frames], [f[1] for f in frames]
+
+
+def fast(**kw):
+    base = dict(steps=60, batch_size=4, patch_size=64, val_every=10, val_min_total=0,
+                val_min_objects=1, precision="fp32", lr=3e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as s:
+            return events, s.value
+
+
+# ---------------------------------------------------------------------------- the network
+def test_forward_gives_the_mean_of_the_members_probabilities():
+    members = nets(3, classes=3)
+    ens = UNetEnsemble(members).eval()
+    x = torch.randn(2, 1, 92, 92)
+    with torch.no_grad():
+        p = torch.softmax(ens(x), 1)
+        want = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+        single = torch.softmax(members[0](x), 1)
+    torch.testing.assert_close(p, want, atol=1e-6, rtol=1e-5)
+    assert (p - single).abs().max() > 1e-3  # not one member's output
+    assert torch.equal(p.argmax(1), want.argmax(1))
+    with pytest.raises(ValueError, match="at least 2"):
+        UNetEnsemble(members[:1])
+    other = UNet(UNetConfig(depth=2, base_channels=8))
+    with pytest.raises(ValueError, match="one architecture"):
+        UNetEnsemble([members[0], other])
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_file_round_trip_and_tiled_equals_whole_image(tmp_path, padding):
+    model = UNetModel(UNetEnsemble(nets(2, padding=padding)), name="two")
+    path = save_model(model, tmp_path / "two.safetensors")
+    assert read_header(path)["ensemble"] == 2
+    with safe_open(str(path), "pt") as f:
+        assert all(k.startswith(("members.0.", "members.1.")) for k in f.keys())
+    back = load_model(path)
+    assert back.members == 2 and isinstance(back.net, UNetEnsemble)
+    img = np.random.default_rng(0).random((150, 133)).astype(np.float32)
+    a = predict_image(img, model, output="probabilities", device="cpu", tile_size=64)
+    b = predict_image(img, back, output="probabilities", device="cpu", tile_size=512)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # the file's weights, tiled == whole image
+    one = predict_image(img, UNetModel(back.net.members[0]), output="probabilities", device="cpu")
+    assert np.abs(a - one).max() > 1e-3
+    # a header whose ensemble size does not match the weights is a clear error, not a guess
+    with safe_open(str(path), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    h = json.loads(meta["napari_unet"])
+    for bad, msg in ((3, "do not match"), (0, "ensemble size")):
+        h["ensemble"] = bad
+        save_file(state, str(tmp_path / "bad.safetensors"), metadata={"napari_unet": json.dumps(h)})
+        with pytest.raises(ModelFileError, match=msg):
+            load_model(tmp_path / "bad.safetensors")
+
+
+def test_how_many_networks_by_default():
+    assert TrainConfig(minutes=2).members_for(True) == 2
+    assert TrainConfig(minutes=5).members_for(True) == 3
+    assert TrainConfig(minutes=0.9).members_for(True) == 1
+    assert TrainConfig(minutes=5).members_for(False) == 1  # nothing to tell a bad network by
+    assert TrainConfig(minutes=5).members_for(True, live=True) == 1
+    assert TrainConfig(steps=900).members_for(True) == 1
+    assert TrainConfig(members=4).members_for(False) == 4
+    for bad in (0, 9, 1.5, True):
+        with pytest.raises(ValueError, match="members"):
+            TrainConfig(members=bad)
+
+
+# ---------------------------------------------------------------------------- training
+def test_networks_share_the_budget_and_hold_back_different_objects(colony, tmp_path, capsys):
+    imgs, labs = colony
+    base = tiny()
+    events, model = run(train(imgs, labs, model=base, config=fast(members=2), device="cpu", seed=0))
+    assert [e.step for e in events] == list(range(1, 61))  # counted over both networks
+    assert [e.network for e in events] == [0] * 30 + [1] * 30 and {e.networks for e in events} == {2}
+    assert events[0].validation.startswith("network 1 of 2") and \
+        events[-1].validation.startswith("network 2 of 2")
+    assert all(e.total == 60 for e in events)
+    prov = model.provenance
+    runs = prov["ensemble"]
+    assert [r["steps"] for r in runs] == [30, 30] and [r["holdback_seed"] for r in runs] == [0, 1]
+    assert [r["seed"] for r in runs] == [0, 1] and prov["steps"] == 60
+    # each network validated on its own objects: the hold-backs differ
+    held = []
+    for hs in (0, 1):
+        d = prepare_data(imgs, labs, config=model.config, normalization=model.normalization,
+                         mode="boundary", train_config=fast(holdback_seed=hs))
+        held.append([set(np.unique(p.holdback.instances).tolist()) - {0} for p in d.planes])
+        assert all(h for h in held[-1])
+    assert held[0] != held[1]
+    for r in runs:  # each scored on its own objects; left out only when the start was better
+        assert r["in_ensemble"] == (r["start"]["score"] <= r["validation"]["score"] + 0.05)
+    assert all(r["in_ensemble"] for r in runs)
+    assert model.members == 2 and prov["validation"]["kept"] == "ensemble"
+    assert "ensemble of 2 networks" in model.description
+    out = segment_image(imgs[0], model, output="instances", device="cpu")
+    assert out.shape == imgs[0].shape and out.max() > 0
+    # the CLI: --members, the file and the summary line
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", imgs[0])
+    tifffile.imwrite(tmp_path / "a_labels.tif", labs[0].astype(np.uint16))
+    bpath = save_model(base, tmp_path / "base.safetensors")
+    assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
+                 "--base-model", str(bpath), "--steps", "4", "--members", "2", "--patch-size", "32",
+                 "--batch-size", "2", "--val-fraction", "0", "--device", "cpu", "--quiet",
+                 "--output", str(tmp_path / "m.safetensors")]) == 0
+    assert "trained 2 networks one after the other" in capsys.readouterr().out
+    m = load_model(tmp_path / "m.safetensors")
+    assert m.members == 2 and len(m.provenance["ensemble"]) == 2
+
+
+def test_networks_worse_than_the_start_are_left_out(colony):
+    """A learning rate that wrecks every network: none joins, the start comes back with its warning."""
+    imgs, labs = colony
+    good = run(train(imgs, labs, model=tiny(), config=fast(),
+                     device="cpu", seed=0))[1]
+    assert good.provenance["validation"]["best"]["score"] > 0.3
+    wreck = fast(steps=8, val_every=2, lr=50.0, warmup=0.0, members=2)
+    model = run(train(imgs, labs, model=good, config=wreck, device="cpu", seed=0))[1]
+    prov = model.provenance
+    assert [r["in_ensemble"] for r in prov["ensemble"]] == [False, False]
+    assert model.members == 1 and prov["validation"]["kept"] == "start"
+    assert "WARNING" in model.description
+    for k, t in model.net.state_dict().items():
+        assert torch.equal(t, good.net.state_dict()[k])
+
+
+def test_stop_during_the_second_network(colony):
+    imgs, labs = colony
+    stop = threading.Event()
+    gen = train(imgs, labs, model=tiny(), config=fast(members=2),
+                device="cpu", seed=0, stop=stop)
+    events = []
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as s:
+            model = s.value
+            break
+        events.append(ev)
+        if ev.step == 34:
+            stop.set()
+    assert events[-1].step == 34 and events[-1].network == 1
+    prov = model.provenance
+    runs = prov["ensemble"]
+    assert len(runs) == 2 and [r["steps"] for r in runs] == [30, 4]
+    assert runs[0]["in_ensemble"]
+    # the stopped network joins only when validation scored it above the start by the margin
+    assert runs[1]["in_ensemble"] == (runs[1]["validation"]["score"] > runs[1]["start"]["score"] + 0.05)
+    assert model.members == (2 if runs[1]["in_ensemble"] else 1)
+
+
+def test_fine_tuning_an_ensemble_starts_each_network_from_its_own(colony):
+    imgs, labs = colony
+    base_nets = nets(2, classes=3, seed=3)
+    base = UNetModel(UNetEnsemble(base_nets), name="pair")
+    cfg = fast(steps=2, lr=1e-12, warmup=0.0, ema=0.0, members=2, val_every=1)
+    model = run(train(imgs, labs, model=base, config=cfg, device="cpu", seed=0))[1]
+    assert model.members == 2
+    for got, want in zip(model.net.members, base_nets, strict=True):
+        for k, t in want.state_dict().items():
+            torch.testing.assert_close(got.state_dict()[k], t, atol=1e-6, rtol=0)
