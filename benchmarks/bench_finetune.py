@@ -90,6 +90,9 @@ def run_unet(train_pairs, test, seconds: float, seed: int = 0, tta: bool = False
         res.update(f1_tta=t["f1"], iou_tta=t["iou"])
     prov = model.provenance
     end = prov.get("ended_early")
+    if prov.get("ensemble"):  # the run ended before its budget when its last network did
+        last = prov["ensemble"][-1]["ended_early_s"]
+        end = None if last is None else {"seconds": last}
     res.update(seconds=round(wall, 1), steps=prov["steps"], mode=prov["mode"], seed=seed,
                networks=model.members,
                validation=prov["validation"]["kept"], precision=prov["training"]["precision"],
@@ -155,7 +158,7 @@ def markdown(results: dict) -> str:
     for case, r in results["cases"].items():
         seeds = len({u.get("seed", 0) for u in r["unet"]}) > 1
         tta = any("f1_tta" in u for u in r["unet"])
-        head = "| budget (s) | " + ("seed | " if seeds else "") + "U-Net s | steps | U-Net F1 | U-Net IoU | " + \
+        head = "| budget (s) | " + ("seed | " if seeds else "") + "U-Net s | steps | networks | U-Net F1 | U-Net IoU | " + \
             ("F1 with TTA | IoU with TTA | " if tta else "") + \
             "forest F1 | forest IoU | forest fit s | ours above the forest in both |"
         lines += [f"**{case}** (scored on {r['test_frames']} frames not trained on)", "", head,
@@ -167,7 +170,7 @@ def markdown(results: dict) -> str:
             if tta and f is not None:
                 above += " / with TTA " + ("yes" if u["f1_tta"] > f["f1"] and u["iou_tta"] > f["iou"] else "no")
             lines.append(f"| {u['budget']:.0f} | " + (f"{u.get('seed', 0)} | " if seeds else "")
-                         + f"{u['seconds']:.0f}{'*' if u.get('ended_early_s') else ''} | {u['steps']} | {u['f1']:.3f} | {u['iou']:.3f} | "
+                         + f"{u['seconds']:.0f}{'*' if u.get('ended_early_s') else ''} | {u['steps']} | {u.get('networks', 1)} | {u['f1']:.3f} | {u['iou']:.3f} | "
                          + (f"{u['f1_tta']:.3f} | {u['iou_tta']:.3f} | " if tta else "")
                          + f"{fb} | {above} |")
         lines.append("")

@@ -223,3 +223,29 @@ def test_fine_tuning_an_ensemble_starts_each_network_from_its_own(colony):
     for got, want in zip(model.net.members, base_nets, strict=True):
         for k, t in want.state_dict().items():
             torch.testing.assert_close(got.state_dict()[k], t, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------- exchange
+def test_torchscript_and_onnx_files_hold_the_ensemble(tmp_path):
+    from napari_unet.core.exchange import ExchangeError
+    from napari_unet.core.exchange.bioimageio import export_bioimageio
+    from napari_unet.core.exchange.portable import export_onnx, export_torchscript
+
+    model = UNetModel(UNetEnsemble(nets(2)), name="two")
+    cfg = model.config
+    x = torch.randn(2, 1, cfg.input_size(3 * cfg.grid), cfg.input_size(4 * cfg.grid))
+    with torch.no_grad():
+        want = torch.softmax(model.net(x), 1)
+        ts = torch.jit.load(str(export_torchscript(model, tmp_path / "two.pt")))
+        torch.testing.assert_close(torch.softmax(ts(x), 1), want, atol=1e-5, rtol=1e-4)
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from napari_unet.core.exchange.runtime import onnx_session
+
+    sess = onnx_session(str(export_onnx(model, tmp_path / "two.onnx")))
+    got = torch.softmax(torch.from_numpy(sess.run(None, {"input": x.numpy()})[0]), 1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # a bioimage.io package describes one network: a clear message, and no file
+    with pytest.raises(ExchangeError, match="ensemble"):
+        list(export_bioimageio(model, tmp_path / "two.zip"))
+    assert not (tmp_path / "two.zip").exists()

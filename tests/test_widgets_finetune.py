@@ -148,3 +148,32 @@ def test_time_budget_and_what_is_validated_are_shown(make_napari_viewer, qtbot, 
     assert ft.progress_bar.maximum() == 6  # the bar counts seconds of the budget
     assert any("no validation: 5 objects painted" in t for t in seen)
     assert "no validation" in ft.status.text() and "trained" in ft.status.text()
+
+
+def test_an_ensemble_of_networks_from_the_networks_field(make_napari_viewer, qtbot, tiny_model_path,
+                                                         nuclei_image, nuclei_mask, tmp_path):
+    """Networks = 2: two networks train one after the other (the status says which), the model
+    averages them, Segment uses it and Save writes both."""
+    viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
+    ft.steps.value = 6
+    ft.members.value = 2
+    ft.device.value = "cpu"
+    click(qtbot, ft.add_pair)
+    seen = []
+    click(qtbot, ft.train_button)
+    ft.worker.yielded.connect(lambda ev: seen.append(ft.status.text()) if hasattr(ev, "step") else None)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    assert ft.model.members == 2 and len(ft.model.provenance["ensemble"]) == 2
+    assert any("network 1 of 2" in t for t in seen) and any("network 2 of 2" in t for t in seen)
+    assert ft.plot.loss and len(ft.plot.loss) == 6  # the steps of both networks, one curve
+    assert "trained 2 networks one after the other" in ft.status.text()
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.running, timeout=TIMEOUT)
+    out = viewer.layers["nuclei instances"]
+    assert isinstance(out, Labels) and out.data.shape == (512, 512)
+    from napari_unet.core.io import load_model
+
+    loaded = load_model(ft.save(str(tmp_path / "two.safetensors")))
+    assert loaded.members == 2
+    for k, v in ft.model.net.state_dict().items():
+        np.testing.assert_array_equal(loaded.net.state_dict()[k].numpy(), v.numpy())

@@ -208,6 +208,11 @@ def export_bioimageio(
 
     from ..tiling import predict_image
 
+    if isinstance(model, UNetModel) and model.members > 1:
+        raise ExchangeError(f"this model averages {model.members} networks (an ensemble) and a "
+                            f"bioimage.io package describes one: export it as ONNX or TorchScript "
+                            f"(they hold the ensemble), or fine-tune with Networks = 1 "
+                            f"(--members 1) for a package")
     if not isinstance(model, UNetModel) or not isinstance(model.net, model_module.UNet):
         raise ExchangeError("only a napari-unet U-Net can be exported as a bioimage.io package")
     out = Path(output)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..ensemble import UNetEnsemble
 from ..io import UNetModel, atomic_write
 from ..model import UNet, UNetConfig
 from . import ExchangeError, require
@@ -99,13 +100,33 @@ class PortableUNet(nn.Module):
         return self.head(x)
 
 
+class PortableEnsemble(nn.Module):
+    """:class:`~..ensemble.UNetEnsemble` in portable form: ``log`` of the members' mean softmax
+    (so that a softmax of the output gives the ensemble's probabilities, as ours does)."""
+
+    def __init__(self, net: UNetEnsemble) -> None:
+        super().__init__()
+        self.members = nn.ModuleList([PortableUNet(m) for m in net.members])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ps: list[torch.Tensor] = []
+        for m in self.members:
+            ps.append(torch.softmax(m(x), dim=1))
+        p = torch.stack(ps, 0).mean(0)
+        return torch.log(p.clamp_min(1e-30))
+
+
+def portable(net: UNet | UNetEnsemble) -> nn.Module:
+    return PortableEnsemble(net) if isinstance(net, UNetEnsemble) else PortableUNet(net)
+
+
 class PackagedUNet(nn.Module):
     """Same-size class probabilities with a halo to crop: the network of a bioimage.io package."""
 
     def __init__(self, net: UNet) -> None:
         super().__init__()
         geo = package_geometry(net.config)
-        self.core = PortableUNet(net)
+        self.core = portable(net)
         self.crop = geo.crop
         self.pad_before = geo.pad_before
         self.pad_after = geo.pad_after
@@ -122,7 +143,7 @@ def _net(model: UNetModel | UNet) -> UNet:
     """The network on the CPU in eval mode (a copy when it lives elsewhere or trains: the caller's
     model is left as it is)."""
     net = model.net if isinstance(model, UNetModel) else model
-    if not isinstance(net, UNet):
+    if not isinstance(net, UNet | UNetEnsemble):
         raise ExchangeError("only napari-unet's own U-Net can be exported (this model was imported "
                             "from another program's package; export the original instead)")
     if net.training or any(p.device.type != "cpu" for p in net.parameters()):
@@ -138,7 +159,7 @@ def _example_input(config: UNetConfig) -> torch.Tensor:
 def scripted(model: UNetModel | UNet, packaged: bool = False) -> torch.jit.ScriptModule:
     """The network (logits; or with ``packaged`` the bioimage.io form) compiled by TorchScript."""
     net = _net(model)
-    module = PackagedUNet(net) if packaged else PortableUNet(net)
+    module = PackagedUNet(net) if packaged else portable(net)
     return torch.jit.script(module.eval())
 
 
@@ -154,7 +175,7 @@ def export_onnx(model: UNetModel | UNet, path: str | os.PathLike, packaged: bool
     dynamic): onnxruntime gives our logits (or the packaged probabilities). Atomic."""
     require("onnx", "ONNX export")
     net = _net(model)
-    module = (PackagedUNet(net) if packaged else PortableUNet(net)).eval()
+    module = (PackagedUNet(net) if packaged else portable(net)).eval()
     cfg = net.config
     x = _example_input(cfg) if not packaged else torch.zeros(
         1, cfg.in_channels, package_geometry(cfg).min_size + cfg.grid,

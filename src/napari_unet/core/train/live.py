@@ -249,7 +249,8 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
     :class:`LiveWaiting` every ``poll`` seconds) until the painting has objects and background; then trains until ``inbox.stop()`` or ``stop()``, taking in every change of the
     painting before the next step, and previews the viewed box every ``preview_every`` seconds.
     ``config.prior_adaptation`` is ignored: live models record no background prior. Returns the model (None when stopped before anything could be trained on)."""
-    from .loop import _resolve_mode, _should_stop, train_network  # the loop imports this module
+    from .loop import _should_stop, train_network  # the loop imports this module
+    from .network import resolve_mode
 
     ims = as_list(images, "images")
     # no prior adaptation in Live: the share of background in a few scribbles says nothing of
@@ -277,7 +278,7 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
         if version != checked:
             checked = version
             try:  # the checks of training: a dry run of the data preparation
-                m, widen = _resolve_mode(model, mode, labels, background_label)
+                m, widen = resolve_mode(model, mode, labels, background_label)
                 prepare_data(ims, labels, masks_arg,
                              config=widened_config(cfg) if widen else cfg,
                              normalization=norm, mode=m, background_label=background_label,

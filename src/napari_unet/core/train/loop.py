@@ -30,20 +30,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..annotations import check_mode, num_classes_for
+from ..annotations import num_classes_for
 from ..augment import augment
-from ..ensemble import members_of
 from ..device import resolve_device
 from ..events import StepDone
 from ..io import Postprocessing, UNetModel
 from ..model import UNet, UNetConfig
 from ..normalize import Normalization
 from .config import TrainConfig, default_architecture, postprocessing_for
-from .data import as_list, choose_mode, prepare_data, sample_batch
+from .data import as_list, prepare_data, sample_batch
 from .live import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from .loss import training_loss
 from .network import (
     AveragedWeights,
+    member_view,
+    resolve_mode,
     TorchRng,
     autocast_for,
     resolve_precision,
@@ -74,32 +75,6 @@ def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
-def _resolve_mode(model: UNetModel | None, mode: str | None, labels: Any,
-                  background_label: int | None) -> tuple[str, bool]:
-    """(mode, widen): the target classes, and whether a 2-class base gets a boundary class."""
-    k = None if model is None else model.config.num_classes
-    if k is not None and k not in (2, 3):
-        raise ValueError(f"cannot fine-tune a {k}-class model from painted instance labels: "
-                         f"only 2-class (binary) and 3-class (boundary) models")
-    if mode in (None, "auto"):
-        if k == 3:
-            return "boundary", False
-        mode = choose_mode(labels, background_label)
-    check_mode(mode)
-    if k == 3 and mode == "binary":
-        raise ValueError("mode 'binary' needs 2 classes but the model has 3 (background / boundary "
-                         "/ interior): fine-tune it in mode 'boundary'")
-    return mode, k == 2 and mode == "boundary"
-
-
-def _member_view(model: UNetModel, member: int) -> UNetModel:
-    """One network of a base ensemble (network ``member`` modulo its size) as a model to fine-tune."""
-    nets = members_of(model.net)
-    if len(nets) == 1:
-        return model
-    return dataclasses.replace(model, net=nets[member % len(nets)])
 
 
 def train_network(
@@ -147,12 +122,12 @@ def train_network(
     """
     tc = config or TrainConfig()
     if model is not None:
-        model = _member_view(model, member)
+        model = member_view(model, member)
     dev = resolve_device(device)
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     if model is None and architecture is not None and mode in (None, "auto"):
         mode = "boundary" if architecture.num_classes == 3 else "binary"  # as it was built
-    mode, widen = _resolve_mode(model, mode, labels, background_label)
+    mode, widen = resolve_mode(model, mode, labels, background_label)
     if model is not None:
         arch = widened_config(model.config) if widen else model.config
         normalization = model.normalization

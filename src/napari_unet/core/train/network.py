@@ -1,4 +1,5 @@
-"""The network being trained: a copy of the base model (its head widened to a border class when
+"""The network being trained: which classes it learns (:func:`resolve_mode`), a copy of the base
+model (one network of a base ensemble, :func:`member_view`; its head widened to a border class when
 packed objects need one), a private seeded RNG, the averaged weights, the arithmetic precision."""
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from typing import Any
 
 import torch
 
+from ..annotations import check_mode
+from ..ensemble import members_of
+from ..io import UNetModel
 from ..model import UNet, UNetConfig
+from .data import choose_mode
 
 
 def widened_config(cfg: UNetConfig) -> UNetConfig:
@@ -130,3 +135,29 @@ def schedule(progress: float, warmup: float, cosine: bool) -> float:
         return 1.0
     q = (p - warmup) / max(1.0 - warmup, 1e-9)
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * q))
+
+
+def resolve_mode(model: UNetModel | None, mode: str | None, labels: Any,
+                  background_label: int | None) -> tuple[str, bool]:
+    """(mode, widen): the target classes, and whether a 2-class base gets a boundary class."""
+    k = None if model is None else model.config.num_classes
+    if k is not None and k not in (2, 3):
+        raise ValueError(f"cannot fine-tune a {k}-class model from painted instance labels: "
+                         f"only 2-class (binary) and 3-class (boundary) models")
+    if mode in (None, "auto"):
+        if k == 3:
+            return "boundary", False
+        mode = choose_mode(labels, background_label)
+    check_mode(mode)
+    if k == 3 and mode == "binary":
+        raise ValueError("mode 'binary' needs 2 classes but the model has 3 (background / boundary "
+                         "/ interior): fine-tune it in mode 'boundary'")
+    return mode, k == 2 and mode == "boundary"
+
+
+def member_view(model: UNetModel, member: int) -> UNetModel:
+    """One network of a base ensemble (network ``member`` modulo its size) as a model to fine-tune."""
+    nets = members_of(model.net)
+    if len(nets) == 1:
+        return model
+    return replace(model, net=nets[member % len(nets)])
