@@ -116,16 +116,39 @@ def test_file_round_trip_and_tiled_equals_whole_image(tmp_path, padding):
 
 
 def test_how_many_networks_by_default():
-    assert TrainConfig(minutes=2).members_for(True) == 2
-    assert TrainConfig(minutes=5).members_for(True) == 3
-    assert TrainConfig(minutes=0.9).members_for(True) == 1
-    assert TrainConfig(minutes=5).members_for(False) == 1  # nothing to tell a bad network by
-    assert TrainConfig(minutes=5).members_for(True, live=True) == 1
-    assert TrainConfig(steps=900).members_for(True) == 1
+    two_minutes = TrainConfig(minutes=2)
+    # the steps and passes over the painting that the budget holds, as the loop measures them
+    assert two_minutes.members_for(True, steps=380, passes=340) == 2  # brightfield, 2 cores
+    assert TrainConfig(minutes=5).members_for(True, steps=950, passes=850) == 3  # at most 3
+    assert two_minutes.members_for(True, steps=200, passes=180) == 1  # one minute's worth
+    assert two_minutes.members_for(True, steps=234, passes=470) == 1  # small images: steps count
+    assert two_minutes.members_for(True, steps=950, passes=200) == 1  # a big painting: passes count
+    assert two_minutes.members_for(True) == 1  # before the speed is measured
+    assert two_minutes.members_for(False, steps=950, passes=850) == 1  # nothing tells a bad network
+    assert two_minutes.members_for(True, live=True, steps=950, passes=850) == 1
+    assert TrainConfig(steps=900).members_for(True, steps=900, passes=900) == 1  # no time budget
     assert TrainConfig(members=4).members_for(False) == 4
     for bad in (0, 9, 1.5, True):
         with pytest.raises(ValueError, match="members"):
             TrainConfig(members=bad)
+
+
+def test_a_time_budget_decides_the_networks_from_the_machines_speed(colony, monkeypatch):
+    """Automatic: the loop measures its first steps, and a budget that holds three networks'
+    worth of steps trains three, sharing the budget."""
+    from napari_unet.core.train import config as config_module
+
+    monkeypatch.setattr(config_module, "NETWORK_STEPS", 4)
+    monkeypatch.setattr(config_module, "NETWORK_PASSES", 0.01)
+    imgs, labs = colony
+    cfg = fast(steps=10**6, minutes=0.05, val_every=None, plateau_patience=0)
+    events, model = run(train(imgs, labs, model=tiny(), config=cfg, device="cpu", seed=0))
+    runs = model.provenance["ensemble"]
+    assert len(runs) == 3 and [r["holdback_seed"] for r in runs] == [0, 1, 2]
+    assert all(e.networks == 1 for e in events[:11]) and events[11].networks == 3
+    assert [e.step for e in events] == list(range(1, len(events) + 1))
+    assert all(r["steps"] >= 1 and r["seconds"] < 2.5 for r in runs)  # a share of the 3 s each
+    assert 2.5 <= model.provenance["training_seconds_measured"] < 20
 
 
 # ---------------------------------------------------------------------------- training

@@ -30,8 +30,12 @@ SAMPLING = ("pixels", "images")
 LOSSES = ("ce", "ce+dice")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEPS = ("final", "best")
-MEMBER_SECONDS = 60.0  # automatic ensembles: one network per this many seconds of a time budget
+# automatic ensembles: one network per NETWORK_STEPS steps that the time budget holds on this
+# machine, and per NETWORK_PASSES passes over the painting, at most MAX_AUTO_MEMBERS
+NETWORK_STEPS = 150
+NETWORK_PASSES = 135
 MAX_AUTO_MEMBERS = 3
+PROBE_STEPS = 12  # the loop measures the machine's speed over steps 3 to this one
 MAX_MEMBERS = 8
 
 
@@ -82,9 +86,12 @@ class TrainConfig:
       softmax means: :mod:`napari_unet.core.ensemble`); the budget (``minutes`` or ``steps``) is
       shared by them, a network that ends early leaving its time to the next, and each holds back
       its own objects for validation (``holdback_seed``), so that together they learn all of the
-      painting. None (default): one per :data:`MEMBER_SECONDS` of a time budget, at most
-      :data:`MAX_AUTO_MEMBERS`, when the painting can be validated (a network validated worse
-      than the starting model is left out); else one. Measured on brightfield cells: see
+      painting. None (default): with a time budget and a painting that can be validated, one
+      network per :data:`NETWORK_STEPS` steps (and :data:`NETWORK_PASSES` passes over the
+      painting) that the budget holds on this machine, at most :data:`MAX_AUTO_MEMBERS`
+      (measured over the first steps: a 2-minute budget on a 2-core CPU makes ~380 steps, two
+      networks; in the viewer, 4 minutes also make two); else one. A network validated worse
+      than the starting model is left out. Measured on brightfield cells: see
       docs/benchmarks.md ("An ensemble instead of one network").
     - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32),
       "fp32" or "bf16".
@@ -159,15 +166,21 @@ class TrainConfig:
         if not 0 <= self.warmup < 1:
             raise ValueError(f"TrainConfig.warmup must be in [0, 1), got {self.warmup!r}")
 
-    def members_for(self, has_validation: bool, live: bool = False) -> int:
-        """How many networks this run trains (see ``members``)."""
+    def members_for(self, has_validation: bool, live: bool = False, steps: float | None = None,
+                    passes: float | None = None) -> int:
+        """How many networks this run trains (see ``members``). ``steps`` / ``passes``: what the
+        whole time budget will make on this machine (measured by the loop over its first
+        :data:`PROBE_STEPS` steps; None before that: one network)."""
         if live:
             return 1
         if self.members is not None:
             return self.members
-        if not has_validation or self.minutes is None:
+        if not has_validation or self.minutes is None or steps is None:
             return 1
-        return int(min(MAX_AUTO_MEMBERS, max(1, 60.0 * self.minutes // MEMBER_SECONDS)))
+        n = steps // NETWORK_STEPS
+        if passes is not None:
+            n = min(n, passes // NETWORK_PASSES)
+        return int(min(MAX_AUTO_MEMBERS, max(1, n)))
 
     def learning_rate(self) -> float:
         return float(self.lr) if self.lr is not None else 2e-3

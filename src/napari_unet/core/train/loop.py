@@ -37,7 +37,7 @@ from ..events import StepDone
 from ..io import Postprocessing, UNetModel
 from ..model import UNet, UNetConfig
 from ..normalize import Normalization
-from .config import TrainConfig, default_architecture, postprocessing_for
+from .config import PROBE_STEPS, TrainConfig, default_architecture, postprocessing_for
 from .data import as_list, prepare_data, sample_batch
 from .live import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from .loss import training_loss
@@ -143,6 +143,15 @@ def train_network(
     data = prepare_data(images, labels, masks, config=arch, normalization=normalization, mode=mode,
                         background_label=background_label, channel_axis=channel_axis,
                         train_config=tc)
+    known = max(1, sum(p.centres.size for p in data.planes))
+    seen = np.mean([min(data.out_size, p.shape[0]) * min(data.out_size, p.shape[1])
+                    for p in data.planes])  # plane pixels in one patch
+    passes_per_step = tc.batch_size * seen / known  # a step's share of a pass over the painting
+    # how many networks: explicit, or (automatic, with a time budget and validation) decided from
+    # the speed of this machine over the first steps
+    probe = members is None and tc.members is None and live is None and data.has_validation \
+        and tc.minutes is not None
+    t_probe = 0.0
     k = members if members is not None else tc.members_for(data.has_validation, live is not None)
     if members is None and k > 1:  # the first of k networks: its share of the budget
         tc = dataclasses.replace(tc, steps=max(1, tc.steps // k),
@@ -241,10 +250,7 @@ def train_network(
         last_val_step, last_val_t = step, time.perf_counter()
         if last is not None and (best is None or last.score > best.score):
             best, best_state, best_step = last, _clone_state(averaged.net), step
-        known = max(1, sum(p.centres.size for p in data.planes))
-        seen = np.mean([min(data.out_size, p.shape[0]) * min(data.out_size, p.shape[1])
-                        for p in data.planes])  # plane pixels in one patch
-        passes = step * tc.batch_size * seen / known  # times over the painting was seen
+        passes = step * passes_per_step  # times over the painting was seen
         learnt = last is not None and start is not None and last.score > start.score + tc.start_margin
         if last is not None and step > 0 and plateau.observe(last.nll, progress(last_val_t),
                                                              clock(last_val_t), factor,
@@ -342,6 +348,16 @@ def train_network(
                 opt.step()
                 averaged.update()
             step += 1
+            if probe and step == 2:
+                t_probe = time.perf_counter()  # the first steps warm up kernels and caches
+            if probe and step == PROBE_STEPS and budget is not None:
+                probe = False  # the steps the budget holds here (validation: up to a tenth)
+                rate = (step - 2) / max(time.perf_counter() - t_probe, 1e-9)
+                expect = rate * 0.9 * budget
+                k = tc.members_for(True, steps=expect, passes=expect * passes_per_step)
+                if k > 1:  # the first of k networks: its share of the budget
+                    budget /= k
+                    which = f"network {member + 1} of {k}: "
             lv = float(loss.detach())
             losses.append(lv)
             now = time.perf_counter()
