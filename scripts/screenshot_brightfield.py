@@ -28,6 +28,8 @@ DATA = ROOT.parent / "shared" / "data" / "brightfield-scratch" / "scratch-assay.
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--save", default=None, metavar="MODEL",
+                    help="also write the fine-tuned model to this file (Save model…)")
     args = ap.parse_args()
 
     import napari
@@ -61,6 +63,8 @@ def main() -> int:
     shot(viewer, app, "finetune-brightfield-training.png")
     wait(app, lambda: not ft.running)
     print("fine-tune status:", ft.status.text())
+    if args.save:
+        print("saved", ft.save(args.save))
     shot(viewer, app, "finetune-brightfield-done.png")
 
     _show_dock(viewer, seg)

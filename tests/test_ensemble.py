@@ -118,11 +118,11 @@ def test_file_round_trip_and_tiled_equals_whole_image(tmp_path, padding):
 def test_how_many_networks_by_default():
     two_minutes = TrainConfig(minutes=2)
     # the steps and passes over the painting that the budget holds, as the loop measures them
-    assert two_minutes.members_for(True, steps=380, passes=340) == 2  # brightfield, 2 cores
-    assert TrainConfig(minutes=5).members_for(True, steps=950, passes=850) == 3  # at most 3
-    assert two_minutes.members_for(True, steps=200, passes=180) == 1  # one minute's worth
-    assert two_minutes.members_for(True, steps=234, passes=470) == 1  # small images: steps count
-    assert two_minutes.members_for(True, steps=950, passes=200) == 1  # a big painting: passes count
+    assert two_minutes.members_for(True, steps=380, passes=340) == 1  # brightfield, 2 min, 2 cores
+    assert TrainConfig(minutes=3).members_for(True, steps=560, passes=500) == 2
+    assert TrainConfig(minutes=5).members_for(True, steps=950, passes=850) == 3
+    assert TrainConfig(minutes=20).members_for(True, steps=3800, passes=3400) == 3  # at most 3
+    assert two_minutes.members_for(True, steps=1000, passes=300) == 1  # a big painting: passes count
     assert two_minutes.members_for(True) == 1  # before the speed is measured
     assert two_minutes.members_for(False, steps=950, passes=850) == 1  # nothing tells a bad network
     assert two_minutes.members_for(True, live=True, steps=950, passes=850) == 1

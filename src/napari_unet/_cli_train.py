@@ -40,8 +40,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="optimisation steps (default 500, or no limit with --minutes)")
     p.add_argument("--members", type=int, default=None, metavar="N",
                    help="networks to fine-tune one after the other and average (an ensemble: "
-                        "steadier results, Nx the compute to segment); default: one per minute of "
-                        "--minutes, at most 3, when the painting can be validated, else 1")
+                        "steadier results, Nx the compute to segment); default: with validation, one "
+                        "per 250 steps that --minutes holds on this machine (2 CPU cores: about 3 "
+                        "minutes for two), at most 3, else 1")
     p.add_argument("--patch-size", type=int, default=256, help="output patch size in pixels")
     p.add_argument("--batch-size", type=int, default=4, help="patches per step")
     p.add_argument("--lr", type=float, default=None,

@@ -112,8 +112,8 @@ class FineTuneWidget(QWidget):
             value=0, min=0, max=8, label="Networks",
             tooltip="Networks fine-tuned one after the other on the painting and averaged (an "
                     "ensemble: steadier results, each network costs one more pass to segment); "
-                    "0 = automatic: one per minute of the budget, at most 3, when the painting "
-                    "can be validated (40 or more objects), else 1")
+                    "0 = automatic: with validation (40 or more painted objects), one per 250 "
+                    "steps that the budget holds on this machine, at most 3, else 1")
         self.lr = FloatSpinBox(value=2e-3, min=1e-6, max=1.0, step=1e-4, label="Learning rate",
                                tooltip="Adam learning rate; warmed up, then it decays along a "
                                        "cosine to 5%")

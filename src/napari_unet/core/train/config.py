@@ -32,8 +32,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 KEEPS = ("final", "best")
 # automatic ensembles: one network per NETWORK_STEPS steps that the time budget holds on this
 # machine, and per NETWORK_PASSES passes over the painting, at most MAX_AUTO_MEMBERS
-NETWORK_STEPS = 150
-NETWORK_PASSES = 135
+NETWORK_STEPS = 250
+NETWORK_PASSES = 225
 MAX_AUTO_MEMBERS = 3
 PROBE_STEPS = 12  # the loop measures the machine's speed over steps 3 to this one
 MAX_MEMBERS = 8
@@ -89,8 +89,8 @@ class TrainConfig:
       painting. None (default): with a time budget and a painting that can be validated, one
       network per :data:`NETWORK_STEPS` steps (and :data:`NETWORK_PASSES` passes over the
       painting) that the budget holds on this machine, at most :data:`MAX_AUTO_MEMBERS`
-      (measured over the first steps: a 2-minute budget on a 2-core CPU makes ~380 steps, two
-      networks; in the viewer, 4 minutes also make two); else one. A network validated worse
+      (measured over the first steps: on a 2-core CPU a 2-minute budget makes ~380 steps, one
+      network; 3 minutes two, 5 minutes three); else one. A network validated worse
       than the starting model is left out. Measured on brightfield cells: see
       docs/benchmarks.md ("An ensemble instead of one network").
     - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32),

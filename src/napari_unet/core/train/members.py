@@ -1,10 +1,14 @@
 """Fine-tuning an ensemble: :func:`train` trains the networks one after the other on the same
 painting and returns their average (:class:`~napari_unet.core.ensemble.UNetEnsemble`).
 
-Why: on two painted frames one fine-tuned network is a draw. Brightfield cells (docs/benchmarks.md,
-"An ensemble instead of one network"): three networks of the same recipe and budget scored instance
-F1 0.43 / 0.18 / 0.50 on frames not trained on; the mean of any two of them 0.42-0.49, at foreground
-IoU 0.81-0.82 (the members 0.80-0.81).
+Why: on two painted frames, what a long budget adds to one network is memorising them (on
+brightfield cells a 5-minute run scored foreground IoU 0.78 on later frames, a 2-minute run 0.80),
+and one fine-tuned network is a draw (three 2-minute runs: instance F1 0.43 / 0.18 / 0.50). Spent
+on three networks of the size that learns the painting and averaged, the 5-minute budget scored
+F1 0.48, IoU 0.81 (0.41-0.52 / 0.81-0.82 over three runs; docs/benchmarks.md, "An ensemble
+instead of one network"). Cutting a 2-minute budget in two networks of one minute traded F1 for
+IoU (0.38 / 0.81 against 0.44 / 0.80), so a network gets at least
+:data:`~.config.NETWORK_STEPS` steps (:meth:`~.config.TrainConfig.members_for`).
 
 How: the budget (``minutes`` or ``steps``) is shared: each network gets what is left divided by
 the networks still to come, so one that ends early (its painting learnt) leaves its time to the
@@ -98,9 +102,10 @@ def train(images: Any, labels: Any, masks: Any = None, *, config: TrainConfig | 
           seed: int | None = None, stop: Callable[[], bool] | Any = None, name: str | None = None,
           **kwargs: Any) -> Generator[StepDone, None, UNetModel]:
     """Fine-tune ``model`` (or train a new one) on painted labels: one network, or an ensemble
-    (``config.members``; by default one network per minute of a time budget, at most three, when
-    the painting can be validated). Arguments as for :func:`.loop.train_network`. Yields StepDone
-    (steps counted over all networks; ``network`` / ``networks`` and ``validation`` say which
+    (``config.members``; by default, with a time budget and validation, as many as the budget
+    holds networks' worth of steps on this machine, at most three:
+    :meth:`TrainConfig.members_for`). Arguments as for :func:`.loop.train_network`. Yields
+    StepDone (steps counted over all networks; ``network`` / ``networks`` and ``validation`` say which
     network trains); returns the model. Closing the generator ends training as Stop does.
     """
     tc = config or TrainConfig()
