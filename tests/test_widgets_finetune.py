@@ -166,6 +166,7 @@ def test_an_ensemble_of_networks_from_the_networks_field(make_napari_viewer, qtb
     assert ft.model.members == 2 and len(ft.model.provenance["ensemble"]) == 2
     assert any("network 1 of 2" in t for t in seen) and any("network 2 of 2" in t for t in seen)
     assert ft.plot.loss and len(ft.plot.loss) == 6  # the steps of both networks, one curve
+    assert ft.plot.starts == [4]  # and a line where the second network began
     assert "trained 2 networks one after the other" in ft.status.text()
     seg.run()
     qtbot.waitUntil(lambda: not seg.running, timeout=TIMEOUT)

@@ -65,6 +65,7 @@ class FineTuneWidget(QWidget):
         self._pairs: list[tuple[str, str, str]] = []
         self._budget_s: float | None = None
         self._summary = ""
+        self._network = 0  # which network of an ensemble trains (the plot marks the next one)
 
         self.image = ComboBox(choices=self._images, label="Image",
                               tooltip="Image layer to learn from")
@@ -289,6 +290,7 @@ class FineTuneWidget(QWidget):
         self._budget_s = 60.0 * minutes if minutes else None
         total = int(self._budget_s) if self._budget_s else steps
         self.plot.clear(total if not self._budget_s else 0)
+        self._network = 0
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
         self._progress = progress(total=total, desc=f"U-Net fine-tuning ({name})")
@@ -318,6 +320,9 @@ class FineTuneWidget(QWidget):
         if isinstance(ev, tuple) and ev and ev[0] == "loaded":
             self.registry.set_loaded(ev[1], ev[2])
             return
+        if ev.network != self._network:  # the next network of an ensemble starts
+            self._network = ev.network
+            self.plot.new_network(ev.step)
         done = ev.step
         if self._budget_s and ev.eta_s is not None:
             done = int(round(self._budget_s - ev.eta_s))

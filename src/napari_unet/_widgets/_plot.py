@@ -19,15 +19,23 @@ class LossPlot(QWidget):
         super().__init__(parent)
         self.loss: list[tuple[int, float]] = []
         self.score: list[tuple[int, float]] = []
+        self.starts: list[int] = []  # steps where the next network of an ensemble began
         self.total = 1
         self.setMinimumHeight(110)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip("Training loss (orange, log scale) and validation score "
                         "(blue: mean of foreground IoU and instance F1 on the held-back whole objects, "
-                        "0 to 1) per step")
+                        "0 to 1) per step; a grey line where the next network of an ensemble "
+                        "starts (each is validated on its own held-back objects)")
 
     def clear(self, total: int = 1) -> None:
         self.loss, self.score, self.total = [], [], max(int(total), 1)
+        self.starts = []
+        self.update()
+
+    def new_network(self, step: int) -> None:
+        """The next network of an ensemble starts at ``step``: a line, and its own score curve."""
+        self.starts.append(int(step))
         self.update()
 
     def add(self, step: int, loss: float, score: float | None, total: int | None = None) -> None:
@@ -61,10 +69,17 @@ class LossPlot(QWidget):
                               for (s, _), v in zip(self.loss, vals, strict=True)])
             p.setPen(QPen(LOSS_COLOR, 1.5))
             p.drawPolyline(poly)
+        if self.starts:
+            p.setPen(QPen(QColor(150, 150, 150), 1, Qt.PenStyle.DashLine))
+            for s in self.starts:
+                p.drawLine(QPointF(x_of(s), m), QPointF(x_of(s), m + ph))
         if self.score:
-            poly = QPolygonF([QPointF(x_of(s), m + ph * (1 - v)) for s, v in self.score])
             p.setPen(QPen(SCORE_COLOR, 1.5))
-            p.drawPolyline(poly)
+            bounds = [-1, *self.starts, math.inf]
+            for a, b in zip(bounds, bounds[1:]):  # noqa: B905 - one curve per network
+                seg = [(s, v) for s, v in self.score if a <= s < b]
+                if seg:
+                    p.drawPolyline(QPolygonF([QPointF(x_of(s), m + ph * (1 - v)) for s, v in seg]))
             for s, v in self.score:
                 p.drawEllipse(QPointF(x_of(s), m + ph * (1 - v)), 2, 2)
         p.setPen(QColor(200, 200, 200))

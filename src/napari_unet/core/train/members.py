@@ -5,8 +5,8 @@ Why: on two painted frames, what a long budget adds to one network is memorising
 brightfield cells a 5-minute run scored foreground IoU 0.78 on later frames, a 2-minute run 0.80),
 and one fine-tuned network is a draw (three 2-minute runs: instance F1 0.43 / 0.18 / 0.50). Spent
 on three networks of the size that learns the painting and averaged, the 5-minute budget scored
-F1 0.48, IoU 0.81 (0.41-0.52 / 0.81-0.82 over three runs; docs/benchmarks.md, "An ensemble
-instead of one network"). Cutting a 2-minute budget in two networks of one minute traded F1 for
+F1 0.48, IoU 0.81-0.82 (two benchmark runs of three, every run above a random forest's 0.34 /
+0.79; docs/benchmarks.md, "An ensemble instead of one network"). Cutting a 2-minute budget in two networks of one minute traded F1 for
 IoU (0.38 / 0.81 against 0.44 / 0.80), so a network gets at least
 :data:`~.config.NETWORK_STEPS` steps (:meth:`~.config.TrainConfig.members_for`).
 
