@@ -234,6 +234,8 @@ def test_stop_during_the_second_network(colony):
     # the stopped network joins only when validation scored it above the start by the margin
     assert runs[1]["in_ensemble"] == (runs[1]["validation"]["score"] > runs[1]["start"]["score"] + 0.05)
     assert model.members == (2 if runs[1]["in_ensemble"] else 1)
+    if not runs[1]["in_ensemble"]:
+        assert "1 other network(s) trained and left out" in model.description
 
 
 def test_fine_tuning_an_ensemble_starts_each_network_from_its_own(colony):

@@ -72,7 +72,11 @@ def _combine(nets: list[UNetModel], all_runs: list[UNetModel], kept: list[bool],
     prov["steps"] = sum(m.provenance["steps"] for m in all_runs)
     prov["training_seconds_measured"] = round(seconds, 1)
     if len(nets) == 1:
-        return dataclasses.replace(first, provenance=prov)
+        out = len(all_runs) - 1
+        desc = first.description + (
+            f"; {out} other network(s) trained and left out (validated no better than the starting "
+            f"model)" if out and kept.count(True) == 1 else "")
+        return dataclasses.replace(first, provenance=prov, description=desc)
     priors = [m.postprocessing.background_prior for m in nets]
     post = first.postprocessing
     if all(p is not None for p in priors):
