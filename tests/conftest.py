@@ -1,4 +1,5 @@
-"""Shared test fixtures: tiny model files, real sample images, captured napari notifications."""
+"""Shared test fixtures: tiny model files, real sample images, a synthetic colony of packed rods,
+one torch thread for tiny training runs, captured napari notifications."""
 
 from __future__ import annotations
 
@@ -53,3 +54,26 @@ def notifications():
     notification_manager.notification_ready.connect(_keep)
     yield seen
     notification_manager.notification_ready.disconnect(_keep)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads
+    spinning against other processes made each convolution 10-20x slower (use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def colony():
+    """Two frames of a synthetic colony of packed rods (empty margins around it), 18 cells each:
+    ([image, image], [labels, labels])."""
+    from napari_unet._synthetic import rod_colony
+
+    frames = [rod_colony(seed=s) for s in (0, 1)]
+    return [f[0] for f in frames], [f[1] for f in frames]

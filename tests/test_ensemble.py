@@ -10,7 +10,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from napari_unet._synthetic import rod_colony
 from napari_unet.cli import main
 from napari_unet.core.ensemble import UNetEnsemble
 from napari_unet.core.io import ModelFileError, UNetModel, load_model, read_header, save_model
@@ -20,12 +19,7 @@ from napari_unet.core.tiling import predict_image
 from napari_unet.core.train import TrainConfig, prepare_data, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def nets(n=2, classes=2, padding="valid", seed=0, base=4, jitter=True):
@@ -45,12 +39,6 @@ def nets(n=2, classes=2, padding="valid", seed=0, base=4, jitter=True):
 
 def tiny():
     return UNetModel(nets(1, base=8, jitter=False)[0], name="tiny")
-
-
-@pytest.fixture(scope="module")
-def colony():
-    frames = [rod_colony(seed=s) for s in (0, 1)]
-    return [f[0] for f in frames], [f[1] for f in frames]
 
 
 def fast(**kw):

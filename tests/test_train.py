@@ -28,14 +28,7 @@ from napari_unet.core.train import (
 DATA = Path(__file__).parent / "data" / "touching-cells-huh7"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP threads
-    spinning against other processes made each convolution 10-20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +52,6 @@ def tiny_model(padding="valid", classes=2, seed=0, depth=2, base=4):
     net = UNet(UNetConfig(depth=depth, base_channels=base, padding=padding, num_classes=classes,
                           class_names=names))
     return UNetModel(net, name="tiny", provenance={"origin": "test"})
-
-
-@pytest.fixture(scope="module")
-def colony():
-    """Two frames of a synthetic colony of packed rods (empty margins around it), 18 cells each."""
-    frames = [rod_colony(seed=s) for s in (0, 1)]
-    return [f[0] for f in frames], [f[1] for f in frames]
 
 
 def fast_config(**kw):

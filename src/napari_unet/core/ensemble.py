@@ -48,9 +48,6 @@ class UNetEnsemble(nn.Module):
         """``n`` freshly initialised members (to load a state dict into)."""
         return cls([UNet(config) for _ in range(int(n))])
 
-    def __len__(self) -> int:
-        return len(self.members)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = None
         for m in self.members:
@@ -67,4 +64,4 @@ def members_of(net: nn.Module) -> list[UNet]:
 
 
 def n_members(net: nn.Module) -> int:
-    return len(net.members) if isinstance(net, UNetEnsemble) else 1
+    return len(members_of(net))

@@ -350,7 +350,7 @@ def train_network(
             step += 1
             if probe and step == 2:
                 t_probe = time.perf_counter()  # the first steps warm up kernels and caches
-            if probe and step == PROBE_STEPS and budget is not None:
+            if probe and step == PROBE_STEPS:  # probe: a time budget, so budget is set
                 probe = False  # the steps the budget holds here (validation: up to a tenth)
                 rate = (step - 2) / max(time.perf_counter() - t_probe, 1e-9)
                 expect = rate * 0.9 * budget

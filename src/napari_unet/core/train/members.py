@@ -39,7 +39,8 @@ from .loop import _should_stop, train_network
 
 def _learnt(prov: dict[str, Any], margin: float, stopped: bool) -> bool:
     """Whether a network joins the ensemble: not when validation kept the starting model over it,
-    and, when the user stopped it, only if validation scored it above the start by ``margin``."""
+    and, when the user stopped it, only if validation scored it above the start by ``margin``
+    (without validation: unless it was stopped before its first step)."""
     v = prov["validation"]
     if not v["available"]:
         return not stopped or prov["steps"] > 0
