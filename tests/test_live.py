@@ -11,7 +11,7 @@ from napari_unet.core.events import LiveWaiting, PreviewDone, StepDone, run_to_e
 from napari_unet.core.io import load_model
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train import LiveInbox, TrainConfig, live_train, prepare_data, sample_batch
-from napari_unet.core.train.live import LiveData
+from napari_unet.core.train.live import LiveData, live_config
 
 BG = 1000  # the background label of the scribbles
 
@@ -109,6 +109,40 @@ def test_a_new_object_can_be_drawn_into_patches_after_the_change(colony):
     x, t, w = sample_batch(data2, rng, 32, "pixels", foreground_fraction=1.0)
     c = data2.out_size // 2 + data2.halo
     assert (t[:, c, c] > 0).all()
+
+
+def test_live_recipe_samples_painted_background_and_keeps_the_base_encoder(colony):
+    """Live's recipe: patches centred on painted background as often as on objects, and the
+    contracting path keeps the base model's weights while the rest learns."""
+    img, gt = colony
+    lab = np.where(np.isin(gt, np.unique(gt)[1:4]), gt, 0)
+    lab[:30] = np.where(gt[:30] == 0, BG, lab[:30])
+    base = load_model("nuclei")
+    data = prepare_data(img, lab, None, config=base.config, normalization=base.normalization,
+                        mode="binary", background_label=BG, train_config=_config())
+    c = data.out_size // 2 + data.halo
+    rng = np.random.default_rng(0)
+    _, t, _ = sample_batch(data, rng, 32, "pixels", background_fraction=1.0)
+    assert (t[:, c, c] == 0).all()  # every centre on a painted background pixel
+    _, t, _ = sample_batch(data, rng, 64, "pixels", 0.5, 0.5)
+    assert 16 < (t[:, c, c] == 0).sum() < 48 and 16 < (t[:, c, c] > 0).sum() < 48
+    assert (t[:, c, c] >= 0).all()  # never centred on an unknown pixel
+    with pytest.raises(ValueError, match="background_fraction"):
+        TrainConfig(foreground_fraction=0.6, background_fraction=0.5)
+
+    inbox = LiveInbox(lab)
+    gen = live_train(img, inbox, model=base, config=live_config(batch_size=2, patch_size=64),
+                     device="cpu", background_label=BG, seed=0, poll=0.0)
+    for _ in range(4):
+        _next_step(gen)
+    inbox.stop()
+    model = run_to_end(gen)
+    before, after = base.net.state_dict(), model.net.state_dict()
+    down = [k for k in after if k.startswith("down.")]
+    assert down and all(torch.allclose(after[k], before[k], rtol=0, atol=1e-6) for k in down)
+    for k in ("bottom.", "up.0.", "upconv.0."):  # the rest learnt
+        assert any(not torch.allclose(after[n], before[n]) for n in after if n.startswith(k)), k
+    assert model.provenance["live"]["painting_changes"] == 0
 
 
 def test_the_optimiser_state_survives_a_change_of_the_painting(colony):

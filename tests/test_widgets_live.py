@@ -58,9 +58,11 @@ def test_live_mode_learns_while_painting(live_setup, qtbot):
     live = ft.live
     assert live.session is not None and not ft.train_button.enabled
     inbox = live.session.inbox
-    qtbot.waitUntil(lambda: "rods live" in viewer.layers and live._last is not None, timeout=TIMEOUT)
+    # the status line follows the first step's event, which may come just after the first preview
+    qtbot.waitUntil(lambda: "rods live" in viewer.layers and live._last is not None
+                    and "Live: step" in ft.status.text(), timeout=TIMEOUT)
     preview = viewer.layers["rods live"]
-    assert preview.data.shape == gt.shape and "Live: step" in ft.status.text()
+    assert preview.data.shape == gt.shape
     assert "painting last changed" in ft.status.text() and "validation" in ft.status.text()
     from napari_unet._widgets._live import visible_box
 

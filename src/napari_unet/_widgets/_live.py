@@ -192,12 +192,14 @@ def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None
               strength: float, device: str, seed: int, rgb: bool, preview_every: float) -> Any:
     """Worker generator: load the base model if needed, then train live until Stop."""
     from ..core.io import UNetModel, load_model
-    from ..core.train import TrainConfig, live_train
+    from ..core.train import live_train
+    from ..core.train.live import live_config
     from ._training import augmentation_for
 
     model = base if isinstance(base, UNetModel) else load_model(base)
-    # lr None: live training's own measured rate (core.train.live.LIVE_LR), not Fine-tune's
-    config = TrainConfig(lr=None if lr is None else float(lr), augmentation=augmentation_for(strength))
+    # lr None: live training's own measured rate and recipe (core.train.live), not Fine-tune's
+    config = live_config(augmentation=augmentation_for(strength),
+                         **({} if lr is None else {"lr": float(lr)}))
     return (yield from live_train(image, inbox, model=model, config=config,
                                   background_label=background_label,
                                   channel_axis=-1 if rgb else None, device=device, seed=seed,

@@ -19,7 +19,7 @@ optimisation step and returns the trained :class:`~napari_unet.core.io.UNetModel
 
 from .config import TrainConfig, default_architecture, postprocessing_for
 from .data import TrainingData, choose_mode, prepare_data, sample_batch, touching_fraction
-from .live import LiveInbox, live_train
+from .live import LiveInbox, live_config, live_train
 from .loop import train_network
 from .members import train, train_model
 from .loss import dice_loss, training_loss, weighted_loss
@@ -35,6 +35,7 @@ __all__ = [
     "choose_mode",
     "default_architecture",
     "dice_loss",
+    "live_config",
     "live_train",
     "postprocessing_for",
     "prepare_data",

@@ -57,7 +57,8 @@ class TrainConfig:
     - ``loss``: "ce" (the paper's weighted softmax cross-entropy) or "ce+dice" (plus a soft Dice
       of the object classes on the known pixels, nnU-Net's loss).
     - ``foreground_fraction``: share of patches centred on a painted object pixel (the rest on any
-      painted pixel). ``sampling``: "pixels" (an image's share of patches is its share of painted
+      painted pixel); ``background_fraction``: share centred on a painted background pixel (Live:
+      half and half, else a sparse painting's background is rarely seen). ``sampling``: "pixels" (an image's share of patches is its share of painted
       pixels) or "images" (each painted image equally often).
     - ``val_fraction``: about this share of the painted objects is held back, whole, from all over
       each image, each with a ring of its surroundings. With ``val_fraction=0``, fewer than
@@ -73,6 +74,8 @@ class TrainConfig:
       0.45 for the final weights; validation windows were then still off the pooling grid,
       and a dozen held-back cells are not the frames to come either).
     - ``ema``: decay of the exponential moving average of the weights (0 = off: raw weights).
+    - ``freeze_encoder``: when fine-tuning, the contracting path (``down``) keeps the base model's
+      weights; the bottom, the expanding path and the head learn (Live: half the step time).
     - ``plateau_patience``: with validation, the run ends early when the validation loss has not
       reached a new minimum for this many validations (after a fifth of the run): the learning
       rate decays to its floor over a quarter of the time spent so far, then training stops and
@@ -113,6 +116,7 @@ class TrainConfig:
     logit_adjustment: bool | None = None
     loss: str = "ce+dice"
     foreground_fraction: float = 0.33
+    background_fraction: float = 0.0
     sampling: str = "pixels"
     val_fraction: float = 0.1
     val_min_total: int = 40
@@ -126,6 +130,7 @@ class TrainConfig:
     prior_adaptation: bool = True
     members: int | None = None
     holdback_seed: int = 0
+    freeze_encoder: bool = False
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
@@ -159,6 +164,12 @@ class TrainConfig:
         if not 0 <= self.foreground_fraction <= 1:
             raise ValueError(f"TrainConfig.foreground_fraction must be in [0, 1], got "
                              f"{self.foreground_fraction!r}")
+        if not 0 <= self.background_fraction <= 1 - self.foreground_fraction:
+            raise ValueError(f"TrainConfig.background_fraction must be in [0, 1 - "
+                             f"foreground_fraction], got {self.background_fraction!r}")
+        if not isinstance(self.freeze_encoder, bool):
+            raise ValueError(f"TrainConfig.freeze_encoder must be True or False, got "
+                             f"{self.freeze_encoder!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"TrainConfig.ema must be in [0, 1), got {self.ema!r}")
         if not 0 <= self.start_margin <= 1:

@@ -38,6 +38,7 @@ class Plane:
     weights: np.ndarray  # (H + 2 pad, W + 2 pad) float32, 0 where target is -1
     centres: np.ndarray  # flat indices (unpadded coordinates) of known training pixels
     fg_centres: np.ndarray  # the same, on object pixels only
+    bg_centres: np.ndarray  # the same, on painted background pixels only
     holdback: Holdback | None  # the held-back validation objects
     shape: tuple[int, int]
     pad: int
@@ -238,6 +239,7 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
             weights=np.pad(w, pad, mode="constant"),
             centres=centres.astype(np.int64),
             fg_centres=np.flatnonzero(t > 0).astype(np.int64),
+            bg_centres=np.flatnonzero(t == 0).astype(np.int64),
             holdback=hb,
             shape=tg.target.shape,
             pad=pad,
@@ -251,11 +253,13 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
 
 
 def sample_batch(data: TrainingData, rng: np.random.Generator, n: int, sampling: str = "pixels",
-                 foreground_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 foreground_fraction: float = 0.0, background_fraction: float = 0.0,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` random patches centred on known training pixels: image (n, C, I, I), target and
     weights (n, I, I) (I the input tile size; the target is cropped to the output after augmenting).
     ``sampling``: "pixels" (a plane in proportion to its training pixels) or "images" (planes
-    equally likely). ``foreground_fraction``: share of patches centred on an object pixel."""
+    equally likely). ``foreground_fraction`` / ``background_fraction``: shares of patches centred
+    on an object pixel / a painted background pixel (the rest on any known pixel)."""
     counts = np.array([p.centres.size for p in data.planes], np.float64)
     if sampling == "images":
         counts = (counts > 0).astype(np.float64)
@@ -265,8 +269,13 @@ def sample_batch(data: TrainingData, rng: np.random.Generator, n: int, sampling:
     for k in which:
         p = data.planes[k]
         pool = p.centres
-        if foreground_fraction > 0 and p.fg_centres.size and rng.random() < foreground_fraction:
-            pool = p.fg_centres
+        if (foreground_fraction > 0 and p.fg_centres.size) or \
+                (background_fraction > 0 and p.bg_centres.size):
+            u = rng.random()
+            if foreground_fraction > 0 and p.fg_centres.size and u < foreground_fraction:
+                pool = p.fg_centres
+            elif background_fraction > 0 and p.bg_centres.size and u >= 1 - background_fraction:
+                pool = p.bg_centres
         flat = pool[rng.integers(pool.size)]
         cy, cx = divmod(int(flat), p.shape[1])
         y0 = cy - half - halo + p.pad

@@ -201,14 +201,17 @@ def train_network(
             net = UNet(arch)
     net.to(dev, memory_format=torch.channels_last)
     net.train()
+    if tc.freeze_encoder and model is not None:  # the contracting path keeps the base's features
+        net.down.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad]
     precision = resolve_precision(tc.precision, dev)
     autocast = autocast_for(precision, dev)
     lr = tc.learning_rate()
     if tc.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=lr,
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr,
                                                       weight_decay=tc.weight_decay)
     else:
-        opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=tc.momentum,
+        opt = torch.optim.SGD(params, lr=lr, momentum=tc.momentum,
                               weight_decay=tc.weight_decay)
     averaged = AveragedWeights(net, tc.ema)
     rng = np.random.default_rng(seed)
@@ -332,7 +335,8 @@ def train_network(
             for g in opt.param_groups:
                 g["lr"] = lr * factor
             with rng_t.active():
-                x, t, w = sample_batch(data, rng, tc.batch_size, tc.sampling, tc.foreground_fraction)
+                x, t, w = sample_batch(data, rng, tc.batch_size, tc.sampling,
+                                       tc.foreground_fraction, tc.background_fraction)
                 xt = torch.from_numpy(x).to(dev)
                 tt = torch.from_numpy(t).to(dev)
                 wt = torch.from_numpy(w).to(dev)
