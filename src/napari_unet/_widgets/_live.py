@@ -198,8 +198,7 @@ def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None
 
     model = base if isinstance(base, UNetModel) else load_model(base)
     # lr None: live training's own measured rate and recipe (core.train.live), not Fine-tune's
-    config = live_config(augmentation=augmentation_for(strength),
-                         **({} if lr is None else {"lr": float(lr)}))
+    config = live_config(lr=None if lr is None else float(lr), augmentation=augmentation_for(strength))
     return (yield from live_train(image, inbox, model=model, config=config,
                                   background_label=background_label,
                                   channel_axis=-1 if rgb else None, device=device, seed=seed,

@@ -58,8 +58,9 @@ class TrainConfig:
       of the object classes on the known pixels, nnU-Net's loss).
     - ``foreground_fraction``: share of patches centred on a painted object pixel (the rest on any
       painted pixel); ``background_fraction``: share centred on a painted background pixel (Live:
-      half and half, else a sparse painting's background is rarely seen). ``sampling``: "pixels" (an image's share of patches is its share of painted
-      pixels) or "images" (each painted image equally often).
+      half and half, else a sparse painting's background is rarely seen). ``sampling``: "pixels"
+      (an image's share of patches is its share of painted pixels) or "images" (each painted
+      image equally often).
     - ``val_fraction``: about this share of the painted objects is held back, whole, from all over
       each image, each with a ring of its surroundings. With ``val_fraction=0``, fewer than
       ``val_min_total`` complete objects painted, or fewer than ``val_min_objects`` held back,

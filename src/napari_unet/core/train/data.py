@@ -271,10 +271,10 @@ def sample_batch(data: TrainingData, rng: np.random.Generator, n: int, sampling:
         pool = p.centres
         if (foreground_fraction > 0 and p.fg_centres.size) or \
                 (background_fraction > 0 and p.bg_centres.size):
-            u = rng.random()
-            if foreground_fraction > 0 and p.fg_centres.size and u < foreground_fraction:
+            u = rng.random()  # one draw: u < fg -> an object, u >= 1 - bg -> background
+            if u < foreground_fraction and p.fg_centres.size:
                 pool = p.fg_centres
-            elif background_fraction > 0 and p.bg_centres.size and u >= 1 - background_fraction:
+            elif u >= 1 - background_fraction and p.bg_centres.size:
                 pool = p.bg_centres
         flat = pool[rng.integers(pool.size)]
         cy, cx = divmod(int(flat), p.shape[1])

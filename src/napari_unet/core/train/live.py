@@ -263,7 +263,9 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
     ``mode``: None/"auto" is "boundary" here (see the code). Waits (yielding
     :class:`LiveWaiting` every ``poll`` seconds) until the painting has objects and background; then trains until ``inbox.stop()`` or ``stop()``, taking in every change of the
     painting before the next step, and previews the viewed box every ``preview_every`` seconds.
-    ``config``: None is :func:`live_config`; its ``prior_adaptation`` is ignored: live models record no background prior. Returns the model (None when stopped before anything could be trained on)."""
+    ``config``: None is :func:`live_config` (``lr`` None is ``LIVE_LR``); its
+    ``prior_adaptation`` is ignored: live models record no background prior. Returns the model
+    (None when stopped before anything could be trained on)."""
     from .loop import _should_stop, train_network  # the loop imports this module
     from .network import resolve_mode
 

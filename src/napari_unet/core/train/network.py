@@ -79,7 +79,6 @@ class AveragedWeights:
 
     def __init__(self, net: UNet, decay: float) -> None:
         self.decay = float(decay)
-        self.source = net
         if self.decay <= 0:
             self.net = net
             return
@@ -88,6 +87,10 @@ class AveragedWeights:
         self.net.to(next(net.parameters()).device, memory_format=torch.channels_last)
         self.net.eval()
         self.n = 0
+        # frozen parameters (TrainConfig.freeze_encoder) never change: nothing to average
+        pairs = [(e, c) for e, c in zip(self.net.parameters(), net.parameters(), strict=True)
+                 if c.requires_grad]
+        self._ema, self._cur = [e for e, _ in pairs], [c for _, c in pairs]
 
     @torch.no_grad()
     def update(self) -> None:
@@ -95,9 +98,7 @@ class AveragedWeights:
             return
         self.n += 1
         d = min(self.decay, (1 + self.n) / (10 + self.n))
-        ema = list(self.net.parameters())
-        cur = list(self.source.parameters())
-        torch._foreach_lerp_(ema, cur, 1.0 - d)
+        torch._foreach_lerp_(self._ema, self._cur, 1.0 - d)
 
 
 class TorchRng:
