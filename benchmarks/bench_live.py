@@ -17,7 +17,7 @@ Score: instance F1 at IoU > 0.5 on the **unpainted rest** of the image (referenc
 painted by then; predicted objects lying mostly on painted objects are not counted), against
 seconds since the first stroke. Preview refresh: the seconds between previews.
 
-Run: ``python benchmarks/bench_live.py [--seconds 120] [--cases brightfield rods]``; writes
+Run: ``python benchmarks/bench_live.py [--seconds 120] [--plans 3] [--cases brightfield rods]``; writes
 benchmarks/results_live.json, .md and docs/images/bench_live.png.
 """
 
@@ -200,10 +200,42 @@ def run_forest(img, gt, seconds, every, seed=0) -> dict:
     return {"timeline": timeline, "fits": fits, "strokes": k}
 
 
+def summary(runs: list[dict], cps: list[int]) -> list[list[float | None]]:
+    """Per checkpoint, the F1 of each run (None where that run had no score yet)."""
+    return [[at(r["timeline"], c) for r in runs] for c in cps]
+
+
+def fmt(vals: list[float | None]) -> str:
+    """Mean (min-max) over runs; a run with no score yet counts as 0 in the mean and says so."""
+    if all(v is None for v in vals):
+        return "—"
+    got = [0.0 if v is None else v for v in vals]
+    if len(got) == 1:
+        return f"{got[0]:.3f}"
+    return f"{np.mean(got):.2f} ({min(got):.2f}-{max(got):.2f})"
+
+
+def goal_line(case: str, r: dict, cps: list[int]) -> str:
+    """Whether Live is above the forest from 60 s on: in the mean and in every paired run."""
+    later = [c for c in cps if c >= 60]
+    if not later:
+        return f"{case}: goal not scored (runs shorter than 60 s)"
+    lv, rf = summary(r["live"], later), summary(r["forest"], later)
+    mean_ok = all(np.mean([v or 0 for v in a]) > np.mean([v or 0 for v in b])
+                  for a, b in zip(lv, rf, strict=True))
+    pairs = [all((a[i] or 0) > (b[i] or 0) for a, b in zip(lv, rf, strict=True))
+             for i in range(len(r["live"]))]
+    return (f"{case}: Live above the forest at every checkpoint from 60 s on: "
+            f"{'yes' if mean_ok else 'no'} in the mean, in {sum(pairs)} of {len(pairs)} "
+            f"stroke plans")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--every", type=float, default=5.0)
+    ap.add_argument("--plans", type=int, default=3,
+                    help="stroke plans (the order of objects and scribbles), one paired run each")
     ap.add_argument("--cases", nargs="+", default=["brightfield", "rods"])
     ap.add_argument("--out", default=str(HERE / "results_live.json"))
     args = ap.parse_args()
@@ -211,35 +243,44 @@ def main() -> None:
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
            "load": f"load average {load[0]:.2f} at the start", "seconds": args.seconds,
-           "every": args.every, "cases": {}}
+           "every": args.every, "plans": args.plans, "cases": {}}
     for case in args.cases:
         img, gt = load_case(case)
-        live = run_live(img, gt, args.seconds, args.every)
-        print(case, "live", [(round(t), round(f, 3)) for t, f in live["timeline"]], flush=True)
-        rf = run_forest(img, gt, args.seconds, args.every)
-        print(case, "forest", [(round(t), round(f, 3)) for t, f in rf["timeline"]], flush=True)
-        res["cases"][case] = {"live": live, "forest": rf, "objects": int(np.unique(gt).size - 1)}
+        runs: dict[str, list[dict]] = {"live": [], "forest": []}
+        for plan in range(args.plans):
+            live = run_live(img, gt, args.seconds, args.every, seed=plan)
+            print(case, plan, "live", [(round(t), round(f, 3)) for t, f in live["timeline"]],
+                  flush=True)
+            rf = run_forest(img, gt, args.seconds, args.every, seed=plan)
+            print(case, plan, "forest", [(round(t), round(f, 3)) for t, f in rf["timeline"]],
+                  flush=True)
+            runs["live"].append(live)
+            runs["forest"].append(rf)
+        res["cases"][case] = {**runs, "objects": int(np.unique(gt).size - 1)}
     res["load"] += f", {os.getloadavg()[0]:.2f} at the end"
     Path(args.out).write_text(json.dumps(res, indent=1))
-    lines = [f"Machine: {res['machine']}; {res['load']}; a stroke every {args.every:.0f} s", ""]
+    lines = [f"Machine: {res['machine']}; {res['load']}; a stroke every {args.every:.0f} s; "
+             f"{args.plans} stroke plans, one paired run each: mean (min-max)", ""]
     cps = [c for c in CHECKPOINTS if c <= args.seconds]
     for case, r in res["cases"].items():
         lines += [f"**{case}** ({r['objects']} objects; F1@0.5 on the unpainted rest)", "",
                   "| seconds since the first stroke | " + " | ".join(str(c) for c in cps) + " |",
                   "|---|" + "---:|" * len(cps)]
         for who in ("live", "forest"):
-            vals = [at(r[who]["timeline"], c) for c in cps]
             lines.append(f"| {'Live (ours)' if who == 'live' else 'random forest, refit per stroke'} | "
-                         + " | ".join("—" if v is None else f"{v:.3f}" for v in vals) + " |")
+                         + " | ".join(fmt(v) for v in summary(r[who], cps)) + " |")
+
+        def sec(vals: list[float | None]) -> str:
+            v = [x for x in vals if x is not None]
+            return "—" if not v else f"{max(v):.1f} s"
+
         lv = r["live"]
-
-        def sec(v: float | None) -> str:
-            return "—" if v is None else f"{v:.1f} s"
-
-        lines += ["", f"Live: {lv['steps']} steps, preview of the whole image "
-                      f"{sec(lv['preview_seconds_median'])} (median), longest interval between "
-                      f"previews {sec(lv['preview_interval_max'])}; forest: {r['forest']['fits']} "
-                      f"fits.", ""]
+        lines += ["", f"Live: {int(np.mean([x['steps'] for x in lv]))} steps (mean), preview of the "
+                      f"whole image {np.median([x['preview_seconds_median'] or 0 for x in lv]):.1f} s "
+                      f"(median), longest interval between previews "
+                      f"{sec([x['preview_interval_max'] for x in lv])}; forest: "
+                      f"{int(np.mean([x['fits'] for x in r['forest']]))} fits (mean).", "",
+                  goal_line(case, r, cps), ""]
     Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -249,11 +290,16 @@ def main() -> None:
 
         fig, axes = plt.subplots(1, len(res["cases"]), figsize=(5 * len(res["cases"]), 3.4))
         for ax, (case, r) in zip(np.atleast_1d(axes), res["cases"].items(), strict=True):
-            for who, style in (("live", "o-"), ("forest", "s--")):
-                tl = r[who]["timeline"]
-                ax.plot([t for t, _ in tl], [f for _, f in tl], style, ms=3,
-                        label="Live U-Net (ours)" if who == "live" else "random forest, refit per stroke")
-            ax.set_title(case)
+            for who, style, color in (("live", "-", "C0"), ("forest", "--", "C1")):
+                vals = summary(r[who], cps)
+                mean = [np.mean([v or 0 for v in a]) for a in vals]
+                lo = [min(v or 0 for v in a) for a in vals]
+                hi = [max(v or 0 for v in a) for a in vals]
+                ax.plot(cps, mean, style, marker="o", ms=3, color=color,
+                        label="Live U-Net (ours)" if who == "live"
+                        else "random forest, refit per stroke")
+                ax.fill_between(cps, lo, hi, color=color, alpha=0.15)
+            ax.set_title(f"{case} ({args.plans} stroke plans: mean, range)")
             ax.set_xlabel("seconds since the first stroke")
             ax.set_ylabel("F1@0.5, unpainted rest")
             ax.set_ylim(0, 1)
