@@ -133,8 +133,12 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
     viewer.reset_view()
     plan = strokes(gt, int(seconds / 5) + 3)
 
+    marks: list[tuple[float, float, str]] = []  # (start, end, what) of main-thread work
+
     def stroke(k: int) -> None:
+        t = time.perf_counter()
         paint_layer(layer, *plan[k])
+        marks.append((t, time.perf_counter(), f"stroke {k}"))
 
     stroke(0)
     stroke(1)
@@ -142,9 +146,11 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
     handler = ft.live._event
 
     def spy(ev):
-        if type(ev).__name__ == "PreviewDone":
-            previews.append((time.perf_counter(), ev.seconds, ev.box))
+        t = time.perf_counter()
         handler(ev)
+        if type(ev).__name__ == "PreviewDone":
+            previews.append((t, ev.seconds, ev.box))
+            marks.append((t, time.perf_counter(), "preview shown"))
 
     ft.live._event = spy
     hb.start()
@@ -167,6 +173,15 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
     print(f"  previews: {len(previews)}, first at {times[0] if times else float('nan'):.1f} s, "
           f"interval median {np.median(iv):.1f} s, max {np.max(iv):.1f} s; one preview "
           f"{np.median([s for _, s, _ in previews]) if previews else float('nan'):.2f} s of compute")
+    # each long gap, with the main-thread work that overlapped it (a stroke of the simulated user,
+    # the preview layer updated) or none: then the worker thread held the interpreter
+    ticks = np.asarray(hb.ticks)
+    gaps = np.diff(ticks)
+    for i in np.flatnonzero(gaps > 0.1):
+        a, b = ticks[i], ticks[i + 1]
+        what = [f"{w} ({(e - s) * 1000:.0f} ms)" for s, e, w in marks if s < b and e > a]
+        print(f"  gap {gaps[i] * 1000:5.0f} ms at t={a - t0:6.2f} s: "
+              f"{', '.join(what) or 'no main-thread work of ours'}")
 
 
 def main() -> int:
