@@ -84,6 +84,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     p.add_argument("--axes", default=None,
                    help="axes of the input, e.g. YX, ZYX, TYX, CYX, YXC (default: guessed)")
+    p.add_argument("--volume", action="store_true",
+                   help="the input is one (Z, Y, X) volume: write 3D instances, one id per object "
+                   "across z (planes segmented one by one, objects linked across z by overlap)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute results that already exist (default: skip them)")
     p.add_argument("--zarr", action="store_true",
@@ -129,6 +132,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     if n_items > 1 and out.suffix.lower() in (".tif", ".tiff", ".zarr"):
         raise CLIError(f"{n_items} inputs need an output folder, not the file {args.output!r}")
     distributed = args.workers is not None or args.scheduler is not None
+    if args.volume and args.output_type != "instances":
+        raise CLIError("--volume makes 3D instances: use it with --output-type instances")
     if distributed and n_items == 1 and out.suffix.lower() in (".tif", ".tiff"):
         raise CLIError("distributed runs write zarr: give an output ending in .zarr or a folder")
     counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -155,7 +160,8 @@ def _run_segment(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, zarr_output=True if args.zarr else None,
                             client=client, block_size=args.chunk, tile_size=args.tile_size,
                             padding=args.padding, device=device if client is None else args.device,
-                            batch_size=args.batch_size, axes=args.axes, tta=args.tta)
+                            batch_size=args.batch_size, axes=args.axes, tta=args.tta,
+                            **({"volume": True} if args.volume else {}))
         where = f"{args.workers} workers" if args.workers else args.scheduler or device.type
         drive(relay(gen, report), desc=f"segment ({model.name}, {where})", quiet=args.quiet)
     if not args.quiet or counts["failed"]:

@@ -108,8 +108,11 @@ def segment_jobs(
     padding: str = "mirror",
     device: str = "auto",
     tta: bool = False,
+    volume: bool = False,
 ) -> Generator[Any, None, int]:
     """Segment each job's image in turn; returns the number of images that succeeded.
+    ``volume``: a (Z, Y, X) stack's instances are 3D objects linked across z (2D images are
+    segmented as they are).
 
     ``model`` is a loaded UNetModel or the path of a model file (loaded here, then reported with
     :class:`ModelLoaded` so the caller can cache it).
@@ -120,11 +123,13 @@ def segment_jobs(
         model = load_model(model)
         yield ModelLoaded(model_name, model)
     with one_core_for_the_viewer(device):
-        return (yield from _segment_all(jobs, model, output, tile_size, padding, device, tta))
+        return (yield from _segment_all(jobs, model, output, tile_size, padding, device, tta,
+                                        volume))
 
 
 def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int | None,
-                 padding: str, device: str, tta: bool = False) -> Generator[Any, None, int]:
+                 padding: str, device: str, tta: bool = False, volume: bool = False
+                 ) -> Generator[Any, None, int]:
     from ..core.events import relay
     from ..core.segment import segment
     from ..core.tiling import infer_layout
@@ -134,7 +139,8 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
         try:
             layout = infer_layout(tuple(job.data.shape), model.config.in_channels, None, job.rgb)
             gen = segment(job.data, model, output=output, rgb=job.rgb, tile_size=tile_size,
-                          padding=padding, device=device, tta=tta)
+                          padding=padding, device=device, tta=tta,
+                          volume=volume and len(layout.plane_axes) > 0)
             result = yield from relay(gen, lambda ev, i=i, job=job: JobProgress(
                 i, len(jobs), job.name, ev.done, ev.total, ev.plane, ev.planes, ev.device))
         except Exception as exc:  # one bad image does not stop the queue

@@ -77,6 +77,12 @@ class SegmentWidget(QWidget):
             choices=list(OUTPUT_TYPES), value="instances", label="Output",
             tooltip="instances: one id per object (Labels); semantic: one id per class (Labels); "
                     "probabilities: the softmax of every class (Image, one class axis)")
+        self.volume = CheckBox(
+            value=False, text="3D objects across z",
+            tooltip="For z-stacks (Z, Y, X): one id per 3D object, its sections in neighbouring "
+                    "planes linked by how much they overlap (touching objects stay apart). "
+                    "Off: each plane is segmented on its own and ids restart in every plane. "
+                    "Instances only; not for time series")
         self.tile_size = SpinBox(
             value=0, min=0, max=8192, step=16, label="Tile size",
             tooltip="Network input tile in pixels (overlap-tile strategy); auto picks it from the "
@@ -96,7 +102,7 @@ class SegmentWidget(QWidget):
         self.cancel_button.enabled = False
 
         main = Container(widgets=[self.images, self.model, self.open_model, self.device,
-                                  self.output], labels=True)
+                                  self.output, self.volume], labels=True)
         advanced_box = Container(widgets=[self.tile_size, self.padding, self.tta], labels=True)
         self.advanced = QCollapsible("Advanced", self)
         self.advanced.addWidget(advanced_box.native)
@@ -198,6 +204,10 @@ class SegmentWidget(QWidget):
             show_error("No model is available: open a model file (Open model file…) or fine-tune one.")
             return None
         output = self.output.value
+        if self.volume.value and output != "instances":
+            show_error("3D objects across z are instances: choose Output 'instances' (or untick "
+                       "'3D objects across z').")
+            return None
         jobs, self._pending = [], {}
         for name in names:
             if name not in self.viewer.layers:
@@ -224,7 +234,7 @@ class SegmentWidget(QWidget):
         self.worker = create_worker(
             segment_jobs, jobs, entry.ref(), entry.name, output=output, tile_size=tile,
             padding=self.padding.value, device=self.device.value, tta=bool(self.tta.value),
-            _ignore_errors=True)
+            volume=bool(self.volume.value), _ignore_errors=True)
         self._failed, self._added = [], []
         self._progress = progress(total=0, desc=f"U-Net: {names[0]}")
         self.progress_bar.setRange(0, 0)
@@ -244,7 +254,7 @@ class SegmentWidget(QWidget):
 
     def _set_running(self, running: bool) -> None:
         for w in (self.run_button, self.open_model, self.images, self.model, self.device,
-                  self.output, self.tile_size, self.padding, self.tta):
+                  self.output, self.volume, self.tile_size, self.padding, self.tta):
             w.enabled = not running
         self.cancel_button.enabled = running
 

@@ -63,6 +63,12 @@ def segment_files(
             results[str(p)] = f"error: {msg}"
             yield ItemDone(k, n, str(p), "failed", msg)
             continue
+        if as_zarr and segment_kwargs.get("volume"):
+            msg = ("3D instances (--volume) are made in memory and written as TIFF: drop --zarr, "
+                   "--workers and --scheduler, or segment plane by plane without --volume")
+            results[str(p)] = f"error: {msg}"
+            yield ItemDone(k, n, str(p), "failed", msg)
+            continue
         if dest.resolve() in inputs:
             msg = f"refusing to overwrite the input file {str(dest)!r}"
             results[str(p)] = f"error: {msg}"

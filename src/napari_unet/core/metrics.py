@@ -243,7 +243,8 @@ def _match(tables: Iterable[_Table], threshold: float) -> Matching:
     return Matching(tp, n_pred - tp, n_gt - tp, n_pred, n_gt, threshold)
 
 
-def match_instances(pred: Any, gt: Any, mask: Any = None, iou_threshold: float = 0.5) -> Matching:
+def match_instances(pred: Any, gt: Any, mask: Any = None, iou_threshold: float = 0.5,
+                    volume: bool = False) -> Matching:
     """Match predicted objects to ground-truth objects one to one.
 
     A pred object and a gt object can be matched when their IoU (pixels, inside the mask) is greater than
@@ -252,11 +253,15 @@ def match_instances(pred: Any, gt: Any, mask: Any = None, iou_threshold: float =
     pair is unique, so this only matters for lower thresholds.
 
     pred, gt: label images of the same shape (Y, X) or (..., Y, X), 0 = background; stacks are matched plane
-    by plane and the counts summed. mask: optional, same shape, nonzero = scored (see the module docstring).
-    Returns a :class:`Matching` (tp, fp, fn, n_pred, n_gt, precision, recall, f1).
+    by plane and the counts summed, unless ``volume``: then objects are 3D (an id is one object
+    across all planes, IoU over voxels). mask: optional, same shape, nonzero = scored (see the
+    module docstring). Returns a :class:`Matching` (tp, fp, fn, n_pred, n_gt, precision, recall, f1).
     """
     threshold = _check_threshold(iou_threshold)
     p, g, m = _check(pred, gt, mask)
+    if volume:
+        pv, gv = (p.ravel(), g.ravel()) if m is None else (p[m], g[m])
+        return _match([_contingency(pv, gv)] if pv.size else [], threshold)
     return _match(_plane_tables(p, g, m), threshold)
 
 

@@ -45,6 +45,7 @@ def segment(
     batch_size: int | None = None,
     tta: bool = False,
     out: Any = None,
+    volume: bool = False,
 ) -> Generator[TileDone, None, Any]:
     """Segment ``image`` (see :func:`~napari_unet.core.tiling.predict` for shapes and options).
 
@@ -55,6 +56,8 @@ def segment(
     the background share it was trained on has each plane's probabilities re-weighted to that
     plane's own share first (:mod:`~napari_unet.core.prior`; all three outputs). Yields TileDone
     over all tiles of all planes; returns the output.
+    ``volume``: the planes are the z-slices of one (Z, Y, X) volume: instances are 3D objects,
+    linked across z by :func:`~napari_unet.core.volume.stitch_planes` (one id per object).
     The input is never modified.
     """
     if output not in OUTPUT_TYPES:
@@ -62,6 +65,11 @@ def segment(
     image = as_image(image)
     cfg = model.config
     layout = infer_layout(tuple(image.shape), cfg.in_channels, axes, rgb)
+    if volume and (output != "instances" or len(layout.plane_axes) != 1 or out is not None):
+        raise ValueError(
+            "volume=True makes 3D instances of one (Z, Y, X) volume in memory: it needs "
+            f"output='instances', exactly one axis besides Y, X (and channels) (got axes "
+            f"{layout.axes!r}) and no out array (zarr output)")
     dev = resolve_device(device)
     if tile_size is None:
         tile_size = auto_tile_size(cfg, dev, batch_size or (1 if dev.type == "cpu" else 4))
@@ -106,6 +114,10 @@ def segment(
             dtype = result.dtype if output != "instances" else np.uint32 if len(planes) > 1 else result.dtype
             out = np.zeros(oshape, dtype)
         out[pidx] = result
+    if volume:
+        from .volume import stitch_planes
+
+        out = stitch_planes(out)
     if output == "instances" and isinstance(out, np.ndarray) and out.dtype == np.uint32 and out.max() < 65535:
         out = out.astype(np.uint16)
     return out
