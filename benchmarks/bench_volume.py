@@ -9,12 +9,21 @@ segmentation as reference: silver labels, a dim nucleus unlabelled). Per time po
   gave before), read as 3D;
 - **3D connected components** of the same foreground (``scipy.ndimage.label``, 6-connected): what
   a user does next in napari or scikit-image;
-- **linked across z** (ours): ``segment(..., volume=True)``, i.e. :func:`stitch_planes`.
+- **linked across z** (ours): ``segment(..., volume=True)``, i.e. :func:`stitch_planes`;
+- **3D U-Net fine-tuned from 2 painted slices** (ours): the shipped model lifted to 3D
+  (:mod:`napari_unet.core.lift`) and fine-tuned on slices 1 and 3 of time point 0 (the silver
+  labels of those two slices stand for what a user paints), then ``segment`` of each volume;
+- **2D fine-tuned on the same slices, linked across z**: the same two painted slices through the
+  2D fine-tuning (``train``, same number of steps), then linking: what the 3D network is up against.
+
+Time point 0 holds the painted slices: the F1 means are over the other time points.
+Peak memory of the 3D U-Net's tiled prediction is measured in a fresh process per volume size
+(the volume tiled to larger sizes), against the size of the volume and of its output.
 
 Score: 3D instance F1 at IoU > 0.5 (one-to-one over voxels, ``match_instances(volume=True)``),
 mean over the time points, and the seconds each takes (segmentation included), on this machine.
 
-Run: ``python benchmarks/bench_volume.py [--timepoints 20]``; writes benchmarks/results_volume.md.
+Run: ``python benchmarks/bench_volume.py [--timepoints 20] [--steps 150]``; writes benchmarks/results_volume.md.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import tifffile
 import torch
 from scipy import ndimage as ndi
 
+from napari_unet.core.events import run_to_end
 from napari_unet.core.io import load_model
 from napari_unet.core.metrics import match_instances
 from napari_unet.core.segment import segment_image
@@ -37,21 +47,86 @@ from napari_unet.core.volume import stitch_planes
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "nuclei3d-cho"
+SLICES = [1, 3]  # the z-slices of time point 0 that the user paints
+
+
+def _train_3d(img: np.ndarray, ref: np.ndarray, model, steps: int):
+    from napari_unet.core.train import TrainConfig
+    from napari_unet.core.train.volume import fine_tune_volume
+
+    painted = np.zeros_like(ref[0])
+    painted[SLICES] = ref[0][SLICES]
+    cfg = TrainConfig(steps=steps, batch_size=2, patch_size=96, lr=1e-3)
+    t0 = time.perf_counter()
+    m = run_to_end(fine_tune_volume(img[0], painted, model, config=cfg, seed=0, device="cpu"))
+    return m, time.perf_counter() - t0
+
+
+def _train_2d(img: np.ndarray, ref: np.ndarray, model, steps: int):
+    from napari_unet.core.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=steps, batch_size=2, patch_size=96, lr=1e-3)
+    t0 = time.perf_counter()
+    m = run_to_end(train([img[0][z] for z in SLICES], [ref[0][z] for z in SLICES], model=model,
+                         config=cfg, seed=0, device="cpu"))
+    return m, time.perf_counter() - t0
+
+
+PEAK = """
+import resource, sys, numpy as np, tifffile, time
+from napari_unet.core.io import load_model
+from napari_unet.core.lift import lift_model
+from napari_unet.core.segment import segment_image
+vol = tifffile.imread(sys.argv[1])[0]
+k = int(sys.argv[2])
+vol = np.tile(vol, (k, k, 1))  # k times the planes, k times the rows
+model = lift_model(load_model("nuclei"))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+out = segment_image(vol, model, output="semantic", device="cpu")
+print(vol.nbytes, out.nbytes, base * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      time.perf_counter() - t)
+"""
+
+
+def _peak_memory(sizes: list[int]) -> list[str]:
+    import subprocess
+    import sys
+
+    lines = ["", "Peak memory of the lifted 3D U-Net's tiled prediction (semantic output), one fresh "
+             "process per size; the volume is time point 0 tiled k times along z and y:", "",
+             "| volume (Z x Y x X) | volume MB | peak RSS above the start, MB | seconds |",
+             "|---|---:|---:|---:|"]
+    for k in sizes:
+        r = subprocess.run([sys.executable, "-c", PEAK, str(DATA / "stack.tif"), str(k)],
+                           capture_output=True, text=True, check=True)
+        vb, ob, base, peak, sec = (float(v) for v in r.stdout.split())
+        lines.append(f"| {5 * k} x {443 * k} x 512 | {vb / 1e6:.1f} | {(peak - base) / 1e6:.0f} | "
+                     f"{sec:.1f} |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timepoints", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps (3D and 2D)")
+    ap.add_argument("--memory-sizes", type=int, nargs="*", default=[1, 2, 4])
     args = ap.parse_args()
     img = tifffile.imread(DATA / "stack.tif")
     ref = tifffile.imread(DATA / "stack_silver_labels.tif")
     model = load_model("nuclei")
+    load = os.getloadavg()[0]
+    m3, s3 = _train_3d(img, ref, model, args.steps)
+    m2, s2 = _train_2d(img, ref, model, args.steps)
+    print(f"fine-tuned 3D in {s3:.0f} s, 2D in {s2:.0f} s", flush=True)
     rows: dict[str, list[tuple[float, float, int]]] = {"plane by plane (ids restart)": [],
                                                        "3D connected components": [],
-                                                       "linked across z (ours)": []}
+                                                       "linked across z (ours)": [],
+                                                       "2D fine-tuned on 2 slices, linked": [],
+                                                       "3D U-Net fine-tuned on 2 slices (ours)": []}
     n_ref = []
-    load = os.getloadavg()[0]
-    for t in range(min(args.timepoints, img.shape[0])):
+    for t in range(1, min(args.timepoints, img.shape[0])):
         vol, gt = img[t], ref[t].astype(np.int32)
         n_ref.append(int(np.unique(gt).size - 1))
         t0 = time.perf_counter()
@@ -63,22 +138,34 @@ def main() -> None:
         t2 = time.perf_counter()
         linked = stitch_planes(planes)
         link_s = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        ft2 = segment_image(vol, m2, output="instances", device="cpu", volume=True)
+        ft2_s = time.perf_counter() - t3
+        t4 = time.perf_counter()
+        ft3 = segment_image(vol, m3, output="instances", device="cpu")
+        ft3_s = time.perf_counter() - t4
         for name, lab, s in (("plane by plane (ids restart)", planes, seg_s),
                              ("3D connected components", cc, seg_s + cc_s),
-                             ("linked across z (ours)", linked, seg_s + link_s)):
+                             ("linked across z (ours)", linked, seg_s + link_s),
+                             ("2D fine-tuned on 2 slices, linked", ft2, ft2_s),
+                             ("3D U-Net fine-tuned on 2 slices (ours)", ft3, ft3_s)):
             rows[name].append((match_instances(lab, gt, volume=True).f1, s,
                                int(np.unique(lab).size - 1)))
         print(t, {k: round(v[-1][0], 3) for k, v in rows.items()}, flush=True)
     lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
              f"load average {load:.2f} at the start. nuclei3d-cho, {len(n_ref)} time points of "
              f"{img.shape[1]} x {img.shape[2]} x {img.shape[3]}, {np.mean(n_ref):.1f} reference "
-             f"nuclei each (silver labels); the shipped nuclei model.", "",
+             f"nuclei each (silver labels); the shipped nuclei model; time point 0 (slices "
+             f"{SLICES} painted) left out. Fine-tuning, {args.steps} steps each: 3D {s3:.0f} s, "
+             f"2D {s2:.0f} s.", "",
              "| 3D instances | F1@0.5, mean (min-max) | objects found, mean | seconds per volume |",
              "|---|---:|---:|---:|"]
     for name, r in rows.items():
         f1 = [x[0] for x in r]
         lines.append(f"| {name} | {np.mean(f1):.3f} ({min(f1):.2f}-{max(f1):.2f}) | "
                      f"{np.mean([x[2] for x in r]):.1f} | {np.mean([x[1] for x in r]):.2f} |")
+    if args.memory_sizes:
+        lines += _peak_memory(args.memory_sizes)
     (HERE / "results_volume.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -44,7 +44,7 @@ from ._pairs import WHOLE, collect_pairs
 from ._plot import LossPlot
 from ._sample_preview import SamplePreview
 from ._state import registry_for
-from ._training import TrainingPair, _train_job
+from ._training import TrainingPair, _train_job, _train_volume_job, volume_pair
 
 
 class FineTuneWidget(QWidget):
@@ -127,6 +127,11 @@ class FineTuneWidget(QWidget):
             value=0, min=0, max=2**31 - 1, label="Seed",
             tooltip="Random seed of the patch sampling, augmentation and dropout: the same pairs, "
                     "settings and seed give the same model (on the CPU); change it for another draw")
+        self.volume = CheckBox(
+            value=False, label="3D U-Net",
+            tooltip="The image is a (Z, Y, X) volume and a few of its z-slices are painted "
+                    "completely (0 there is background, other slices unknown): fine-tune a 3D "
+                    "U-Net, the base model lifted to 3D")
         self.preview_button = PushButton(
             text="Preview", tooltip="Add one augmented training sample and its weight map (paper "
                                     "eq. 2) as layers")
@@ -145,7 +150,7 @@ class FineTuneWidget(QWidget):
         pair_buttons.addWidget(self.remove_pair.native)
         settings = Container(widgets=[self.scribbles, self.background_label, self.base_model,
                                       self.device, self.minutes, self.steps, self.members,
-                                      self.lr, self.strength, self.seed],
+                                      self.lr, self.strength, self.seed, self.volume],
                              labels=True)
         buttons = QHBoxLayout()
         for b in (self.preview_button, self.train_button, self.stop_button, self.save_button,
@@ -275,12 +280,20 @@ class FineTuneWidget(QWidget):
         if not steps and not minutes:
             steps = 500
         self._stop = threading.Event()
-        self.worker = create_worker(
-            _train_job, pairs, entry.ref(), name, steps=steps or 10**9, minutes=minutes,
-            lr=float(self.lr.value),
-            strength=float(self.strength.value), background_label=self._background(),
-            device=self.device.value, seed=int(self.seed.value), stop=self._stop,
-            members=int(self.members.value) or None, _ignore_errors=True)
+        job_kwargs = dict(steps=steps or 10**9, minutes=minutes, lr=float(self.lr.value),
+                          strength=float(self.strength.value), device=self.device.value,
+                          seed=int(self.seed.value), stop=self._stop, _ignore_errors=True)
+        if self.volume.value:
+            try:
+                pair = volume_pair(pairs, self._background())
+            except ValueError as exc:
+                show_error(f"Cannot train: {user_message(exc)}")
+                return None
+            self.worker = create_worker(_train_volume_job, pair, entry.ref(), name, **job_kwargs)
+        else:
+            self.worker = create_worker(
+                _train_job, pairs, entry.ref(), name, background_label=self._background(),
+                members=int(self.members.value) or None, **job_kwargs)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(
@@ -309,7 +322,7 @@ class FineTuneWidget(QWidget):
         for w in (self.train_button, self.base_model, self.device, self.minutes, self.steps,
                   self.members, self.lr,
                   self.add_pair, self.remove_pair, self.image, self.labels, self.region,
-                  self.scribbles, self.strength, self.seed):
+                  self.scribbles, self.strength, self.seed, self.volume):
             w.enabled = not running
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
@@ -349,7 +362,7 @@ class FineTuneWidget(QWidget):
         from ..core.train import training_summary
 
         self._summary = training_summary(model.provenance)
-        if model.provenance["validation"]["kept"] == "start":
+        if model.provenance.get("validation", {}).get("kept") == "start":
             show_warning(model.provenance["validation"]["note"])
         show_info(f"Fine-tuned model '{self.model_name}' is ready in the Segment widget: "
                   f"{self._summary}.")

@@ -154,3 +154,37 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
                                       augmentation_strength=strength,
                                       background_label=background_label, device=device,
                                       stop=stop, seed=seed, members=members))
+
+
+def volume_pair(pairs: list[TrainingPair], background_label: int | None) -> TrainingPair:
+    """The one (Z, Y, X) image and labels that a 3D U-Net fine-tunes on; ValueError saying what
+    to change otherwise."""
+    if len(pairs) != 1:
+        raise ValueError(f"a 3D U-Net fine-tunes on one volume: keep one image/labels pair (got "
+                         f"{len(pairs)})")
+    p = pairs[0]
+    if p.rgb or np.ndim(p.image) != 3:
+        raise ValueError(f"'{p.name}' is not a (Z, Y, X) volume (shape {np.shape(p.image)}): switch "
+                         f"'3D U-Net' off to fine-tune on 2D images")
+    if p.mask is not None or background_label is not None:
+        raise ValueError("a 3D U-Net trains on whole painted slices: choose the whole image as the "
+                         "region and switch scribbles off (0 on a painted slice is background)")
+    return p
+
+
+def _train_volume_job(pair: TrainingPair, model: Any, model_name: str, *, steps: int, lr: float,
+                      strength: float, device: str, stop: threading.Event, seed: int | None = None,
+                      minutes: float | None = None) -> Any:
+    """Worker generator of the Fine-tune widget's Train with '3D U-Net' on: load the base model if
+    needed, then fine-tune it (lifted to 3D) on the painted z-slices (core/train/volume.py)."""
+    from ..core.io import UNetModel, load_model
+    from ..core.train import TrainConfig
+    from ..core.train.volume import fine_tune_volume
+
+    if not isinstance(model, UNetModel):
+        model = load_model(model)
+        yield ("loaded", model_name, model)
+    config = TrainConfig(steps=int(steps), minutes=minutes, lr=float(lr), batch_size=2,
+                         patch_size=96, augmentation=augmentation_for(strength))
+    return (yield from fine_tune_volume(pair.image, pair.labels, model, config=config,
+                                        seed=seed or 0, device=device, stop=stop))

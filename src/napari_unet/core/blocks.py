@@ -74,6 +74,9 @@ def block_grid(config: UNetConfig, image_shape: tuple[int, int], tile_size: int 
     ``tile_size`` is the network input tile, as in :func:`~napari_unet.core.tiling.plan_tiles`
     (pass the same value to the whole-image call to get the same result).
     """
+    if config.dims == 3:
+        raise ValueError("a 3D U-Net segments whole volumes: blockwise (distributed) jobs are for 2D "
+                         "models; segment without --workers/--scheduler")
     plan = plan_tiles(config, image_shape, tile_size)
     bs = (block_size, block_size) if np.isscalar(block_size) else tuple(block_size)
     if any(int(b) < 1 for b in bs):

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import geometry
+
 PADDINGS = ("valid", "same")
 
 
@@ -38,6 +40,14 @@ class UNetConfig:
     padding: "valid" (paper: unpadded 3x3 convolutions) or "same" (zero-padded convolutions).
     dropout: drop-out probability at the end of the contracting path (paper section 3.1).
     class_names: one name per class; class 0 is the background class.
+    dims: 2 (the paper's U-Net on planes) or 3 (the 3D U-Net of Cicek et al. 2016 on volumes:
+        3x3x3 convolutions, 2x2x2 poolings, input (N, C, Z, Y, X)).
+    z_pooling: 3D only: per level, whether its pooling (and up-convolution) also halves z; False
+        pools only Y and X (levels where the voxel is strongly anisotropic, see
+        :func:`~napari_unet.core.geometry.anisotropic_z_pooling`). Default: every level pools z.
+    z_convolution: 3D only: per level, then for the bottom block, whether its convolutions are
+        3x3x3 (True, Cicek et al.) or in-plane 1x3x3 (False, nnU-Net's anisotropic levels: a 2D
+        U-Net lifted to 3D). Default: all 3x3x3.
     """
 
     in_channels: int = 1
@@ -47,6 +57,9 @@ class UNetConfig:
     padding: str = "valid"
     dropout: float = 0.5
     class_names: tuple[str, ...] = field(default=())
+    dims: int = 2
+    z_pooling: tuple[bool, ...] = field(default=())
+    z_convolution: tuple[bool, ...] = field(default=())
 
     def __post_init__(self) -> None:
         def _positive_int(name: str, minimum: int) -> None:
@@ -70,10 +83,27 @@ class UNetConfig:
                 f"UNetConfig.class_names has {len(names)} names for {self.num_classes} classes"
             )
         object.__setattr__(self, "class_names", tuple(str(n) for n in names))
+        if self.dims not in (2, 3) or isinstance(self.dims, bool):
+            raise ValueError(f"UNetConfig.dims must be 2 or 3, got {self.dims!r}")
+        for name, n, what in (("z_pooling", self.depth, "per level"),
+                              ("z_convolution", self.depth + 1, "per level and the bottom")):
+            v = tuple(getattr(self, name))
+            if self.dims == 2 and v:
+                raise ValueError(f"UNetConfig.{name} is for 3D U-Nets (dims=3) only")
+            if self.dims == 3:
+                v = v or (True,) * n
+                if len(v) != n or not all(isinstance(b, bool) for b in v):
+                    raise ValueError(f"UNetConfig.{name} needs one True/False {what} ({n}), got "
+                                     f"{getattr(self, name)!r}")
+            object.__setattr__(self, name, v)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class_names"] = list(self.class_names)
+        if self.dims == 2:  # a 2D model's header stays what it always was
+            del d["dims"], d["z_pooling"], d["z_convolution"]
+        else:
+            d["z_pooling"], d["z_convolution"] = list(self.z_pooling), list(self.z_convolution)
         return d
 
     @classmethod
@@ -85,6 +115,9 @@ class UNetConfig:
         d = dict(d)
         if "class_names" in d:
             d["class_names"] = tuple(d["class_names"])
+        for name in ("z_pooling", "z_convolution"):
+            if name in d:
+                d[name] = tuple(bool(b) for b in d[name])
         return cls(**d)
 
     # ------------------------------------------------------------------ geometry
@@ -97,6 +130,36 @@ class UNetConfig:
     def grid(self) -> int:
         """Pooling grid: 2**depth. Tile offsets must be multiples of it for exact tiling."""
         return 2**self.depth
+
+    @property
+    def z_pools(self) -> tuple[int, ...]:
+        """3D: the pooling factor of each level along z (1 where only Y and X are pooled)."""
+        return tuple(2 if b else 1 for b in self.z_pooling)
+
+    @property
+    def z_axis(self) -> geometry.Axis:
+        """3D: the geometry along z (its grid, halo, valid sizes)."""
+        return geometry.Axis(self.z_pools, self.z_convolution, self.padding == "valid")
+
+    @property
+    def z_grid(self) -> int:
+        """3D: the pooling grid along z (tile offsets in z are multiples of it)."""
+        return self.z_axis.grid
+
+    def z_output_size(self, input_size: int) -> int:
+        """3D: output size along z for ``input_size`` planes (ValueError when not valid)."""
+        n = self.z_axis.output_size(input_size)
+        if n is None:
+            below, above = self.z_axis.nearest_valid(input_size)
+            near = f"{below} or {above}" if below else f"{above}"
+            raise ValueError(f"{input_size} planes along z do not fit this 3D U-Net's poolings; "
+                             f"nearest valid sizes: {near}")
+        return n
+
+    @property
+    def z_halo(self) -> int:
+        """3D: context planes an output voxel needs above and below (see :attr:`halo`)."""
+        return self.z_axis.halo
 
     def _output_or_none(self, input_size: int) -> int | None:
         n = int(input_size)
@@ -225,18 +288,24 @@ class UNetConfig:
         return self.tile_flops(input_size) / out**2
 
 
-def _center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    dy = (x.shape[-2] - height) // 2
-    dx = (x.shape[-1] - width) // 2
-    return x[..., dy : dy + height, dx : dx + width]
+def _center_crop(x: torch.Tensor, *size: int) -> torch.Tensor:
+    """The centre of ``x`` with the last ``len(size)`` axes cut to ``size``."""
+    key = [slice(None)] * (x.ndim - len(size))
+    for n, want in zip(x.shape[-len(size):], size, strict=True):
+        d = (n - want) // 2
+        key.append(slice(d, d + want))
+    return x[tuple(key)]
 
 
 class _DoubleConv(nn.Sequential):
-    def __init__(self, cin: int, cout: int, padding: int) -> None:
+    def __init__(self, cin: int, cout: int, padding: int, dims: int = 2, z: bool = True) -> None:
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        k: Any = 3 if z or dims == 2 else (1, 3, 3)  # 1x3x3: in-plane only
+        pad: Any = padding if z or dims == 2 else (0, padding, padding)
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=padding),
+            conv(cin, cout, k, padding=pad),
             nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=padding),
+            conv(cout, cout, k, padding=pad),
             nn.ReLU(inplace=True),
         )
 
@@ -258,62 +327,80 @@ class UNet(nn.Module):
         self.config = config
         pad = 1 if config.padding == "same" else 0
         chans = [config.base_channels * 2**i for i in range(config.depth + 1)]
+        dims = config.dims
         self.down = nn.ModuleList()
         cin = config.in_channels
-        for c in chans[:-1]:
-            self.down.append(_DoubleConv(cin, c, pad))
+        zc = config.z_convolution or (True,) * (config.depth + 1)
+        for level, c in enumerate(chans[:-1]):
+            self.down.append(_DoubleConv(cin, c, pad, dims, zc[level]))
             cin = c
-        self.bottom = _DoubleConv(chans[-2], chans[-1], pad)
+        self.bottom = _DoubleConv(chans[-2], chans[-1], pad, dims, zc[-1])
         # Paper 3.1: "Drop-out layers at the end of the contracting path" (after the bottleneck
         # block, as in the original Caffe model). Identity in eval mode, so inference is exact.
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.upconv = nn.ModuleList()
         self.up = nn.ModuleList()
         for level in range(config.depth - 1, -1, -1):
-            self.upconv.append(nn.ConvTranspose2d(chans[level + 1], chans[level], 2, stride=2))
-            self.up.append(_DoubleConv(2 * chans[level], chans[level], pad))
-        self.head = nn.Conv2d(chans[0], config.num_classes, 1)
+            k = self._window(level)
+            upconv = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
+            self.upconv.append(upconv(chans[level + 1], chans[level], k, stride=k))
+            self.up.append(_DoubleConv(2 * chans[level], chans[level], pad, dims, zc[level]))
+        self.head = (nn.Conv2d if dims == 2 else nn.Conv3d)(chans[0], config.num_classes, 1)
         self.reset_parameters()
+
+    def _window(self, level: int) -> int | tuple[int, int, int]:
+        """The pooling (and up-convolution) window of ``level``: 2 (2x2 in 2D), in 3D (2, 2, 2) or
+        (1, 2, 2) where the level pools only Y and X."""
+        if self.config.dims == 2:
+            return 2
+        return (self.config.z_pools[level], 2, 2)
 
     def reset_parameters(self) -> None:
         """He-normal initialisation (paper section 3): N(0, sqrt(2 / N)), N = fan-in of a neuron."""
         for m in self.modules():
-            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-                if isinstance(m, nn.ConvTranspose2d):
-                    # weight is (in, out, kh, kw): each output pixel of a stride-2 2x2 up-convolution
-                    # sees exactly one input pixel per input channel, so the fan-in is in_channels.
+            if isinstance(m, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+                if isinstance(m, nn.ConvTranspose2d | nn.ConvTranspose3d):
+                    # weight is (in, out, kh, kw): each output pixel of an up-convolution whose
+                    # stride is its window sees exactly one input pixel per input channel, so the
+                    # fan-in is in_channels.
                     fan_in = m.weight.shape[0]
                 else:
-                    fan_in = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+                    fan_in = math.prod(m.weight.shape[1:])
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_in))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+        nd = cfg.dims + 2
+        if x.ndim != nd or x.shape[1] != cfg.in_channels:
+            want = "H, W" if cfg.dims == 2 else "Z, H, W"
             raise ValueError(
-                f"UNet expects input of shape (N, {cfg.in_channels}, H, W), got {tuple(x.shape)}"
+                f"UNet expects input of shape (N, {cfg.in_channels}, {want}), got {tuple(x.shape)}"
             )
         if cfg.padding == "valid":
             for n in x.shape[-2:]:
                 cfg.output_size(n)  # raises with the nearest valid sizes
+            if cfg.dims == 3:
+                cfg.z_output_size(x.shape[2])
         else:
             g = cfg.grid
-            if x.shape[-2] % g or x.shape[-1] % g:
+            if x.shape[-2] % g or x.shape[-1] % g or (cfg.dims == 3 and x.shape[2] % cfg.z_grid):
+                zg = "" if cfg.dims == 2 else f" (Z divisible by {cfg.z_grid})"
                 raise ValueError(
-                    f"a same-padded U-Net of depth {cfg.depth} needs H and W divisible by {g}, "
-                    f"got {tuple(x.shape[-2:])}"
+                    f"a same-padded U-Net of depth {cfg.depth} needs H and W divisible by {g}{zg}, "
+                    f"got {tuple(x.shape[2:])}"
                 )
+        pool = F.max_pool2d if cfg.dims == 2 else F.max_pool3d
         skips = []
-        for block in self.down:
+        for level, block in enumerate(self.down):
             x = block(x)
             skips.append(x)
-            x = F.max_pool2d(x, 2)
+            x = pool(x, self._window(level))
         x = self.dropout(self.bottom(x))
         for upconv, block in zip(self.upconv, self.up, strict=True):
             x = upconv(x)
             skip = skips.pop()
-            skip = _center_crop(skip, x.shape[-2], x.shape[-1])
+            skip = _center_crop(skip, *x.shape[2:])
             x = block(torch.cat([skip, x], dim=1))
         return self.head(x)

@@ -37,7 +37,8 @@ def instances_from_semantic(
     foreground_probability: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Instance labels of one 2D semantic map (Y, X) of class ids.
+    """Instance labels of one semantic map of class ids: a plane (Y, X) or, from a 3D U-Net, a
+    volume (Z, Y, X) (then connectivity, growing and splitting are in 3D, probabilities (K, Z, Y, X)).
 
     Objects are the 4-connected components of ``instance_classes``; they are grown into the pixels
     of ``grow_classes`` (nearest object wins); objects below ``min_size`` pixels are dropped; with
@@ -50,8 +51,9 @@ def instances_from_semantic(
     if post.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {post.split!r}")
     sem = np.asarray(semantic)
-    if sem.ndim != 2:
-        raise ValueError(f"instances_from_semantic expects a 2D map, got shape {sem.shape}")
+    if sem.ndim not in (2, 3):
+        raise ValueError(f"instances_from_semantic expects a 2D (Y, X) or 3D (Z, Y, X) map, got "
+                         f"shape {sem.shape}")
     if post.split == "seeded":
         if probabilities is None:
             raise ValueError("split='seeded' reads the class probabilities: pass probabilities")
@@ -63,11 +65,11 @@ def instances_from_semantic(
     if post.grow_classes and labels.max() > 0:
         grow = np.isin(sem, post.grow_classes) & (labels == 0)
         if grow.any():
-            _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
-            nearest = labels[iy, ix]
+            _, idx = ndi.distance_transform_edt(labels == 0, return_indices=True)
+            nearest = labels[tuple(idx)]
             # grow only into the grow-class region connected to the object
             reach = ndi.label(grow | (labels > 0))[0]
-            same_region = reach == reach[iy, ix]
+            same_region = reach == reach[tuple(idx)]
             labels = np.where(grow & same_region, nearest, labels)
     return _finish(labels, post)
 

@@ -64,6 +64,10 @@ def segment(
         raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
     image = as_image(image)
     cfg = model.config
+    if cfg.dims == 3:  # a 3D U-Net: every (Z, Y, X) volume as a whole
+        return (yield from segment_volumes(image, model, output=output, axes=axes,
+                                           tile_size=tile_size, padding=padding, device=device,
+                                           tta=tta, out=out))
     layout = infer_layout(tuple(image.shape), cfg.in_channels, axes, rgb)
     if volume and (output != "instances" or len(layout.plane_axes) != 1 or out is not None):
         raise ValueError(
@@ -119,6 +123,51 @@ def segment(
 
         out = stitch_planes(out)
     if output == "instances" and isinstance(out, np.ndarray) and out.dtype == np.uint32 and out.max() < 65535:
+        out = out.astype(np.uint16)
+    return out
+
+
+def segment_volumes(image: Any, model: UNetModel | UNet, *, output: str = "instances",
+                    axes: str | None = None, tile_size: int | tuple[int, ...] | None = None,
+                    padding: str = "mirror", device: str | torch.device = "auto",
+                    tta: bool = False, out: Any = None) -> Generator[TileDone, None, Any]:
+    """:func:`segment` with a 3D U-Net: each (Z, Y, X) volume (a (T, Z, Y, X) stack: each time
+    point) is predicted as a whole by exact 3D overlap-tiles (:mod:`~.tiling3d`); instances are
+    3D objects (one id per object in each volume), in the layout of plane-by-plane output."""
+    from .tiling3d import predict_volume
+
+    if tta:
+        raise ValueError("test-time augmentation (tta) is for 2D models; a 3D model predicts "
+                         "each volume once: switch tta off")
+    post = model.postprocessing if isinstance(model, UNetModel) else None
+    adapt = post is not None and post.background_prior is not None
+    mode = "semantic" if output in ("semantic", "instances") and not _needs_probs(post, output) \
+        and not adapt else "probabilities"
+    direct = out if output == mode else None  # streamed tile by tile (zarr: bounded memory)
+    result = yield from predict_volume(image, model, axes=axes, output=mode, tile_size=tile_size,
+                                       padding=padding, device=device, out=direct)
+    if output == mode and not adapt:
+        return result
+    rest = result.shape[:-4] if mode == "probabilities" else result.shape[:-3]
+    for ridx in (np.ndindex(*rest) if rest else [()]):
+        r = result[ridx]
+        if mode == "probabilities":  # (Z, K, Y, X) -> (K, Z, Y, X)
+            r = np.moveaxis(np.asarray(r), 1, 0)
+            if adapt:
+                k, z, h, w = r.shape
+                r = adapt_background_prior(r.reshape(k, z * h, w), post.background_prior)[0]
+                r = r.reshape(k, z, h, w)
+        if output == "instances":
+            sem = r if mode == "semantic" else semantic_labels(r)
+            fgp = None if mode == "semantic" else r[list(post.instance_classes)].sum(0)
+            res = instances_from_semantic(sem, post, fgp, None if mode == "semantic" else r)
+        else:
+            res = semantic_labels(r) if output == "semantic" else np.moveaxis(r, 0, 1)
+        if out is None:
+            shape = rest + res.shape
+            out = np.zeros(shape, np.uint32 if output == "instances" else res.dtype)
+        out[ridx] = res
+    if output == "instances" and isinstance(out, np.ndarray) and out.max(initial=0) < 65535:
         out = out.astype(np.uint16)
     return out
 

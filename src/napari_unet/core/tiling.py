@@ -310,7 +310,8 @@ def _inference_net(model: UNetModel | UNet, device: torch.device) -> UNet:
     # a private copy: the caller's model keeps its device, mode and memory layout
     net = copy.deepcopy(net).to(device).eval()
     if device.type != "mps":
-        net = net.to(memory_format=torch.channels_last)
+        three_d = getattr(getattr(net, "config", None), "dims", 2) == 3
+        net = net.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
     return net
 
 
@@ -360,6 +361,9 @@ def predict(
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     image = as_image(image)
     cfg = model.config
+    if cfg.dims == 3:
+        raise ValueError("this is a 3D U-Net: it segments (Z, Y, X) volumes as a whole "
+                         "(tiling3d.predict_volume, or segment), not plane by plane")
     norm = normalization or (model.normalization if isinstance(model, UNetModel) else Normalization())
     layout = infer_layout(tuple(image.shape), cfg.in_channels, axes, rgb)
     dev = resolve_device(device)

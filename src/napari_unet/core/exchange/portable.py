@@ -146,6 +146,9 @@ def _net(model: UNetModel | UNet) -> UNet:
     if not isinstance(net, UNet | UNetEnsemble):
         raise ExchangeError("only napari-unet's own U-Net can be exported (this model was imported "
                             "from another program's package; export the original instead)")
+    if net.config.dims == 3:
+        raise ExchangeError("exporting a 3D U-Net is not available yet: keep its .safetensors "
+                            "file (napari-unet segments volumes with it)")
     if net.training or any(p.device.type != "cpu" for p in net.parameters()):
         net = copy.deepcopy(net).to("cpu").eval()
     return net

@@ -77,6 +77,8 @@ class TrainConfig:
     - ``ema``: decay of the exponential moving average of the weights (0 = off: raw weights).
     - ``freeze_encoder``: when fine-tuning, the contracting path (``down``) keeps the base model's
       weights; the bottom, the expanding path and the head learn (Live: half the step time).
+    - ``grad_clip``: None, or the largest norm of a step's gradient (over all trained
+      parameters); larger gradients are scaled down to it before the optimiser's step.
     - ``plateau_patience``: with validation, the run ends early when the validation loss has not
       reached a new minimum for this many validations (after a fifth of the run): the learning
       rate decays to its floor over a quarter of the time spent so far, then training stops and
@@ -132,6 +134,7 @@ class TrainConfig:
     members: int | None = None
     holdback_seed: int = 0
     freeze_encoder: bool = False
+    grad_clip: float | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
@@ -171,6 +174,8 @@ class TrainConfig:
         if not isinstance(self.freeze_encoder, bool):
             raise ValueError(f"TrainConfig.freeze_encoder must be True or False, got "
                              f"{self.freeze_encoder!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip must be None or > 0, got {self.grad_clip!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"TrainConfig.ema must be in [0, 1), got {self.ema!r}")
         if not 0 <= self.start_margin <= 1:

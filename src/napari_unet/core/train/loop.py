@@ -349,6 +349,8 @@ def train_network(
                 loss = training_loss(tc.loss, logits.float(), tt, wt)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if tc.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
                 opt.step()
                 averaged.update()
             step += 1

@@ -26,9 +26,9 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     t = target.long()
     known = (t != IGNORE).to(logits.dtype)
     p = torch.softmax(logits, dim=1) * known[:, None]
-    onehot = F.one_hot(t.clamp(min=0), logits.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
+    onehot = F.one_hot(t.clamp(min=0), logits.shape[1]).movedim(-1, 1).to(p.dtype)
     onehot = onehot * known[:, None]
-    dims = (0, 2, 3)
+    dims = (0, *range(2, logits.ndim))  # (N, K, h, w) or, in 3D, (N, K, z, h, w)
     inter = (p * onehot).sum(dims)[1:]
     denom = (p.sum(dims) + onehot.sum(dims))[1:]
     return 1.0 - ((2 * inter + eps) / (denom + eps)).mean()

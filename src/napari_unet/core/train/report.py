@@ -67,6 +67,12 @@ def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: 
 
 def training_summary(prov: dict[str, Any]) -> str:
     """One line on what training did and what was validated (CLI, widget)."""
+    if "fine_tuned_3d" in prov and "validation" not in prov:  # core/train/volume.py
+        f = prov["fine_tuned_3d"]
+        lifted = " (the base model lifted to 3D)" if "lifted_from" in prov else ""
+        return (f"3D U-Net{lifted} fine-tuned on painted slices {f['painted_slices']}: {f['steps']} "
+                f"steps in {f['seconds']:.0f} s; not validated (a few painted slices leave nothing "
+                f"to hold back): the final weights are kept")
     v = prov["validation"]
     head = (f"trained {prov['steps']} steps in {prov['training_seconds_measured']:.0f} s "
             f"({prov['mode']} mode{', boundary class added' if prov.get('boundary_class_added') else ''})")

@@ -1,0 +1,181 @@
+"""A 2D U-Net lifted to 3D, and a 3D U-Net fine-tuned from two painted z-slices of a real volume."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet.core.annotations import AnnotationError
+from napari_unet.core.events import StepDone
+from napari_unet.core.io import load_model, save_model
+from napari_unet.core.lift import lift_model, lift_network, lifted_config
+from napari_unet.core.metrics import match_instances
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.normalize import Normalization
+from napari_unet.core.segment import segment_image
+from napari_unet.core.tiling import predict_image
+from napari_unet.core.tiling3d import predict_volume_image
+from napari_unet.core.train import TrainConfig
+from napari_unet.core.train.volume import fine_tune_volume, painted_slices
+
+DATA = Path(__file__).parent / "data" / "nuclei3d-cho"
+
+
+def _cho():
+    if not (DATA / "t0_image.tif").exists():
+        pytest.skip("tests/data/nuclei3d-cho missing")
+    # a 5 x 192 x 256 crop with 4-5 nuclei keeps the CPU run short
+    img = tifffile.imread(DATA / "t0_image.tif")
+    lab = tifffile.imread(DATA / "t0_silver_labels.tif")
+    return img, lab
+
+
+@pytest.mark.parametrize("padding,z_blocks", [("valid", 1), ("valid", 3), ("same", 2)])
+def test_a_lifted_network_equals_the_2d_network_on_every_plane(padding, z_blocks):
+    torch.manual_seed(0)
+    net2 = UNet(UNetConfig(depth=2, base_channels=4, padding=padding)).eval()
+    net3 = lift_network(net2, z_blocks).eval()
+    cfg = net3.config
+    assert cfg.dims == 3 and cfg.z_pooling == (False, False)
+    assert sum(cfg.z_convolution) == z_blocks and cfg.z_convolution[-1]  # the deepest first
+    vol = np.random.default_rng(0).gamma(2.0, 300.0, size=(4, 45, 38)).astype(np.uint16)
+    vol = vol / 600.0  # one fixed scale: the 2D path normalises per plane, the 3D per volume
+    none = Normalization("none")
+    np.testing.assert_allclose(predict_volume_image(vol, net3, device="cpu", normalization=none),
+                               predict_image(vol, net2, device="cpu", normalization=none),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="already 3D"):
+        lifted_config(cfg)
+
+
+def test_painted_slices_and_bad_paintings():
+    lab = np.zeros((5, 30, 30), np.uint16)
+    assert painted_slices(lab) == []
+    lab[3, 5:9, 5:9] = 2
+    assert painted_slices(lab) == [3]
+    img = np.zeros((5, 30, 30), np.float32)
+    model = _tiny_model()
+    with pytest.raises(AnnotationError, match="no slice of the labels is painted"):
+        next(fine_tune_volume(img, np.zeros_like(lab), model))
+    with pytest.raises(AnnotationError, match="outside the volume"):
+        next(fine_tune_volume(img, lab, model, slices=[7]))
+    with pytest.raises(AnnotationError, match="slice 1 has nothing painted"):
+        next(fine_tune_volume(img, lab, model, slices=[1]))
+    full = np.zeros_like(lab)
+    full[2] = 5  # one object over the whole slice: no background
+    with pytest.raises(AnnotationError, match="no background"):
+        next(fine_tune_volume(img, full, model))
+    with pytest.raises(AnnotationError, match="same shape"):
+        next(fine_tune_volume(img[0], lab[0], model))
+
+
+def _tiny_model():
+    from napari_unet.core.io import UNetModel
+
+    torch.manual_seed(0)
+    return UNetModel(UNet(UNetConfig(depth=2, base_channels=4)), name="tiny")
+
+
+def test_fine_tuning_on_two_painted_slices_beats_the_start_on_the_other_slices(tmp_path):
+    img, silver = _cho()
+    painted = np.zeros_like(silver)
+    painted[[1, 3]] = silver[[1, 3]]  # the user painted two whole slices
+    img0, painted0 = img.copy(), painted.copy()
+    base = load_model("nuclei")
+    start = lift_model(base)
+    others = [0, 2, 4]
+
+    def f1_others(model):
+        pred = segment_image(img, model, device="cpu")
+        assert pred.shape == img.shape  # one 3D labels volume
+        return match_instances(pred[others], silver[others], volume=True).f1
+
+    f1_start = f1_others(start)
+    cfg = TrainConfig(steps=40, batch_size=2, patch_size=64, lr=1e-3)
+    gen = fine_tune_volume(img, painted, base, config=cfg, seed=0, device="cpu")
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as e:
+        tuned = e.value
+    assert [ev.step for ev in events] == list(range(1, 41)) and all(isinstance(e, StepDone) for e in events)
+    assert "not validated" in events[-1].validation
+    assert np.isfinite([e.loss for e in events]).all()
+    f1_tuned = f1_others(tuned)
+    assert f1_tuned > f1_start + 0.1, (f1_start, f1_tuned)
+    prov = tuned.provenance["fine_tuned_3d"]
+    assert prov["painted_slices"] == [1, 3] and prov["steps"] == 40 and prov["validated"] is False
+    assert tuned.provenance["lifted_from"]["name"] == base.name
+    np.testing.assert_array_equal(img, img0)  # the user's data is never written
+    np.testing.assert_array_equal(painted, painted0)
+    path = save_model(tuned, tmp_path / "cho3d.safetensors")
+    back = load_model(path)
+    assert back.config == tuned.config and back.config.dims == 3
+    np.testing.assert_array_equal(segment_image(img, back, device="cpu"),
+                                  segment_image(img, tuned, device="cpu"))
+
+
+def test_stop_ends_volume_fine_tuning_and_keeps_the_model():
+    import threading
+
+    img = np.random.default_rng(0).random((3, 48, 48)).astype(np.float32)
+    lab = np.zeros((3, 48, 48), np.uint16)
+    lab[1, 10:20, 10:20] = 1
+    stop = threading.Event()
+    gen = fine_tune_volume(img, lab, _tiny_model(), config=TrainConfig(steps=50, batch_size=1, patch_size=32),
+                           device="cpu", stop=stop)
+    next(gen)
+    next(gen)
+    stop.set()
+    with pytest.raises(StopIteration) as e:
+        next(gen)
+    model = e.value.value
+    assert model.provenance["fine_tuned_3d"]["ended"] == "stopped"
+    assert model.provenance["fine_tuned_3d"]["steps"] == 2
+    assert segment_image(img, model, device="cpu").shape == img.shape
+
+
+def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, qtbot, monkeypatch):
+    """Fine-tune widget, '3D U-Net' on: two painted slices of a real volume in a real viewer;
+    the model it keeps segments the volume in the Segment widget as one 3D labels layer."""
+    from qtpy.QtCore import Qt
+
+    from napari_unet._widgets import _finetune
+
+    img, silver = _cho()
+    painted = np.zeros_like(silver)
+    painted[[1, 3]] = silver[[1, 3]]
+    viewer = make_napari_viewer()
+    viewer.add_image(img, name="cho", scale=(5.0, 1.0, 1.0))
+    viewer.add_labels(painted, name="painted", scale=(5.0, 1.0, 1.0))
+    viewer.add_image(img[0], name="plane")
+    _d, seg = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _d, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    errors = []
+    monkeypatch.setattr(_finetune, "show_error", errors.append)
+    ft.base_model.value = "nuclei"
+    ft.device.value = "cpu"
+    ft.steps.value = 3
+    ft.volume.value = True
+    ft.image.value, ft.labels.value = "plane", "painted"
+    assert ft.train() is None and errors  # a 2D image is no volume: said, nothing starts
+    assert "stack of 5 planes" in errors[-1]
+    ft.image.value = "cho"
+    qtbot.mouseClick(ft.train_button.native, Qt.MouseButton.LeftButton)
+    assert ft.running, errors
+    qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
+    assert ft.model is not None and ft.model.config.dims == 3
+    assert "not validated" in ft.status.text() and len(ft.plot.loss) == 3
+    assert ft.model.provenance["fine_tuned_3d"]["painted_slices"] == [1, 3]
+    np.testing.assert_array_equal(viewer.layers["painted"].data, painted)  # never written
+    assert seg.model.value == ft.model_name
+    seg.images.value = ["cho"]
+    seg.device.value = "cpu"
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.running, timeout=180_000)
+    out = viewer.layers["cho instances"]
+    assert out.data.shape == img.shape and tuple(out.scale) == (5.0, 1.0, 1.0)
+    np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu"))
