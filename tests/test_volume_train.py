@@ -179,3 +179,36 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     out = viewer.layers["cho instances"]
     assert out.data.shape == img.shape and tuple(out.scale) == (5.0, 1.0, 1.0)
     np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu"))
+
+
+def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys):
+    """`train --volume` on real files fine-tunes a 3D model; `segment` with it writes 3D instances."""
+    from napari_unet.cli import main
+
+    img, silver = _cho()
+    ys, xs = np.nonzero(silver[1])
+    y0 = int(np.clip(ys.mean() - 80, 0, img.shape[1] - 160))
+    x0 = int(np.clip(xs.mean() - 80, 0, img.shape[2] - 160))
+    img, silver = img[:, y0:y0 + 160, x0:x0 + 160], silver[:, y0:y0 + 160, x0:x0 + 160]
+    painted = np.zeros_like(silver)
+    painted[[1, 3]] = silver[[1, 3]]
+    tifffile.imwrite(tmp_path / "vol.tif", img)
+    tifffile.imwrite(tmp_path / "painted.tif", painted)
+    model = tmp_path / "vol3d.safetensors"
+    assert main(["train", "--volume", "--images", str(tmp_path / "vol.tif"), "--labels",
+                 str(tmp_path / "painted.tif"), "--base-model", "nuclei", "--steps", "2",
+                 "--device", "cpu", "-q", "-o", str(model)]) == 0
+    assert "slices [1, 3]" in capsys.readouterr().out
+    assert load_model(model).config.dims == 3
+    out = tmp_path / "out.tif"
+    assert main(["segment", str(tmp_path / "vol.tif"), "--model", str(model), "--output", str(out),
+                 "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), segment_image(img, load_model(model), device="cpu"))
+    # --slices without --volume, and a volume run without a base model: messages, no file
+    assert main(["train", "--images", str(tmp_path / "vol.tif"), "--labels", str(tmp_path / "painted.tif"),
+                 "--slices", "1", "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "use it with --volume" in capsys.readouterr().err
+    assert main(["train", "--volume", "--images", str(tmp_path / "vol.tif"), "--labels",
+                 str(tmp_path / "painted.tif"), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "--base-model" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

@@ -21,8 +21,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import geometry
-
 PADDINGS = ("valid", "same")
 
 
@@ -137,9 +135,13 @@ class UNetConfig:
         return tuple(2 if b else 1 for b in self.z_pooling)
 
     @property
-    def z_axis(self) -> geometry.Axis:
-        """3D: the geometry along z (its grid, halo, valid sizes)."""
-        return geometry.Axis(self.z_pools, self.z_convolution, self.padding == "valid")
+    def z_axis(self) -> Any:
+        """3D: the geometry along z (its grid, halo, valid sizes): a :class:`~.geometry.Axis`."""
+        # imported here: this file is also the architecture file of bioimage.io packages, where
+        # it must stand alone (2D models never ask for z)
+        from .geometry import Axis
+
+        return Axis(self.z_pools, self.z_convolution, self.padding == "valid")
 
     @property
     def z_grid(self) -> int:
