@@ -89,8 +89,8 @@ def test_errors():
         segment_image(np.zeros((10, 10)), m, output="edges")
     with pytest.raises(ValueError, match="probabilities must have shape"):
         semantic_labels(np.zeros((10, 10)))
-    with pytest.raises(ValueError, match="2D"):
-        instances_from_semantic(np.zeros((2, 10, 10), np.uint8))
+    with pytest.raises(ValueError, match="2D"):  # a plane or, from a 3D U-Net, a volume
+        instances_from_semantic(np.zeros((2, 2, 10, 10), np.uint8))
 
 
 def _packed_probabilities():
