@@ -27,7 +27,7 @@ def lifted_config(cfg: UNetConfig, z_blocks: int = 1) -> UNetConfig:
                          f"got {z_blocks!r}")
     zc = tuple(level >= cfg.depth + 1 - int(z_blocks) for level in range(cfg.depth + 1))
     d = cfg.to_dict()
-    d.update(dims=3, z_pooling=[False] * cfg.depth, z_convolution=list(zc), dropout=cfg.dropout)
+    d.update(dims=3, z_pooling=[False] * cfg.depth, z_convolution=list(zc))
     return UNetConfig.from_dict(d)
 
 

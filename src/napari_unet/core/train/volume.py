@@ -30,12 +30,12 @@ from ..device import resolve_device
 from ..events import StepDone
 from ..io import UNetModel
 from ..lift import lift_model
-from ..normalize import Normalization
 from ..padding import mirror_index
+from ..tiling3d import VolumeReader
 from ..weights import weight_map
 from .config import TrainConfig
 from .loss import training_loss
-from .network import schedule
+from .network import TorchRng, schedule
 
 VOLUME_GRAD_CLIP = 1.0  # the step's gradient norm (live training diverged without a clip)
 
@@ -112,9 +112,9 @@ def fine_tune_volume(
     cfg = m3.config
     dev = resolve_device(device)
     d, h, w = img.shape
-    flat = np.asarray(img, np.float64).reshape(1, d * h, w)
-    stats = m3.normalization.stats(flat, channel_axis=0)
-    vol = Normalization.apply(flat, stats).reshape(d, h, w)
+    # normalised exactly as predict_volume reads it (whole-volume statistics, the same sample)
+    vol = VolumeReader(img, (None,) * 3, (0, 1, 2), None, m3.normalization, "mirror").block(
+        (0, 0, 0), (d, h, w))[0]
     # patch geometry: the output covers one plane's worth on the z grid, ~patch_size in Y and X
     zax = cfg.z_axis
     z_out = zax.output_size(zax.input_size(zax.grid))
@@ -129,7 +129,7 @@ def fine_tune_volume(
     opt = torch.optim.Adam(params, lr=tc.learning_rate(), weight_decay=tc.weight_decay)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    rng_t = TorchRng(seed, dev)  # dropout draws from a private state: the caller's RNG is left alone
     fg = [np.argwhere(target[z] == 1) for z in chosen]
     budget = None if tc.minutes is None else 60.0 * float(tc.minutes)
     total = tc.steps if budget is None else 10**9
@@ -168,12 +168,13 @@ def fine_tune_volume(
                           tc.warmup, tc.cosine_decay)
         for g in opt.param_groups:
             g["lr"] = tc.learning_rate() * factor
-        logits = net(x[:, None])
-        loss = training_loss(tc.loss, logits.float(), t, wt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or VOLUME_GRAD_CLIP)
-        opt.step()
+        with rng_t.active():
+            logits = net(x[:, None])
+            loss = training_loss(tc.loss, logits.float(), t, wt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or VOLUME_GRAD_CLIP)
+            opt.step()
         step += 1
         elapsed = time.perf_counter() - t0
         rate = elapsed / step
