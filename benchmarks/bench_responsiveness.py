@@ -153,9 +153,38 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
             marks.append((t, time.perf_counter(), "preview shown"))
 
     ft.live._event = spy
+    # main-thread work that may explain a long gap: the preview drawn into its layer, Python's
+    # garbage collector (it stops every thread while it walks napari's object graph)
+    import gc
+
+    from napari_unet._widgets import _live as live_mod
+
+    show = live_mod.LiveSession._show_preview
+
+    def shown(self, ev):
+        t = time.perf_counter()
+        show(self, ev)
+        marks.append((t, time.perf_counter(), "preview drawn into its layer"))
+
+    live_mod.LiveSession._show_preview = shown
+    gc_start: list[float] = []
+
+    def collected(phase, info):
+        if phase == "start":
+            gc_start.append(time.perf_counter())
+        elif gc_start:
+            t = gc_start.pop()
+            if time.perf_counter() - t > 0.005:  # the short ones explain nothing
+                marks.append((t, time.perf_counter(), f"gc generation {info['generation']}"))
+
+    gc.callbacks.append(collected)
     hb.start()
     t0 = time.perf_counter()
-    ft.live.live.value = True
+    ft.live.live.value = True  # the click: the session starts, the empty preview layer is added
+    t_on = time.perf_counter()
+    marks.append((t0, t_on, "switching Live on (adding the preview layer)"))
+    app.processEvents()  # the click's answer: the new layer drawn
+    t_on = time.perf_counter()
     k = 2
     while time.perf_counter() - t0 < seconds:
         if k < len(plan) and (k - 1) * 5.0 <= time.perf_counter() - t0:
@@ -166,10 +195,16 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
     ft.live.live.value = False
     wait(app, lambda: ft.live.session is None)
     res = hb.stop()
+    gc.callbacks.remove(collected)
+    live_mod.LiveSession._show_preview = show
+    running = Heartbeat.summary([t for t in hb.ticks if t >= t_on], float("inf"))
     times = [t - t0 for t, _, _ in previews]
     box = previews[-1][2] if previews else None
     iv = np.diff(times) if len(times) > 1 else np.array([np.nan])
     print(f"live {seconds:.0f} s, {k} strokes, view {box}: {fmt(res)}")
+    print(f"  the click that switches Live on (session started, preview layer added and drawn): "
+          f"{(t_on - t0) * 1000:.0f} ms")
+    print(f"  from then on, while training and previewing: {fmt(running)}")
     print(f"  previews: {len(previews)}, first at {times[0] if times else float('nan'):.1f} s, "
           f"interval median {np.median(iv):.1f} s, max {np.max(iv):.1f} s; one preview "
           f"{np.median([s for _, s, _ in previews]) if previews else float('nan'):.2f} s of compute")

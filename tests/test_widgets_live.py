@@ -57,6 +57,9 @@ def test_live_mode_learns_while_painting(live_setup, qtbot):
     ft.live.live.value = True  # the switch
     live = ft.live
     assert live.session is not None and not ft.train_button.enabled
+    # the preview layer is there at once (empty), and the brush stays on the painting
+    assert "rods live" in viewer.layers and not viewer.layers["rods live"].data.any()
+    assert viewer.layers.selection.active is layer
     inbox = live.session.inbox
     # the status line follows the first step's event, which may come just after the first preview
     qtbot.waitUntil(lambda: "rods live" in viewer.layers and live._last is not None

@@ -99,6 +99,7 @@ class LiveSession:
         self.viewer.camera.events.center.connect(self.send_view)
         self.viewer.camera.events.zoom.connect(self.send_view)
         self.viewer.dims.events.current_step.connect(self.send_view)
+        self.preview_layer()
         self.send_view()
         self.worker.start()
 
@@ -147,18 +148,30 @@ class LiveSession:
             self.send_view()  # the canvas may have redrawn since the last camera event
         self.on_event(ev)
 
-    def _show_preview(self, ev: Any) -> None:
+    def preview_layer(self) -> Labels:
+        """The preview layer, added (empty) if missing. Adding a layer is napari's own main-thread
+        work (~130 ms on the 2-core CPU): the session does it when Live is switched on, as the
+        answer to that click, not in the middle of training."""
         if self.preview_name in self.viewer.layers and \
                 isinstance(self.viewer.layers[self.preview_name], Labels) and \
                 self.viewer.layers[self.preview_name].data.shape == self.shape:
-            layer = self.viewer.layers[self.preview_name]
-        else:
-            if self.preview_name in self.viewer.layers:
-                self.viewer.layers.remove(self.preview_name)
-            layer = Labels(np.zeros(self.shape, np.uint32), name=self.preview_name,
-                           scale=self.labels_layer.scale, translate=self.labels_layer.translate,
-                           opacity=0.5)
-            self.viewer.layers.insert(self.viewer.layers.index(self.labels_layer), layer)
+            return self.viewer.layers[self.preview_name]
+        if self.preview_name in self.viewer.layers:
+            self.viewer.layers.remove(self.preview_name)
+        layer = Labels(np.zeros(self.shape, np.uint32), name=self.preview_name,
+                       scale=self.labels_layer.scale, translate=self.labels_layer.translate,
+                       opacity=0.5)
+        selection = self.viewer.layers.selection
+        active, selected = selection.active, set(selection)
+        self.viewer.layers.insert(self.viewer.layers.index(self.labels_layer), layer)
+        # napari makes an inserted layer the active one: the user's brush stays on their layer
+        selection.clear()
+        selection.update(selected)
+        selection.active = active
+        return layer
+
+    def _show_preview(self, ev: Any) -> None:
+        layer = self.preview_layer()
         y0, y1, x0, x1 = ev.box
         key = tuple(ev.plane) + (slice(y0, y1), slice(x0, x1))
         layer.data[key] = ev.labels
