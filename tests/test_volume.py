@@ -177,3 +177,32 @@ def test_segment_widget_makes_3d_objects_of_a_z_stack(make_napari_viewer, qtbot,
     assert out.data.shape == img.shape and tuple(out.scale) == (5.0, 1.0, 1.0)
     want = segment_image(img, load_model("nuclei"), output="instances", device="cpu", volume=True)
     np.testing.assert_array_equal(out.data, want)
+
+
+def test_3d_instances_grow_and_split_by_physical_distance():
+    """With the voxel size of a layer's scale, a voxel of the grow class joins the object that is
+    nearest in space, not in voxel steps; the watershed split in physical units still separates two
+    touching ellipsoids; isotropic spacing is the default; a wrong spacing is a message."""
+    from napari_unet.core.io import Postprocessing
+    from napari_unet.core.postprocess import instances_from_semantic
+
+    sem = np.full((5, 21, 21), 2, np.uint8)  # grow class everywhere ...
+    sem[0, 10, 10] = 1  # ... object A two planes below the probe
+    sem[2, 10, 4] = 1  # object B six pixels beside it, in the probe's plane
+    post = Postprocessing(instance_classes=(1,), grow_classes=(2,), min_size=1)
+    a, b = 1, 2  # raster order: A (z=0) first
+    iso = instances_from_semantic(sem, post)
+    aniso = instances_from_semantic(sem, post, spacing=(5.0, 1.0, 1.0))
+    assert iso[2, 10, 10] == a  # 2 voxel steps in z < 6 in x
+    assert aniso[2, 10, 10] == b  # 2 x 5 = 10 > 6: B is nearer in space
+    np.testing.assert_array_equal(instances_from_semantic(sem, post, spacing=(0.4, 0.4, 0.4)), iso)
+    # watershed: two touching ellipsoids, round in space (voxels 4x as deep as wide)
+    zz, yy, xx = np.mgrid[:9, :40, :60]
+    fg = np.zeros((9, 40, 60), bool)
+    for cx in (20, 38):
+        fg |= ((zz - 4) * 4.0) ** 2 + (yy - 20) ** 2 + (xx - cx) ** 2 <= 11 ** 2
+    ws = Postprocessing(instance_classes=(1,), min_size=1, split="watershed")
+    split = instances_from_semantic(fg.astype(np.uint8), ws, spacing=(4.0, 1.0, 1.0))
+    assert split.max() == 2 and split[4, 20, 20] != split[4, 20, 38]
+    with pytest.raises(ValueError, match="positive voxel sizes"):
+        instances_from_semantic(sem, post, spacing=(5.0, 1.0))

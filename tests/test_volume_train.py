@@ -178,7 +178,9 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     qtbot.waitUntil(lambda: not seg.running, timeout=180_000)
     out = viewer.layers["cho instances"]
     assert out.data.shape == img.shape and tuple(out.scale) == (5.0, 1.0, 1.0)
-    np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu"))
+    # the layer's scale is the voxel size of the 3D instances
+    np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu",
+                                                          spacing=(5.0, 1.0, 1.0)))
 
 
 def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys):
@@ -202,8 +204,13 @@ def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys):
     assert load_model(model).config.dims == 3
     out = tmp_path / "out.tif"
     assert main(["segment", str(tmp_path / "vol.tif"), "--model", str(model), "--output", str(out),
-                 "--device", "cpu"]) == 0
-    np.testing.assert_array_equal(tifffile.imread(out), segment_image(img, load_model(model), device="cpu"))
+                 "--device", "cpu", "--spacing", "5", "1", "1"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), segment_image(
+        img, load_model(model), device="cpu", spacing=(5.0, 1.0, 1.0)))
+    # a spacing for a 2D model is said to be of no use, not silently dropped
+    assert main(["segment", str(tmp_path / "vol.tif"), "--model", "nuclei", "--output",
+                 str(tmp_path / "o2.tif"), "--spacing", "5", "1", "1"]) == 2
+    assert "2D model" in capsys.readouterr().err and not (tmp_path / "o2.tif").exists()
     # --slices without --volume, and a volume run without a base model: messages, no file
     assert main(["train", "--images", str(tmp_path / "vol.tif"), "--labels", str(tmp_path / "painted.tif"),
                  "--slices", "1", "-o", str(tmp_path / "x.safetensors")]) == 2

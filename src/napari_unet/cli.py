@@ -87,6 +87,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volume", action="store_true",
                    help="the input is one (Z, Y, X) volume: write 3D instances, one id per object "
                    "across z (planes segmented one by one, objects linked across z by overlap)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="voxel size of a volume, for a 3D model's 3D instances (the distances of "
+                   "growing objects and splitting them, e.g. 2.0 0.4 0.4; default: isotropic)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute results that already exist (default: skip them)")
     p.add_argument("--zarr", action="store_true",
@@ -134,6 +137,12 @@ def _run_segment(args: argparse.Namespace) -> int:
     distributed = args.workers is not None or args.scheduler is not None
     if args.volume and args.output_type != "instances":
         raise CLIError("--volume makes 3D instances: use it with --output-type instances")
+    if args.spacing is not None:
+        if model.config.dims != 3:
+            raise CLIError(f"--spacing is for a 3D model's 3D instances; '{model.name}' is a 2D "
+                           "model (planes linked across z by --volume need no spacing): drop it")
+        if not all(v > 0 for v in args.spacing):
+            raise CLIError(f"--spacing takes three positive voxel sizes (Z Y X), got {args.spacing}")
     if distributed and n_items == 1 and out.suffix.lower() in (".tif", ".tiff"):
         raise CLIError("distributed runs write zarr: give an output ending in .zarr or a folder")
     counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -161,7 +170,8 @@ def _run_segment(args: argparse.Namespace) -> int:
                             client=client, block_size=args.chunk, tile_size=args.tile_size,
                             padding=args.padding, device=device if client is None else args.device,
                             batch_size=args.batch_size, axes=args.axes, tta=args.tta,
-                            **({"volume": True} if args.volume else {}))
+                            **({"volume": True} if args.volume else {}),
+                            **({"spacing": tuple(args.spacing)} if args.spacing else {}))
         where = f"{args.workers} workers" if args.workers else args.scheduler or device.type
         drive(relay(gen, report), desc=f"segment ({model.name}, {where})", quiet=args.quiet)
     if not args.quiet or counts["failed"]:

@@ -22,6 +22,7 @@ class SegmentJob:
     name: str
     data: Any
     rgb: bool = False
+    spacing: tuple[float, float, float] | None = None  # the layer's (z, y, x) scale, for 3D models
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
             layout = infer_layout(tuple(job.data.shape), model.config.in_channels, None, job.rgb)
             gen = segment(job.data, model, output=output, rgb=job.rgb, tile_size=tile_size,
                           padding=padding, device=device, tta=tta,
-                          volume=volume and len(layout.plane_axes) > 0)
+                          volume=volume and len(layout.plane_axes) > 0,
+                          spacing=job.spacing if model.config.dims == 3 else None)
             result = yield from relay(gen, lambda ev, i=i, job=job: JobProgress(
                 i, len(jobs), job.name, ev.done, ev.total, ev.plane, ev.planes, ev.device))
         except Exception as exc:  # one bad image does not stop the queue

@@ -217,7 +217,10 @@ class SegmentWidget(QWidget):
             if getattr(layer, "multiscale", False):
                 show_info(f"'{name}' is multiscale: segmenting its full-resolution level.")
             self._pending[len(jobs)] = (name, spatial_metadata(layer), output)
-            jobs.append(SegmentJob(name, data, bool(getattr(layer, "rgb", False))))
+            rgb = bool(getattr(layer, "rgb", False))
+            scale = tuple(float(v) for v in layer.scale)
+            spacing = scale[-3:] if len(scale) >= 3 and data.ndim - rgb >= 3 else None
+            jobs.append(SegmentJob(name, data, rgb, spacing))
         if not jobs:
             show_error("The chosen image layers are no longer in the viewer.")
             return None

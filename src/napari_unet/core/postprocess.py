@@ -36,6 +36,7 @@ def instances_from_semantic(
     postprocessing: Postprocessing | None = None,
     foreground_probability: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
+    spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
     """Instance labels of one semantic map of class ids: a plane (Y, X) or, from a 3D U-Net, a
     volume (Z, Y, X) (then connectivity, growing and splitting are in 3D, probabilities (K, Z, Y, X)).
@@ -46,6 +47,9 @@ def instances_from_semantic(
     transform (or of ``foreground_probability`` when given). ``split="seeded"`` needs
     ``probabilities`` (K, Y, X): see :func:`seeded_instances`. Returns uint16 (uint32 if needed),
     0 = background, ids 1..n in raster order.
+    ``spacing``: the voxel size per axis (a volume's (z, y, x) scale): distances of the growing
+    and the watershed split are physical, so a z step of anisotropic voxels counts as far as it is
+    (None: isotropic).
     """
     post = postprocessing or Postprocessing()
     if post.split not in SPLITS:
@@ -54,6 +58,7 @@ def instances_from_semantic(
     if sem.ndim not in (2, 3):
         raise ValueError(f"instances_from_semantic expects a 2D (Y, X) or 3D (Z, Y, X) map, got "
                          f"shape {sem.shape}")
+    spacing = _spacing(spacing, sem.ndim)
     if post.split == "seeded":
         if probabilities is None:
             raise ValueError("split='seeded' reads the class probabilities: pass probabilities")
@@ -61,11 +66,11 @@ def instances_from_semantic(
     fg = np.isin(sem, post.instance_classes)
     labels, n = ndi.label(fg)
     if post.split == "watershed" and n:
-        labels = _watershed_split(fg, labels, foreground_probability)
+        labels = _watershed_split(fg, labels, foreground_probability, spacing)
     if post.grow_classes and labels.max() > 0:
         grow = np.isin(sem, post.grow_classes) & (labels == 0)
         if grow.any():
-            _, idx = ndi.distance_transform_edt(labels == 0, return_indices=True)
+            _, idx = ndi.distance_transform_edt(labels == 0, sampling=spacing, return_indices=True)
             nearest = labels[tuple(idx)]
             # grow only into the grow-class region connected to the object
             reach = ndi.label(grow | (labels > 0))[0]
@@ -129,14 +134,34 @@ def _finish(labels: np.ndarray, post: Postprocessing) -> np.ndarray:
     return lut[labels]
 
 
-def _watershed_split(fg: np.ndarray, labels: np.ndarray, prob: np.ndarray | None) -> np.ndarray:
+def _spacing(spacing: Any, ndim: int) -> tuple[float, ...] | None:
+    """None for isotropic pixels, else the voxel size per axis relative to the finest one."""
+    if spacing is None:
+        return None
+    sp = tuple(float(v) for v in spacing)
+    if len(sp) != ndim or not all(np.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"spacing must be {ndim} positive voxel sizes (one per axis of the "
+                         f"{ndim}D labels), got {spacing!r}")
+    if max(sp) / min(sp) < 1.01:
+        return None
+    return tuple(v / min(sp) for v in sp)
+
+
+def _watershed_split(fg: np.ndarray, labels: np.ndarray, prob: np.ndarray | None,
+                     spacing: tuple[float, ...] | None = None) -> np.ndarray:
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
-    dist = ndi.distance_transform_edt(fg)
+    dist = ndi.distance_transform_edt(fg, sampling=spacing)
     surface = dist if prob is None else dist * np.asarray(prob, np.float64)
-    smooth = ndi.gaussian_filter(surface, 1.0)
-    peaks = peak_local_max(smooth, min_distance=3, labels=labels, exclude_border=False)
+    if spacing is None:
+        smooth = ndi.gaussian_filter(surface, 1.0)
+        peaks = peak_local_max(smooth, min_distance=3, labels=labels, exclude_border=False)
+    else:  # the same smoothing and peak distance in physical units: fewer voxels along deep axes
+        smooth = ndi.gaussian_filter(surface, [1.0 / s for s in spacing])
+        footprint = np.ones([2 * int(round(3 / s)) + 1 for s in spacing], bool)
+        peaks = peak_local_max(smooth, min_distance=1, footprint=footprint, labels=labels,
+                               exclude_border=False)
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     # every component keeps at least one marker

@@ -46,6 +46,7 @@ def segment(
     tta: bool = False,
     out: Any = None,
     volume: bool = False,
+    spacing: tuple[float, float, float] | None = None,
 ) -> Generator[TileDone, None, Any]:
     """Segment ``image`` (see :func:`~napari_unet.core.tiling.predict` for shapes and options).
 
@@ -58,6 +59,9 @@ def segment(
     over all tiles of all planes; returns the output.
     ``volume``: the planes are the z-slices of one (Z, Y, X) volume: instances are 3D objects,
     linked across z by :func:`~napari_unet.core.volume.stitch_planes` (one id per object).
+    ``spacing``: the (z, y, x) voxel size (a layer's scale) for a 3D U-Net's 3D instances (the
+    growing and watershed distances, :func:`~.postprocess.instances_from_semantic`); linking
+    planes by overlap needs none.
     The input is never modified.
     """
     if output not in OUTPUT_TYPES:
@@ -67,7 +71,7 @@ def segment(
     if cfg.dims == 3:  # a 3D U-Net: every (Z, Y, X) volume as a whole
         return (yield from segment_volumes(image, model, output=output, axes=axes,
                                            tile_size=tile_size, padding=padding, device=device,
-                                           tta=tta, out=out))
+                                           tta=tta, out=out, spacing=spacing))
     layout = infer_layout(tuple(image.shape), cfg.in_channels, axes, rgb)
     if volume and (output != "instances" or len(layout.plane_axes) != 1 or out is not None):
         raise ValueError(
@@ -130,7 +134,8 @@ def segment(
 def segment_volumes(image: Any, model: UNetModel | UNet, *, output: str = "instances",
                     axes: str | None = None, tile_size: int | tuple[int, ...] | None = None,
                     padding: str = "mirror", device: str | torch.device = "auto",
-                    tta: bool = False, out: Any = None) -> Generator[TileDone, None, Any]:
+                    tta: bool = False, out: Any = None,
+                    spacing: tuple[float, float, float] | None = None) -> Generator[TileDone, None, Any]:
     """:func:`segment` with a 3D U-Net: each (Z, Y, X) volume (a (T, Z, Y, X) stack: each time
     point) is predicted as a whole by exact 3D overlap-tiles (:mod:`~.tiling3d`); instances are
     3D objects (one id per object in each volume), in the layout of plane-by-plane output."""
@@ -139,6 +144,8 @@ def segment_volumes(image: Any, model: UNetModel | UNet, *, output: str = "insta
     if tta:
         raise ValueError("test-time augmentation (tta) is for 2D models; a 3D model predicts "
                          "each volume once: switch tta off")
+    if spacing is not None and len(tuple(spacing)) != 3:
+        raise ValueError(f"spacing is the (z, y, x) voxel size of the volume, got {spacing!r}")
     post = model.postprocessing if isinstance(model, UNetModel) else None
     adapt = post is not None and post.background_prior is not None
     mode = "semantic" if output in ("semantic", "instances") and not _needs_probs(post, output) \
@@ -160,7 +167,8 @@ def segment_volumes(image: Any, model: UNetModel | UNet, *, output: str = "insta
         if output == "instances":
             sem = r if mode == "semantic" else semantic_labels(r)
             fgp = None if mode == "semantic" else r[list(post.instance_classes)].sum(0)
-            res = instances_from_semantic(sem, post, fgp, None if mode == "semantic" else r)
+            res = instances_from_semantic(sem, post, fgp, None if mode == "semantic" else r,
+                                          spacing=spacing)
         else:
             res = semantic_labels(r) if output == "semantic" else np.moveaxis(r, 0, 1)
         if out is None:
