@@ -14,7 +14,9 @@ segmentation as reference: silver labels, a dim nucleus unlabelled). Per time po
   (:mod:`napari_unet.core.lift`) and fine-tuned on slices 1 and 3 of time point 0 (the silver
   labels of those two slices stand for what a user paints), then ``segment`` of each volume;
 - **2D fine-tuned on the same slices, linked across z**: the same two painted slices through the
-  2D fine-tuning (``train``, same number of steps), then linking: what the 3D network is up against.
+  2D fine-tuning (``train``, same number of steps), then linking: what the 3D network is up against;
+- **3D U-Net from scratch on the same slices**: the same 3D architecture as the lifted one, its
+  weights random (seed 0), the same fine-tuning: what the lifted start is worth.
 
 Time point 0 holds the painted slices: the F1 means are over the other time points.
 The working memory of a 3D U-Net segmentation (resident memory polled during it, above its level
@@ -71,6 +73,18 @@ def _train_2d(img: np.ndarray, ref: np.ndarray, model, steps: int):
     m = run_to_end(train([img[0][z] for z in SLICES], [ref[0][z] for z in SLICES], model=model,
                          config=cfg, seed=0, device="cpu"))
     return m, time.perf_counter() - t0
+
+
+def _scratch(model):
+    """The lifted 3D architecture of ``model`` with random weights (seed 0): a 3D U-Net from
+    scratch, normalised and post-processed as the lifted one."""
+    from napari_unet.core.io import UNetModel
+    from napari_unet.core.lift import lifted_config
+    from napari_unet.core.model import UNet
+
+    torch.manual_seed(0)
+    return UNetModel(UNet(lifted_config(model.config)), model.normalization, model.postprocessing,
+                     name="3D from scratch")
 
 
 PEAK = """
@@ -144,11 +158,13 @@ def main() -> None:
     load = os.getloadavg()[0]
     m3, s3 = _train_3d(img, ref, model, args.steps)
     m2, s2 = _train_2d(img, ref, model, args.steps)
-    print(f"fine-tuned 3D in {s3:.0f} s, 2D in {s2:.0f} s", flush=True)
+    ms, ss = _train_3d(img, ref, _scratch(model), args.steps)
+    print(f"fine-tuned 3D in {s3:.0f} s, 2D in {s2:.0f} s, 3D from scratch in {ss:.0f} s", flush=True)
     rows: dict[str, list[tuple[float, float, int]]] = {"plane by plane (ids restart)": [],
                                                        "3D connected components": [],
                                                        "linked across z (ours)": [],
                                                        "2D fine-tuned on 2 slices, linked": [],
+                                                       "3D U-Net from scratch on 2 slices": [],
                                                        "3D U-Net fine-tuned on 2 slices (ours)": []}
     n_ref = []
     for t in range(1, min(args.timepoints, img.shape[0])):
@@ -169,10 +185,14 @@ def main() -> None:
         t4 = time.perf_counter()
         ft3 = segment_image(vol, m3, output="instances", device="cpu")
         ft3_s = time.perf_counter() - t4
+        t5 = time.perf_counter()
+        sc3 = segment_image(vol, ms, output="instances", device="cpu")
+        sc3_s = time.perf_counter() - t5
         for name, lab, s in (("plane by plane (ids restart)", planes, seg_s),
                              ("3D connected components", cc, seg_s + cc_s),
                              ("linked across z (ours)", linked, seg_s + link_s),
                              ("2D fine-tuned on 2 slices, linked", ft2, ft2_s),
+                             ("3D U-Net from scratch on 2 slices", sc3, sc3_s),
                              ("3D U-Net fine-tuned on 2 slices (ours)", ft3, ft3_s)):
             rows[name].append((match_instances(lab, gt, volume=True).f1, s,
                                int(np.unique(lab).size - 1)))
@@ -182,7 +202,7 @@ def main() -> None:
              f"{img.shape[1]} x {img.shape[2]} x {img.shape[3]}, {np.mean(n_ref):.1f} reference "
              f"nuclei each (silver labels); the shipped nuclei model; time point 0 (slices "
              f"{SLICES} painted) left out. Fine-tuning, {args.steps} steps each: 3D {s3:.0f} s, "
-             f"2D {s2:.0f} s.", "",
+             f"2D {s2:.0f} s, 3D from scratch {ss:.0f} s.", "",
              "| 3D instances | F1@0.5, mean (min-max) | objects found, mean | seconds per volume |",
              "|---|---:|---:|---:|"]
     for name, r in rows.items():
