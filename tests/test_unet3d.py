@@ -175,3 +175,41 @@ def test_3d_and_2d_models_refuse_what_they_cannot_read():
     vol[1, 2, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         predict_volume_image(vol, net3, device="cpu")
+
+
+def test_3d_model_writes_zarr_volume_by_volume_equal_to_memory(tmp_path):
+    """CLI `segment --zarr` with a 3D model: a (T, Z, Y, X) TIFF on disk into zarr, each output
+    type equal to in-memory segmentation, built under a hidden name and renamed; a distributed run
+    is refused with a message."""
+    import tifffile
+    import zarr
+
+    from napari_unet.cli import main
+    from napari_unet.core.segment import segment_image
+
+    rng = np.random.default_rng(5)
+    zz, yy, xx = np.mgrid[:6, :36, :44]
+    stack = np.stack([
+        ((((yy - cy) ** 2 + (xx - cx) ** 2 + (2 * (zz - 3)) ** 2) < 80) * 150
+         + rng.integers(0, 40, zz.shape)).astype(np.uint8) for cy, cx in ((12, 14), (22, 30))])
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    model = UNetModel(_net3d("valid", classes=2), name="random 3D")
+    save_model(model, tmp_path / "m3.safetensors")
+    model = load_model(tmp_path / "m3.safetensors")
+    for kind in ("instances", "semantic", "probabilities"):
+        out = tmp_path / f"{kind}.zarr"
+        assert main(["segment", str(tmp_path / "stack.tif"), "--model", str(tmp_path / "m3.safetensors"),
+                     "--output", str(out), "--output-type", kind, "--zarr", "--device", "cpu",
+                     "--spacing", "2", "1", "1", "-q"]) == 0
+        got = zarr.open_array(str(out), mode="r")[:]
+        want = segment_image(stack, model, output=kind, device="cpu",
+                             **({"spacing": (2.0, 1.0, 1.0)} if kind == "instances" else {}))
+        assert got.shape == want.shape
+        if kind == "probabilities":
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(got, want)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert main(["segment", str(tmp_path / "stack.tif"), "--model", str(tmp_path / "m3.safetensors"),
+                 "--output", str(tmp_path / "d.zarr"), "--workers", "1", "--device", "cpu", "-q"]) == 1
+    assert not (tmp_path / "d.zarr").exists()

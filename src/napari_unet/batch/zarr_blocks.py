@@ -49,6 +49,7 @@ def segment_to_zarr(
     client: Any = None,
     grow_halo: int = 64,
     tta: bool = False,
+    spacing: tuple[float, float, float] | None = None,
 ) -> Generator[TileDone, None, Path]:
     """Segment ``image`` block by block into the zarr array ``output`` (written atomically).
 
@@ -61,6 +62,9 @@ def segment_to_zarr(
         and its scratch space must be reachable from every worker (a shared file system).
     grow_halo: first window margin for growing objects into grow classes; widened where needed.
     tta: average over the 8 flips/rotations of each tile (8x the compute).
+
+    A 3D model (3D U-Net) goes volume by volume instead (:mod:`.volumes`; ``spacing``: the voxel
+    size of its 3D instances); not on a cluster.
 
     Peak memory: a few blocks and their halos, plus label tables (8 bytes per object).
     Yields TileDone (tiles predicted, then blocks post-processed); returns the output path.
@@ -76,6 +80,17 @@ def segment_to_zarr(
 
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if model.config.dims == 3:  # a 3D U-Net: volume by volume (batch/volumes.py)
+        if client is not None:
+            raise ValueError("a 3D model segments whole volumes in this process: drop --workers and "
+                             "--scheduler (zarr output works without them)")
+        if tta:
+            raise ValueError("test-time augmentation (tta) is for 2D models: switch it off")
+        from .volumes import volumes_to_zarr
+
+        return (yield from volumes_to_zarr(image, model, output, output_type=output_type, axes=axes,
+                                           tile_size=tile_size, padding=padding, device=device,
+                                           spacing=spacing, chunk=int(np.max(block_size))))
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     post = model.postprocessing if isinstance(model, UNetModel) else Postprocessing()
