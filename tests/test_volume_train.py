@@ -219,3 +219,21 @@ def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys):
                  str(tmp_path / "painted.tif"), "-o", str(tmp_path / "x.safetensors")]) == 2
     assert "--base-model" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_3d_model_as_base_of_2d_or_live_training_is_a_message():
+    """A 3D model picked as the base of 2D fine-tuning or Live is refused with what to do instead,
+    before any step (it used to fail inside the network)."""
+    from napari_unet.core.events import run_to_end
+    from napari_unet.core.lift import lift_model
+    from napari_unet.core.train import LiveInbox, TrainConfig, train
+    from napari_unet.core.train.live import live_train
+
+    m3 = lift_model(load_model("nuclei"))
+    img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    lab = np.zeros((64, 64), np.int32)
+    lab[10:20, 10:20] = 1
+    with pytest.raises(ValueError, match="3D model.*train --volume"):
+        run_to_end(train(img, lab, model=m3, config=TrainConfig(steps=1), device="cpu"))
+    with pytest.raises(ValueError, match="tick '3D U-Net'"):
+        next(live_train(img, LiveInbox(lab), model=m3, device="cpu"))

@@ -77,6 +77,17 @@ def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+def refuse_3d(model: Any) -> None:
+    """A 3D model (3D U-Net) fine-tunes on painted z-slices of a volume, not on 2D paintings: say
+    so instead of failing inside the network."""
+    cfg = getattr(model, "config", model)
+    if cfg is not None and getattr(cfg, "dims", 2) == 3:
+        name = getattr(model, "name", None) or "this model"
+        raise ValueError(f"'{name}' is a 3D model (3D U-Net): it fine-tunes on painted z-slices of "
+                         f"a volume (Fine-tune widget: tick '3D U-Net'; command line: train "
+                         f"--volume). For 2D painting choose a 2D base model, e.g. nuclei")
+
+
 def train_network(
     images: Any,
     labels: Any,
@@ -121,6 +132,7 @@ def train_network(
     the decision is returned as ``provenance["members_planned"]``.
     """
     tc = config or TrainConfig()
+    refuse_3d(model if model is not None else architecture)
     if model is not None:
         model = member_view(model, member)
     dev = resolve_device(device)
