@@ -237,3 +237,26 @@ def test_a_3d_model_as_base_of_2d_or_live_training_is_a_message():
         run_to_end(train(img, lab, model=m3, config=TrainConfig(steps=1), device="cpu"))
     with pytest.raises(ValueError, match="tick '3D U-Net'"):
         next(live_train(img, LiveInbox(lab), model=m3, device="cpu"))
+
+
+def test_several_volumes_train_one_3d_model_from_all_their_painted_slices():
+    """A list of volumes (the shipped nuclei3d is trained so): patches come from the painted slices
+    of every volume, the provenance lists them per volume; slices= with several volumes, or a
+    count mismatch, is a message."""
+    from napari_unet.core.events import run_to_end
+
+    rng = np.random.default_rng(1)
+    imgs = [rng.random((3, 48, 48)).astype(np.float32), rng.random((4, 40, 56)).astype(np.float32)]
+    labs = [np.zeros(i.shape, np.uint16) for i in imgs]
+    labs[0][1, 10:20, 10:20] = 1
+    labs[1][2, 5:15, 30:40] = 1
+    labs[1][3, 20:30, 8:18] = 2
+    cfg = TrainConfig(steps=3, batch_size=2, patch_size=32)
+    model = run_to_end(fine_tune_volume(imgs, labs, _tiny_model(), config=cfg, device="cpu"))
+    prov = model.provenance["fine_tuned_3d"]
+    assert prov["painted_slices"] == [[1], [2, 3]] and prov["steps"] == 3
+    assert prov["volume_shape"] == [[3, 48, 48], [4, 40, 56]]
+    with pytest.raises(AnnotationError, match="several volumes"):
+        next(fine_tune_volume(imgs, labs, _tiny_model(), slices=[1], config=cfg, device="cpu"))
+    with pytest.raises(AnnotationError, match="one labels volume"):
+        next(fine_tune_volume(imgs, labs[:1], _tiny_model(), config=cfg, device="cpu"))

@@ -70,6 +70,22 @@ def slice_targets(labels: np.ndarray, slices: list[int], w0: float, sigma: float
     return target, weights
 
 
+def _volume_targets(img: Any, lab: np.ndarray, slices: list[int] | None, tc: TrainConfig
+                    ) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The painted slices of one volume and their target and weight volumes (checked)."""
+    if img.ndim != 3 or lab.shape != img.shape:
+        raise AnnotationError(f"fine-tuning on a volume needs a (Z, Y, X) image and labels of the same "
+                              f"shape, got {img.shape} and {lab.shape}")
+    chosen = painted_slices(lab) if slices is None else sorted({int(z) for z in slices})
+    if not chosen:
+        raise AnnotationError("no slice of the labels is painted: paint the objects of one or two "
+                              "whole z-slices (each object its own id), then fine-tune")
+    if min(chosen) < 0 or max(chosen) >= len(lab):
+        raise AnnotationError(f"slices {chosen} lie outside the volume's {len(lab)} planes")
+    target, weights = slice_targets(lab, chosen, tc.w0, tc.sigma)
+    return chosen, target, weights
+
+
 def _take(volume: np.ndarray, origin: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
     """The block of ``volume`` at ``origin`` (may lie outside: mirrored, as in inference)."""
     idx = [mirror_index(np.arange(o, o + s), n) for o, s, n in zip(origin, size, volume.shape, strict=True)]
@@ -89,33 +105,37 @@ def fine_tune_volume(
     stop: Any = None,
 ) -> Generator[StepDone, None, UNetModel]:
     """Fine-tune ``model`` (2D: lifted to 3D first; or 3D) on the painted ``slices`` (default:
-    every slice with a painted pixel) of the (Z, Y, X) ``image`` and ``labels``.
+    every slice with a painted pixel) of the (Z, Y, X) ``image`` and ``labels``, or of each volume
+    of a list of them (then every painted slice of each; patches drawn over all of them).
 
     ``config``: steps or minutes, batch size, patch size (Y and X output), learning rate, w0, sigma
     and the augmentation of :class:`TrainConfig` (its validation is not used: a handful of slices
     leave nothing to hold back, and the run says so). ``stop``: a callable or threading.Event;
     when it is set the run ends after the current step and returns the model as it is."""
     tc = config or TrainConfig(steps=200, batch_size=2, patch_size=96, lr=1e-3)
-    img = as_image(image)
-    lab = np.asarray(labels)
-    if img.ndim != 3 or lab.shape != img.shape:
-        raise AnnotationError(f"fine-tuning on a volume needs a (Z, Y, X) image and labels of the same "
-                              f"shape, got {img.shape} and {lab.shape}")
-    chosen = painted_slices(lab) if slices is None else sorted({int(z) for z in slices})
-    if not chosen:
-        raise AnnotationError("no slice of the labels is painted: paint the objects of one or two "
-                              "whole z-slices (each object its own id), then fine-tune")
-    if min(chosen) < 0 or max(chosen) >= len(lab):
-        raise AnnotationError(f"slices {chosen} lie outside the volume's {len(lab)} planes")
-    target, weights = slice_targets(lab, chosen, tc.w0, tc.sigma)
+    several = isinstance(image, (list, tuple))
+    imgs = [as_image(i) for i in (image if several else [image])]
+    labs = [np.asarray(lb) for lb in (labels if several else [labels])]
+    if len(imgs) != len(labs):
+        raise AnnotationError(f"{len(imgs)} volumes and {len(labs)} labels: give one labels volume "
+                              f"per image volume")
+    if several and slices is not None:
+        raise AnnotationError("slices names the painted planes of one volume: with several volumes "
+                              "every painted slice is used")
     m3 = lift_model(model, z_blocks) if model.config.dims == 2 else model.copy()
+    vols, targets, weights_, chosens = [], [], [], []
+    for img, lab in zip(imgs, labs, strict=True):
+        chosen, target, wts = _volume_targets(img, lab, slices, tc)
+        d, h, w = img.shape
+        # normalised exactly as predict_volume reads it (whole-volume statistics, the same sample)
+        vols.append(VolumeReader(img, (None,) * 3, (0, 1, 2), None, m3.normalization, "mirror").block(
+            (0, 0, 0), (d, h, w))[0])
+        targets.append(target)
+        weights_.append(wts)
+        chosens.append(chosen)
     cfg = m3.config
     dev = resolve_device(device)
-    d, h, w = img.shape
-    # normalised exactly as predict_volume reads it (whole-volume statistics, the same sample)
-    vol = VolumeReader(img, (None,) * 3, (0, 1, 2), None, m3.normalization, "mirror").block(
-        (0, 0, 0), (d, h, w))[0]
-    # patch geometry: the output covers one plane's worth on the z grid, ~patch_size in Y and X
+    h, w = min(v.shape[1] for v in vols), min(v.shape[2] for v in vols)
     zax = cfg.z_axis
     z_out = zax.output_size(zax.input_size(zax.grid))
     z_in = zax.input_size(z_out)  # type: ignore[arg-type]
@@ -130,7 +150,8 @@ def fine_tune_volume(
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     rng_t = TorchRng(seed, dev)  # dropout draws from a private state: the caller's RNG is left alone
-    fg = [np.argwhere(target[z] == 1) for z in chosen]
+    pairs = [(v, z) for v, chosen in enumerate(chosens) for z in chosen]  # (volume, painted slice)
+    fg = [np.argwhere(targets[v][z] == 1) for v, z in pairs]
     budget = None if tc.minutes is None else 60.0 * float(tc.minutes)
     total = tc.steps if budget is None else 10**9
     t0 = time.perf_counter()
@@ -144,8 +165,10 @@ def fine_tune_volume(
             break
         xs, ts, ws = [], [], []
         for _ in range(tc.batch_size):
-            k = int(rng.integers(len(chosen)))
-            z = chosen[k]
+            k = int(rng.integers(len(pairs)))
+            v, z = pairs[k]
+            vol, target, weights = vols[v], targets[v], weights_[v]
+            h, w = vol.shape[1:]
             if rng.random() < tc.foreground_fraction and len(fg[k]):  # centred on an object pixel
                 cy, cx = fg[k][rng.integers(len(fg[k]))]
                 y0, x0 = int(cy) - yx_out // 2, int(cx) - yx_out // 2
@@ -180,12 +203,13 @@ def fine_tune_volume(
         rate = elapsed / step
         est_total = tc.steps if budget is None else max(step, int(budget / max(rate, 1e-9)))
         yield StepDone(step, est_total, float(loss.detach()), eta_s=max(rate * (est_total - step), 0.0),
-                       validation=f"not validated: {len(chosen)} painted slice(s) leave nothing to "
+                       validation=f"not validated: {len(pairs)} painted slice(s) leave nothing to "
                                   "hold back; the final weights are kept")
     net.eval()
     prov = dict(m3.provenance)
-    prov["fine_tuned_3d"] = {"painted_slices": chosen, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
+    prov["fine_tuned_3d"] = {"painted_slices": chosens if several else chosens[0], "steps": step, "seconds": round(time.perf_counter() - t0, 1),
                              "ended": ended, "config": tc.to_dict(), "seed": int(seed),
-                             "validated": False, "volume_shape": list(img.shape)}
+                             "validated": False,
+                             "volume_shape": [list(i.shape) for i in imgs] if several else list(imgs[0].shape)}
     return UNetModel(net.cpu(), m3.normalization, m3.postprocessing, name=m3.name,
                      description=m3.description, provenance=prov)
