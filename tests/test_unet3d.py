@@ -177,7 +177,7 @@ def test_3d_and_2d_models_refuse_what_they_cannot_read():
         predict_volume_image(vol, net3, device="cpu")
 
 
-def test_3d_model_writes_zarr_volume_by_volume_equal_to_memory(tmp_path):
+def test_3d_model_writes_zarr_volume_by_volume_equal_to_memory(tmp_path, monkeypatch):
     """CLI `segment --zarr` with a 3D model: a (T, Z, Y, X) TIFF on disk into zarr, each output
     type equal to in-memory segmentation, built under a hidden name and renamed; a distributed run
     is refused with a message."""
@@ -196,11 +196,24 @@ def test_3d_model_writes_zarr_volume_by_volume_equal_to_memory(tmp_path):
     model = UNetModel(_net3d("valid", classes=2), name="random 3D")
     save_model(model, tmp_path / "m3.safetensors")
     model = load_model(tmp_path / "m3.safetensors")
+    import napari_unet.core.segment as core_segment
+
+    spacings, real = [], core_segment.segment
+
+    def spy(*args, **kwargs):
+        spacings.append(kwargs.get("spacing"))
+        return real(*args, **kwargs)
+
     for kind in ("instances", "semantic", "probabilities"):
         out = tmp_path / f"{kind}.zarr"
+        monkeypatch.setattr(core_segment, "segment", spy)
         assert main(["segment", str(tmp_path / "stack.tif"), "--model", str(tmp_path / "m3.safetensors"),
                      "--output", str(out), "--output-type", kind, "--zarr", "--device", "cpu",
                      "--spacing", "2", "1", "1", "-q"]) == 0
+        monkeypatch.setattr(core_segment, "segment", real)
+        # instances: one call per volume of the (T, Z, Y, X) stack; the others stream the stack
+        assert spacings == [(2.0, 1.0, 1.0)] * (2 if kind == "instances" else 1)
+        spacings.clear()
         got = zarr.open_array(str(out), mode="r")[:]
         want = segment_image(stack, model, output=kind, device="cpu",
                              **({"spacing": (2.0, 1.0, 1.0)} if kind == "instances" else {}))

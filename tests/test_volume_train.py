@@ -23,6 +23,21 @@ from napari_unet.core.train.volume import fine_tune_volume, painted_slices
 DATA = Path(__file__).parent / "data" / "nuclei3d-cho"
 
 
+def _spy_spacing(monkeypatch) -> list:
+    """The ``spacing`` every call of core.segment.segment gets (widgets and batch import it when
+    they run): the voxel size must reach the segmentation, whatever the model's post-processing."""
+    import napari_unet.core.segment as core_segment
+
+    seen, real = [], core_segment.segment
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("spacing"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core_segment, "segment", spy)
+    return seen
+
+
 def _cho():
     if not (DATA / "t0_image.tif").exists():
         pytest.skip("tests/data/nuclei3d-cho missing")
@@ -174,16 +189,18 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     assert seg.model.value == ft.model_name
     seg.images.value = ["cho"]
     seg.device.value = "cpu"
+    spacings = _spy_spacing(monkeypatch)
     seg.run()
     qtbot.waitUntil(lambda: not seg.running, timeout=180_000)
     out = viewer.layers["cho instances"]
     assert out.data.shape == img.shape and tuple(out.scale) == (5.0, 1.0, 1.0)
     # the layer's scale is the voxel size of the 3D instances
+    assert spacings == [(5.0, 1.0, 1.0)]
     np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu",
                                                           spacing=(5.0, 1.0, 1.0)))
 
 
-def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys):
+def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys, monkeypatch):
     """`train --volume` on real files fine-tunes a 3D model; `segment` with it writes 3D instances."""
     from napari_unet.cli import main
 
@@ -203,8 +220,10 @@ def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys):
     assert "slices [1, 3]" in capsys.readouterr().out
     assert load_model(model).config.dims == 3
     out = tmp_path / "out.tif"
+    spacings = _spy_spacing(monkeypatch)
     assert main(["segment", str(tmp_path / "vol.tif"), "--model", str(model), "--output", str(out),
                  "--device", "cpu", "--spacing", "5", "1", "1"]) == 0
+    assert spacings == [(5.0, 1.0, 1.0)]  # the voxel size reached the segmentation
     np.testing.assert_array_equal(tifffile.imread(out), segment_image(
         img, load_model(model), device="cpu", spacing=(5.0, 1.0, 1.0)))
     # a spacing for a 2D model is said to be of no use, not silently dropped

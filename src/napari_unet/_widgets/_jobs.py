@@ -142,7 +142,7 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
             gen = segment(job.data, model, output=output, rgb=job.rgb, tile_size=tile_size,
                           padding=padding, device=device, tta=tta,
                           volume=volume and len(layout.plane_axes) > 0,
-                          spacing=job.spacing if model.config.dims == 3 else None)
+                          spacing=job.spacing)  # used by 3D models only
             result = yield from relay(gen, lambda ev, i=i, job=job: JobProgress(
                 i, len(jobs), job.name, ev.done, ev.total, ev.plane, ev.planes, ev.device))
         except Exception as exc:  # one bad image does not stop the queue

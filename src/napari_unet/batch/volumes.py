@@ -40,6 +40,7 @@ def volumes_to_zarr(
     import zarr
 
     from ..core.checks import as_image
+    from ..core.io import make_parent
     from ..core.segment import OUTPUT_TYPES, segment
     from ..core.tiling3d import volume_axes
 
@@ -55,7 +56,7 @@ def volumes_to_zarr(
     side = (min(h, int(chunk)), min(w, int(chunk)))
     chunks = (1,) * len(rest) + ((d, k) if output_type == "probabilities" else (d,)) + side
     dest = Path(output)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(dest)
     with output_lock(dest):
         partial = _partial_path(dest)
         if partial.exists():

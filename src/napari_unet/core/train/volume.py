@@ -135,6 +135,8 @@ def fine_tune_volume(
         chosens.append(chosen)
     cfg = m3.config
     dev = resolve_device(device)
+    # patch geometry: the output covers one plane's worth on the z grid, ~patch_size in Y and X
+    # (of the smallest volume)
     h, w = min(v.shape[1] for v in vols), min(v.shape[2] for v in vols)
     zax = cfg.z_axis
     z_out = zax.output_size(zax.input_size(zax.grid))
@@ -168,13 +170,13 @@ def fine_tune_volume(
             k = int(rng.integers(len(pairs)))
             v, z = pairs[k]
             vol, target, weights = vols[v], targets[v], weights_[v]
-            h, w = vol.shape[1:]
+            vh, vw = vol.shape[1:]
             if rng.random() < tc.foreground_fraction and len(fg[k]):  # centred on an object pixel
                 cy, cx = fg[k][rng.integers(len(fg[k]))]
                 y0, x0 = int(cy) - yx_out // 2, int(cx) - yx_out // 2
             else:
-                y0 = int(rng.integers(-yx_out // 4, max(h - 3 * yx_out // 4, 1)))
-                x0 = int(rng.integers(-yx_out // 4, max(w - 3 * yx_out // 4, 1)))
+                y0 = int(rng.integers(-yx_out // 4, max(vh - 3 * yx_out // 4, 1)))
+                x0 = int(rng.integers(-yx_out // 4, max(vw - 3 * yx_out // 4, 1)))
             z0 = z - int(rng.integers(z_out)) - zc  # the painted plane somewhere in the output
             origin = (z0, y0 - yc, x0 - yc)
             size = (z_in, yx_in, yx_in)
