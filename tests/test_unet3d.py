@@ -111,7 +111,9 @@ def _whole_volume_reference(net, vol, padding):
 CASES = [  # (net padding, z pooling, z convolution, volume shape); odd sizes throughout
     ("valid", (False, True), (), (5, 37, 45)), ("valid", (True, True), (), (11, 20, 13)),
     ("valid", (False, False), (False, False, True), (5, 37, 45)),
-    ("same", (False, True), (), (11, 20, 13)), ("same", (False, False), (False, True, True), (3, 29, 31))]
+    ("same", (False, True), (), (11, 20, 13)), ("same", (False, False), (False, True, True), (3, 29, 31)),
+    # a new 3D U-Net for voxels 2.5 times as deep as wide (volume_architecture((2.5, 1, 1), depth=2))
+    ("valid", (False, True), (False, True, True), (7, 37, 45))]
 
 
 @pytest.mark.parametrize("padding_mode", ["mirror", "zero"])

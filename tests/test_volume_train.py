@@ -198,6 +198,24 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     assert spacings == [(5.0, 1.0, 1.0)]
     np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu",
                                                           spacing=(5.0, 1.0, 1.0)))
+    # '3D start': a new 3D U-Net whose pooling follows the image layer's scale
+    from napari_unet._widgets._training import VOLUME_STARTS
+    from napari_unet.core.train.volume import volume_architecture
+
+    ft.volume.value = False
+    assert not ft.volume_start.enabled  # a 3D start means nothing for 2D training
+    ft.volume.value = True
+    assert ft.volume_start.enabled
+    ft.volume_start.value = VOLUME_STARTS[1]
+    ft.steps.value = 2
+    lifted = ft.model
+    qtbot.mouseClick(ft.train_button.native, Qt.MouseButton.LeftButton)
+    assert ft.running, errors
+    qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
+    assert ft.model is not lifted and ft.model.provenance["fine_tuned_3d"]["from_scratch"]
+    assert ft.model.config == volume_architecture((5.0, 1.0, 1.0))  # z pooled on level 3 only
+    assert ft.model.provenance["fine_tuned_3d"]["spacing"] == [5.0, 1.0, 1.0]
+    assert ft.model_name.startswith("3D U-Net") and seg.model.value == ft.model_name
 
 
 def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys, monkeypatch):
@@ -236,8 +254,21 @@ def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys, monkeypatch)
     assert "use it with --volume" in capsys.readouterr().err
     assert main(["train", "--volume", "--images", str(tmp_path / "vol.tif"), "--labels",
                  str(tmp_path / "painted.tif"), "-o", str(tmp_path / "x.safetensors")]) == 2
-    assert "--base-model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--spacing Z Y X" in err and "--base-model" in err
+    assert main(["train", "--images", str(tmp_path / "vol.tif"), "--labels", str(tmp_path / "painted.tif"),
+                 "--spacing", "5", "1", "1", "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "use it with --volume" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+    # no base model, a voxel size: a new 3D U-Net whose levels pool z where the voxel allows
+    new = tmp_path / "new3d.safetensors"
+    assert main(["train", "--volume", "--images", str(tmp_path / "vol.tif"), "--labels",
+                 str(tmp_path / "painted.tif"), "--spacing", "1.0", "0.2", "0.2", "--steps", "2",
+                 "--patch-size", "48", "--device", "cpu", "-q", "-o", str(new)]) == 0
+    assert "from scratch (z pooled on level(s) [3] of 3)" in capsys.readouterr().out
+    back = load_model(new)
+    assert back.config.z_pooling == (False, False, True)
+    assert back.provenance["fine_tuned_3d"]["spacing"] == [1.0, 0.2, 0.2]
 
 
 def test_a_3d_model_as_base_of_2d_or_live_training_is_a_message():
@@ -279,3 +310,93 @@ def test_several_volumes_train_one_3d_model_from_all_their_painted_slices():
         next(fine_tune_volume(imgs, labs, _tiny_model(), slices=[1], config=cfg, device="cpu"))
     with pytest.raises(AnnotationError, match="one labels volume"):
         next(fine_tune_volume(imgs, labs[:1], _tiny_model(), config=cfg, device="cpu"))
+
+
+def test_a_new_3d_unet_pools_z_only_where_the_voxel_size_allows():
+    """volume_architecture: nnU-Net's rule from the voxel size: a level pools (and convolves along)
+    z once the voxel there is less than twice as deep as wide; before that Y and X only."""
+    from napari_unet.core.train.volume import new_volume_model, volume_architecture
+
+    cho = volume_architecture((1.0, 0.2, 0.2))  # confocal nuclei: 5 times as deep as wide
+    assert cho.dims == 3 and cho.depth == 3
+    assert cho.z_pooling == (False, False, True) and cho.z_convolution == (False, False, True, True)
+    cube = volume_architecture((0.3, 0.3, 0.3))  # isotropic: Cicek et al.'s 3D U-Net
+    assert cube.z_pooling == (True,) * 3 and cube.z_convolution == (True,) * 4
+    mid = volume_architecture((2.5, 1.0, 1.0), depth=2)  # the tiled == whole case of test_unet3d
+    assert mid.z_pooling == (False, True) and mid.z_convolution == (False, True, True)
+    flat = volume_architecture((40.0, 1.0, 1.0))  # serial sections: never pooled in z
+    assert flat.z_pooling == (False,) * 3 and flat.z_convolution == (False,) * 4
+    for bad in ((1.0, 0.2), (0.0, 1.0, 1.0), (float("nan"), 1.0, 1.0)):
+        with pytest.raises(ValueError, match="voxel size"):
+            volume_architecture(bad)
+    a, b = new_volume_model((1.0, 0.2, 0.2), seed=3), new_volume_model((1.0, 0.2, 0.2), seed=3)
+    assert a.config == cho and "z pooled on level(s) [3] of 3" in a.description
+    for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k  # the seed gives the same start
+
+
+def _weights_2d(lab2d):
+    from napari_unet.core.annotations import labels_to_target
+    from napari_unet.core.weights import weight_map
+
+    t = labels_to_target(lab2d, mode="binary")
+    return weight_map(t.target, t.objects, 2, w0=10.0, sigma=5.0, balance=False)
+
+
+def test_the_weight_map_is_3d_across_consecutive_painted_slices():
+    """An isolated painted slice has the paper's 2D map; on consecutive painted slices an object
+    of the slice above makes a gap in this slice a gap between two objects (eq. 2 in 3D), by the
+    voxel's proportions; the same object painted with other ids on each slice is one object."""
+    from napari_unet.core.train.volume import painted_runs, slice_targets
+
+    assert painted_runs([5, 1, 2, 7, 8, 9]) == [[1, 2], [5], [7, 8, 9]]
+    lab = np.zeros((6, 40, 60), np.uint16)
+    lab[1, 10:30, 5:20] = 1  # slice 1: one object on the left
+    lab[2, 10:30, 5:20] = 7  # slice 2: the same object, another id...
+    lab[2, 10:30, 26:45] = 3  # ...and a second object on the right
+    lab[4, 10:30, 5:20] = 2  # slice 4, alone: one object
+    target, w = slice_targets(lab, [1, 2, 4], 10.0, 5.0, spacing=(1.0, 1.0, 1.0))
+    assert (target[[0, 3, 5]] == -1).all() and (w[[0, 3, 5]] == 0).all()  # unknown slices
+    np.testing.assert_array_equal(w[4], _weights_2d(lab[4]))  # an isolated slice: the 2D map
+    gap = (1, 20, 22)  # slice 1, in the gap, next to the right object of slice 2
+    assert _weights_2d(lab[1])[gap[1:]] == 1.0  # in 2D: one object, no border term
+    assert w[gap] > 2.0  # in 3D: between the left object and the right one a plane up
+    # slice 2 in 3D weighs at least what it weighs in 2D (the same objects, more of them near)
+    assert (w[2] >= _weights_2d(lab[2]) - 1e-6).all()
+    # left of the left object in slice 2 only that object is near (ids 1 and 7 are one object)
+    assert w[2, 20, 2] < 1.0 + 1e-3
+    # deep voxels: the slice above is far, the 3D map tends to the 2D one
+    _, far = slice_targets(lab, [1, 2, 4], 10.0, 5.0, spacing=(40.0, 1.0, 1.0))
+    np.testing.assert_allclose(far[1], _weights_2d(lab[1]), atol=1e-6)
+    np.testing.assert_allclose(far[2], _weights_2d(lab[2]), atol=1e-6)
+
+
+def test_a_new_3d_unet_learns_from_two_painted_slices_with_the_pooling_of_the_scale(tmp_path):
+    """From scratch (random weights, pooling from the voxel size) on two painted slices of a real
+    volume: the 3D instances on the other slices go from nothing to most nuclei."""
+    img, silver = _cho()
+    ys, xs = np.nonzero(silver[1])
+    y0 = int(np.clip(ys.mean() - 96, 0, img.shape[1] - 192))
+    x0 = int(np.clip(xs.mean() - 96, 0, img.shape[2] - 192))
+    img, silver = img[:, y0:y0 + 192, x0:x0 + 192], silver[:, y0:y0 + 192, x0:x0 + 192]
+    painted = np.zeros_like(silver)
+    painted[[1, 3]] = silver[[1, 3]]
+    others = [0, 2, 4]
+    cfg = TrainConfig(steps=STEPS_SCRATCH, batch_size=2, patch_size=64, lr=2e-3)
+    from napari_unet.core.events import run_to_end
+
+    with pytest.raises(AnnotationError, match="voxel size"):
+        next(fine_tune_volume(img, painted, None))  # a new network needs the voxel size
+    model = run_to_end(fine_tune_volume(img, painted, None, spacing=(5.0, 1.0, 1.0), config=cfg,
+                                        seed=0, device="cpu"))
+    assert model.config.z_pooling == (False, False, True)  # ratio 5: z pooled on level 3 only
+    prov = model.provenance["fine_tuned_3d"]
+    assert prov["from_scratch"] is True and prov["spacing"] == [5.0, 1.0, 1.0]
+    pred = segment_image(img, model, device="cpu", spacing=(5.0, 1.0, 1.0))
+    f1 = match_instances(pred[others], silver[others], volume=True).f1
+    assert f1 > 0.5, f1
+    back = load_model(save_model(model, tmp_path / "new3d.safetensors"))
+    assert back.config == model.config
+
+
+STEPS_SCRATCH = 60

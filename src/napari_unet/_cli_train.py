@@ -90,7 +90,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volume", action="store_true",
                    help="the image is one (Z, Y, X) volume whose labels paint a few z-slices completely "
                         "(0 there is background; unpainted slices are unknown): fine-tune a 3D U-Net "
-                        "(a 2D --base-model is lifted to 3D first)")
+                        "(a 2D --base-model is lifted to 3D first; without --base-model a new 3D "
+                        "U-Net is trained from scratch, its pooling chosen from --spacing)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="with --volume: the voxel size (any unit, e.g. 1.0 0.2 0.2 um). A new 3D "
+                        "U-Net pools z only on levels where the voxel is no longer strongly "
+                        "anisotropic; the weight map measures distances across consecutive painted "
+                        "slices with it (default: cubic voxels)")
     p.add_argument("--slices", nargs="+", type=int, default=None, metavar="Z",
                    help="with --volume: the painted z-slices to train on (default: every slice "
                         "holding a painted pixel)")
@@ -124,6 +130,8 @@ def _run_train(args: argparse.Namespace) -> int:
         return _run_train_volume(args)
     if args.slices is not None:
         raise CLIError("--slices names painted z-slices of a volume: use it with --volume")
+    if args.spacing is not None:
+        raise CLIError("--spacing is the voxel size of a volume: use it with --volume")
     images = _read_tiffs(args.images, "image")
     labels = _read_tiffs(args.labels, "labels")
     masks = _read_tiffs(args.masks, "mask") if args.masks else None
@@ -173,9 +181,12 @@ def _run_train_volume(args: argparse.Namespace) -> int:
                        "its --labels file")
     if args.masks or args.background_label is not None:
         raise CLIError("--volume trains on whole painted slices: drop --masks and --background-label")
-    if not args.base_model:
-        raise CLIError("--volume fine-tunes a model: give --base-model (e.g. nuclei, lifted to 3D, "
-                       "or a 3D model file)")
+    if args.spacing is not None and not all(v > 0 for v in args.spacing):
+        raise CLIError(f"--spacing takes three positive voxel sizes (Z Y X), got {args.spacing}")
+    if not args.base_model and args.spacing is None:
+        raise CLIError("--volume without --base-model trains a new 3D U-Net, whose pooling follows "
+                       "the voxel size: give --spacing Z Y X (e.g. 1.0 0.2 0.2), or fine-tune a "
+                       "model with --base-model (e.g. nuclei3d, or nuclei lifted to 3D)")
     (image,), (labels,) = _read_tiffs(args.images, "image"), _read_tiffs(args.labels, "labels")
 
     from .core.annotations import AnnotationError
@@ -187,13 +198,14 @@ def _run_train_volume(args: argparse.Namespace) -> int:
 
     try:
         device = resolve_device(args.device)
-        base = load_model(args.base_model)
+        base = load_model(args.base_model) if args.base_model else None
         steps = args.steps if args.steps is not None else (10**9 if args.minutes else 200)
         config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size or 2,
                              patch_size=args.patch_size or 96, lr=args.lr if args.lr is not None else 1e-3,
                              loss=args.loss, augmentation=Augmentation())
         gen = fine_tune_volume(image, labels, base, slices=args.slices, config=config,
-                               seed=args.seed or 0, device=device)
+                               seed=args.seed or 0, device=device,
+                               spacing=None if args.spacing is None else tuple(args.spacing))
         model = drive(gen, desc="train 3D", quiet=args.quiet)
     except (ModelFileError, AnnotationError, ValueError) as exc:
         raise CLIError(str(exc)) from None
@@ -201,6 +213,9 @@ def _run_train_volume(args: argparse.Namespace) -> int:
         model.name = args.name
     path = save_model(model, args.output)
     info = model.provenance["fine_tuned_3d"]
-    print(f"3D U-Net fine-tuned on slices {info['painted_slices']} for {info['steps']} steps "
+    pooled = [lv + 1 for lv, b in enumerate(model.config.z_pooling) if b] or "none"
+    how = (f"trained from scratch (z pooled on level(s) {pooled} of {model.config.depth})"
+           if base is None else "fine-tuned")
+    print(f"3D U-Net {how} on slices {info['painted_slices']} for {info['steps']} steps "
           f"({info['seconds']} s, not validated: nothing to hold back); wrote {path}")
     return 0

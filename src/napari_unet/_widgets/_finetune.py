@@ -44,7 +44,7 @@ from ._pairs import WHOLE, collect_pairs
 from ._plot import LossPlot
 from ._sample_preview import SamplePreview
 from ._state import registry_for
-from ._training import TrainingPair, _train_job, _train_volume_job, volume_pair
+from ._training import VOLUME_STARTS, TrainingPair, _train_job, _train_volume_job, volume_pair
 
 
 class FineTuneWidget(QWidget):
@@ -131,7 +131,12 @@ class FineTuneWidget(QWidget):
             value=False, label="3D U-Net",
             tooltip="The image is a (Z, Y, X) volume and a few of its z-slices are painted "
                     "completely (0 there is background, other slices unknown): fine-tune a 3D "
-                    "U-Net, the base model lifted to 3D")
+                    "U-Net (see 3D start)")
+        self.volume_start = ComboBox(
+            choices=VOLUME_STARTS, value=VOLUME_STARTS[0], label="3D start", enabled=False,
+            tooltip="With '3D U-Net': start from the base model (a 2D one lifted to 3D, equal to "
+                    "it on every plane) or from a new 3D U-Net with random weights whose levels "
+                    "pool z only where the image layer's voxel size (its scale) allows")
         self.preview_button = PushButton(
             text="Preview", tooltip="Add one augmented training sample and its weight map (paper "
                                     "eq. 2) as layers")
@@ -150,7 +155,8 @@ class FineTuneWidget(QWidget):
         pair_buttons.addWidget(self.remove_pair.native)
         settings = Container(widgets=[self.scribbles, self.background_label, self.base_model,
                                       self.device, self.minutes, self.steps, self.members,
-                                      self.lr, self.strength, self.seed, self.volume],
+                                      self.lr, self.strength, self.seed, self.volume,
+                                      self.volume_start],
                              labels=True)
         buttons = QHBoxLayout()
         for b in (self.preview_button, self.train_button, self.stop_button, self.save_button,
@@ -180,6 +186,7 @@ class FineTuneWidget(QWidget):
         self.add_pair.changed.connect(self._add_pair)
         self.remove_pair.changed.connect(self._remove_pair)
         self.scribbles.changed.connect(lambda v: setattr(self.background_label, "enabled", v))
+        self.volume.changed.connect(lambda v: setattr(self.volume_start, "enabled", v))
         self.preview_button.changed.connect(self.preview)
         self.train_button.changed.connect(self.train)
         self.stop_button.changed.connect(self.stop)
@@ -264,7 +271,10 @@ class FineTuneWidget(QWidget):
         if self.running:
             return None
         name = self.base_model.value
-        if not name or name not in self.registry:
+        new3d = bool(self.volume.value) and self.volume_start.value == VOLUME_STARTS[1]
+        if new3d:
+            name = VOLUME_STARTS[1]
+        elif not name or name not in self.registry:
             show_error("Choose a base model (open a model file in the Segment widget first).")
             return None
         try:
@@ -272,7 +282,6 @@ class FineTuneWidget(QWidget):
         except ValueError as exc:
             show_error(f"Cannot train: {user_message(exc)}")
             return None
-        entry = self.registry[name]
         from napari.qt.threading import create_worker
 
         steps = int(self.steps.value)
@@ -289,10 +298,12 @@ class FineTuneWidget(QWidget):
             except ValueError as exc:
                 show_error(f"Cannot train: {user_message(exc)}")
                 return None
-            self.worker = create_worker(_train_volume_job, pair, entry.ref(), name, **job_kwargs)
+            spacing = tuple(float(v) for v in self.viewer.layers[self._pair_names()[0][0]].scale[-3:])
+            self.worker = create_worker(_train_volume_job, pair, None if new3d else
+                                        self.registry[name].ref(), name, spacing=spacing, **job_kwargs)
         else:
             self.worker = create_worker(
-                _train_job, pairs, entry.ref(), name, background_label=self._background(),
+                _train_job, pairs, self.registry[name].ref(), name, background_label=self._background(),
                 members=int(self.members.value) or None, **job_kwargs)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.returned.connect(self._on_returned)
@@ -324,6 +335,7 @@ class FineTuneWidget(QWidget):
                   self.add_pair, self.remove_pair, self.image, self.labels, self.region,
                   self.scribbles, self.strength, self.seed, self.volume):
             w.enabled = not running
+        self.volume_start.enabled = not running and bool(self.volume.value)
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
         self.save_button.enabled = not running and self.model is not None
@@ -356,8 +368,9 @@ class FineTuneWidget(QWidget):
 
     def _on_returned(self, model: Any) -> None:
         base = self.base_model.value or "model"
+        scratch = model.provenance.get("fine_tuned_3d", {}).get("from_scratch")
         self.model = model
-        self.model_name = self.registry.add_model(f"{base} fine-tuned", model)
+        self.model_name = self.registry.add_model(model.name if scratch else f"{base} fine-tuned", model)
         self.registry.current = self.model_name
         from ..core.train import training_summary
 

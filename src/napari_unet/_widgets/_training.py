@@ -156,6 +156,10 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
                                       stop=stop, seed=seed, members=members))
 
 
+# the '3D start' choices of the Fine-tune widget
+VOLUME_STARTS = ("base model", "new 3D U-Net (pooling from the voxel size)")
+
+
 def volume_pair(pairs: list[TrainingPair], background_label: int | None) -> TrainingPair:
     """The one (Z, Y, X) image and labels that a 3D U-Net fine-tunes on; ValueError saying what
     to change otherwise."""
@@ -174,17 +178,20 @@ def volume_pair(pairs: list[TrainingPair], background_label: int | None) -> Trai
 
 def _train_volume_job(pair: TrainingPair, model: Any, model_name: str, *, steps: int, lr: float,
                       strength: float, device: str, stop: threading.Event, seed: int | None = None,
-                      minutes: float | None = None) -> Any:
+                      minutes: float | None = None,
+                      spacing: tuple[float, float, float] | None = None) -> Any:
     """Worker generator of the Fine-tune widget's Train with '3D U-Net' on: load the base model if
-    needed, then fine-tune it (lifted to 3D) on the painted z-slices (core/train/volume.py)."""
+    needed, then fine-tune it (lifted to 3D) on the painted z-slices (core/train/volume.py);
+    ``model=None``: a new 3D U-Net whose pooling follows ``spacing`` (the layer's scale)."""
     from ..core.io import UNetModel, load_model
     from ..core.train import TrainConfig
     from ..core.train.volume import fine_tune_volume
 
-    if not isinstance(model, UNetModel):
+    if model is not None and not isinstance(model, UNetModel):
         model = load_model(model)
         yield ("loaded", model_name, model)
     config = TrainConfig(steps=int(steps), minutes=minutes, lr=float(lr), batch_size=2,
                          patch_size=96, augmentation=augmentation_for(strength))
     return (yield from fine_tune_volume(pair.image, pair.labels, model, config=config,
-                                        seed=seed or 0, device=device, stop=stop))
+                                        seed=seed or 0, device=device, stop=stop,
+                                        spacing=spacing))

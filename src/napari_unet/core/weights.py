@@ -59,18 +59,25 @@ def border_margin(w0: float = W0, sigma: float = SIGMA) -> int:
     return int(math.ceil(sigma * math.sqrt(2.0 * math.log(w0 / _NEGLIGIBLE)))) + 1
 
 
-def nearest_two_distances(objects: np.ndarray, margin: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nearest_two_distances(objects: np.ndarray, margin: int | None = None,
+                          sampling: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Distances (pixels, float64) from every pixel to the nearest and second-nearest object.
 
-    ``objects``: (H, W) integer array, 0 = no object, every other value one object. A pixel inside an
-    object is at distance 0 from it. With ``margin`` set, each object's distance transform is computed
-    only inside its bounding box dilated by ``margin`` pixels; farther pixels see that object at
-    distance infinity (exact inside the box). ``margin=None`` uses whole-image distance transforms.
+    ``objects``: (H, W) integer array (or (Z, Y, X): the weight map in 3D), 0 = no object, every
+    other value one object. A pixel inside an object is at distance 0 from it. ``sampling``: the
+    size of a pixel along each axis, in units of the distances (None: 1 everywhere; a volume of
+    voxels 5 times as deep as wide: (5, 1, 1)). With ``margin`` set (in those units), each
+    object's distance transform is computed only inside its bounding box dilated by ``margin``;
+    farther pixels see that object at distance infinity (exact inside the box). ``margin=None``
+    uses whole-image distance transforms.
     """
     obj = np.asarray(objects)
-    h, w = obj.shape
-    d1 = np.full((h, w), np.inf)
-    d2 = np.full((h, w), np.inf)
+    shape = obj.shape
+    step = (1.0,) * obj.ndim if sampling is None else tuple(float(s) for s in sampling)
+    if len(step) != obj.ndim or not all(s > 0 for s in step):
+        raise ValueError(f"sampling needs one size > 0 per axis of {shape}, got {sampling!r}")
+    d1 = np.full(shape, np.inf)
+    d2 = np.full(shape, np.inf)
     if obj.size == 0:
         return d1, d2
     lo, hi = int(obj.min()), int(obj.max())
@@ -81,15 +88,16 @@ def nearest_two_distances(objects: np.ndarray, margin: int | None = None) -> tup
         inverse = inverse.reshape(obj.shape)
         seq = inverse if ids[0] == 0 else inverse + 1  # objects 1..n, 0 = no object
     boxes = ndimage.find_objects(seq)
+    pad = None if margin is None else [int(math.ceil(margin / s)) for s in step]
     for i, box in enumerate(boxes, start=1):
         if box is None:
             continue
-        if margin is None:
-            sl = (slice(0, h), slice(0, w))
+        if pad is None:
+            sl = tuple(slice(0, n) for n in shape)
         else:
-            sl = (slice(max(box[0].start - margin, 0), min(box[0].stop + margin, h)),
-                  slice(max(box[1].start - margin, 0), min(box[1].stop + margin, w)))
-        d = ndimage.distance_transform_edt(seq[sl] != i)
+            sl = tuple(slice(max(b.start - m, 0), min(b.stop + m, n))
+                       for b, m, n in zip(box, pad, shape, strict=True))
+        d = ndimage.distance_transform_edt(seq[sl] != i, sampling=None if sampling is None else step)
         a1, a2 = d1[sl], d2[sl]  # views: updated in place
         np.minimum(a2, np.maximum(a1, d), out=a2)
         np.minimum(a1, d, out=a1)
@@ -97,14 +105,15 @@ def nearest_two_distances(objects: np.ndarray, margin: int | None = None) -> tup
 
 
 def border_term(objects: np.ndarray, w0: float = W0, sigma: float = SIGMA,
-                exact_margin: bool = True) -> np.ndarray:
+                exact_margin: bool = True, sampling: tuple[float, ...] | None = None) -> np.ndarray:
     """w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) (the second term of eq. 2), float64, shape of ``objects``.
 
     0 where fewer than two objects exist. ``exact_margin=False`` uses whole-image distance
-    transforms (slow; for reference).
+    transforms (slow; for reference). ``sampling``: see :func:`nearest_two_distances` (a volume's
+    voxel size in units of its Y/X pixel: the distances and sigma are then in Y/X pixels).
     """
     margin = border_margin(w0, sigma) if exact_margin else None
-    d1, d2 = nearest_two_distances(objects, margin)
+    d1, d2 = nearest_two_distances(objects, margin, sampling)
     s = d1 + d2
     with np.errstate(over="ignore", invalid="ignore"):
         out = w0 * np.exp(-(s * s) / (2.0 * sigma * sigma))  # eq. 2

@@ -1,17 +1,20 @@
-"""Fine-tune a 3D U-Net from a few painted z-slices of a volume.
+"""Fine-tune a 3D U-Net from a few painted z-slices of a volume, or train one from scratch.
 
 The user paints some slices of a (Z, Y, X) Labels layer completely (each object its own id, 0 on a
 painted slice is background); every other slice is unknown. Each painted slice becomes the paper's
-binary target with its separating lines and its border weight map (eq. 2, in the slice: the
-distances to the nearest objects are only known there), everything else is ignored by the loss.
-Patches are 3D: their output covers painted slices, their input reads the planes above and below
-(mirrored beyond the volume's faces, as in inference). Augmentation deforms every plane of a patch
-with the same in-plane elastic field (plus flips, rotations by 90 degrees, intensity jitter): the
-voxels are strongly anisotropic, so the deformation stays in the plane.
+binary target with its separating lines; the border weight map (eq. 2) is computed in 3D over
+each run of consecutive painted slices (objects linked across them by overlap, distances in the
+voxel's proportions; an isolated slice has only its own objects, so its map is the 2D one).
+Everything else is ignored by the loss. Patches are 3D: their output covers painted slices, their
+input reads the planes above and below (mirrored beyond the volume's faces, as in inference).
+Augmentation deforms every plane of a patch with the same in-plane elastic field (plus flips,
+rotations by 90 degrees, intensity jitter): the deformation stays in the plane.
 
-A 2D model is first lifted to 3D (:mod:`~napari_unet.core.lift`): the start equals it on every
-plane, and fine-tuning adds what the neighbouring planes say. :func:`fine_tune_volume` is a
-generator of :class:`~napari_unet.core.events.StepDone` returning the fine-tuned model.
+The start: a 2D model lifted to 3D (:mod:`~napari_unet.core.lift`: it equals the 2D model on
+every plane, and fine-tuning adds what the neighbouring planes say), a 3D model, or a new 3D U-Net
+whose levels pool z only where the voxel size allows (:func:`volume_architecture`).
+:func:`fine_tune_volume` is a generator of :class:`~napari_unet.core.events.StepDone` returning
+the trained model.
 """
 
 from __future__ import annotations
@@ -28,16 +31,61 @@ from ..augment import augment
 from ..checks import as_image
 from ..device import resolve_device
 from ..events import StepDone
+from ..geometry import anisotropic_z_pooling
 from ..io import UNetModel
 from ..lift import lift_model
+from ..model import UNet, UNetConfig
+from ..normalize import Normalization
 from ..padding import mirror_index
 from ..tiling3d import VolumeReader
-from ..weights import weight_map
-from .config import TrainConfig
+from ..volume import stitch_planes
+from ..weights import border_term
+from .config import TrainConfig, postprocessing_for
 from .loss import training_loss
 from .network import TorchRng, schedule
 
 VOLUME_GRAD_CLIP = 1.0  # the step's gradient norm (live training diverged without a clip)
+
+
+def volume_architecture(spacing: tuple[float, float, float], *, depth: int = 3,
+                        base_channels: int = 16, padding: str = "valid") -> UNetConfig:
+    """A 3D U-Net (Cicek et al. 2016) for voxels of size ``spacing`` (Z, Y, X, any unit, the
+    layer's scale): a level pools z only once the voxel there is no longer strongly anisotropic
+    (:func:`~napari_unet.core.geometry.anisotropic_z_pooling`, nnU-Net's rule), and convolves
+    3x3x3 from there on (1x3x3 before: z neighbours 5 pixels away say little to a 3x3 filter).
+    Confocal nuclei at 1.0 x 0.2 x 0.2 um and depth 3: pools z on level 3 only, 3x3x3 on level 3
+    and the bottom. Depth 3, not the 2D models' 4: a valid 3D network needs its halo in z too."""
+    sp = tuple(float(v) for v in spacing)
+    if len(sp) != 3 or not all(np.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"the voxel size needs three sizes > 0 (Z, Y, X), got {spacing!r}")
+    ratio = sp[0] / min(sp[1], sp[2])
+    pools = anisotropic_z_pooling(depth, ratio)
+    convs, r = [], ratio
+    for pool_z in pools:  # the voxel's anisotropy on each level, then at the bottom
+        convs.append(r < 2.0)
+        r = r if pool_z else r / 2.0
+    convs.append(r < 2.0)
+    return UNetConfig(in_channels=1, num_classes=2, depth=int(depth), base_channels=int(base_channels),
+                      padding=padding, class_names=("background", "object"), dims=3,
+                      z_pooling=pools, z_convolution=tuple(convs))
+
+
+def new_volume_model(spacing: tuple[float, float, float], *, depth: int = 3, base_channels: int = 16,
+                     padding: str = "valid", seed: int = 0) -> UNetModel:
+    """A 3D U-Net with random weights (``seed``) whose pooling follows the voxel size
+    (:func:`volume_architecture`), to train from scratch on painted slices: percentile
+    normalisation, instances as connected objects of the object class."""
+    cfg = volume_architecture(spacing, depth=depth, base_channels=base_channels, padding=padding)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        net = UNet(cfg)
+    sp = [float(v) for v in spacing]
+    pooled = [lv + 1 for lv, b in enumerate(cfg.z_pooling) if b]
+    return UNetModel(net, Normalization(), postprocessing_for("binary"), name="3D U-Net",
+                     description=f"3D U-Net trained from scratch for voxels of {sp[0]:g} x {sp[1]:g} x "
+                                 f"{sp[2]:g} (Z, Y, X): z pooled on level(s) {pooled or 'none'} of "
+                                 f"{cfg.depth}",
+                     provenance={"from_scratch_3d": {"spacing": sp, "seed": int(seed)}})
 
 
 def painted_slices(labels: Any) -> list[int]:
@@ -48,29 +96,61 @@ def painted_slices(labels: Any) -> list[int]:
     return [int(z) for z in np.flatnonzero(lab.reshape(len(lab), -1).any(axis=1))]
 
 
-def slice_targets(labels: np.ndarray, slices: list[int], w0: float, sigma: float
+def painted_runs(slices: list[int]) -> list[list[int]]:
+    """The painted slices grouped into runs of consecutive planes ([1, 2, 5] -> [[1, 2], [5]])."""
+    runs: list[list[int]] = []
+    for z in sorted(slices):
+        if runs and z == runs[-1][-1] + 1:
+            runs[-1].append(z)
+        else:
+            runs.append([z])
+    return runs
+
+
+def slice_targets(labels: np.ndarray, slices: list[int], w0: float, sigma: float,
+                  spacing: tuple[float, float, float] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(target, weights) volumes: on each painted slice the paper's binary target and weight map
-    (class balance off, the border term on the separating lines), elsewhere -1 and 0."""
+    """(target, weights) volumes: on each painted slice the paper's binary target (its objects and
+    separating lines), elsewhere -1 and 0 (unknown).
+
+    The weights are eq. 2 with w_c = 1 (class balance off) and the border term in 3D: on a run of
+    consecutive painted slices each slice's objects are linked to the next slice's by overlap (the
+    ids the user painted need not agree across slices) and the distances d1, d2 are measured in
+    the volume, a step in z counting ``spacing[0] / spacing[-1]`` pixels (None: the voxel is a
+    cube). A background pixel between an object of its own slice and one of the slice above
+    weighs what a gap in the plane weighs; an isolated painted slice has only its own objects, so
+    its map is the paper's 2D one."""
     target = np.full(labels.shape, IGNORE, np.int8)
     weights = np.zeros(labels.shape, np.float32)
+    objects = np.zeros(labels.shape, np.int32)
     for z in slices:
         if not np.any(labels[z]):
             raise AnnotationError(f"slice {z} has nothing painted: paint its objects (each its own "
                                   f"id; 0 there is background) or leave it out of the slices")
         t = labels_to_target(labels[z], mode="binary")  # the whole slice is painted: 0 is background
         target[z] = t.target
-        weights[z] = weight_map(t.target, t.objects, 2, w0=w0, sigma=sigma, balance=False)
+        objects[z] = t.objects
     if not (target == 1).any():
         raise AnnotationError("the painted slices hold no object: paint the objects of at least "
                               "one slice (each its own id), then fine-tune")
     if not (target == 0).any():
         raise AnnotationError("the painted slices hold no background: paint whole slices (0 is "
                               "background there), not only the objects' insides")
+    zr = 1.0 if spacing is None else float(spacing[0]) / float(spacing[-1])
+    for run in painted_runs(slices):
+        block = slice(run[0], run[-1] + 1)
+        weights[block] = 1.0  # every pixel of a painted slice is known
+        if w0 > 0:
+            linked = stitch_planes(objects[block]) if len(run) > 1 else objects[block]
+            border = border_term(linked, w0, sigma, sampling=(zr, 1.0, 1.0))
+            bg = target[block] == 0
+            w = weights[block]
+            w[bg] = (w[bg] + border[bg]).astype(np.float32)
     return target, weights
 
 
-def _volume_targets(img: Any, lab: np.ndarray, slices: list[int] | None, tc: TrainConfig
+def _volume_targets(img: Any, lab: np.ndarray, slices: list[int] | None, tc: TrainConfig,
+                    spacing: tuple[float, float, float] | None = None
                     ) -> tuple[list[int], np.ndarray, np.ndarray]:
     """The painted slices of one volume and their target and weight volumes (checked)."""
     if img.ndim != 3 or lab.shape != img.shape:
@@ -82,7 +162,7 @@ def _volume_targets(img: Any, lab: np.ndarray, slices: list[int] | None, tc: Tra
                               "whole z-slices (each object its own id), then fine-tune")
     if min(chosen) < 0 or max(chosen) >= len(lab):
         raise AnnotationError(f"slices {chosen} lie outside the volume's {len(lab)} planes")
-    target, weights = slice_targets(lab, chosen, tc.w0, tc.sigma)
+    target, weights = slice_targets(lab, chosen, tc.w0, tc.sigma, spacing)
     return chosen, target, weights
 
 
@@ -95,9 +175,10 @@ def _take(volume: np.ndarray, origin: tuple[int, int, int], size: tuple[int, int
 def fine_tune_volume(
     image: Any,
     labels: Any,
-    model: UNetModel,
+    model: UNetModel | None,
     *,
     slices: list[int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
     config: TrainConfig | None = None,
     z_blocks: int = 1,
     seed: int = 0,
@@ -107,6 +188,10 @@ def fine_tune_volume(
     """Fine-tune ``model`` (2D: lifted to 3D first; or 3D) on the painted ``slices`` (default:
     every slice with a painted pixel) of the (Z, Y, X) ``image`` and ``labels``, or of each volume
     of a list of them (then every painted slice of each; patches drawn over all of them).
+    ``model=None`` trains a new 3D U-Net from scratch whose pooling follows ``spacing``
+    (:func:`new_volume_model`). ``spacing``: the voxel size (Z, Y, X; the layer's scale), for
+    that architecture and the weight map's distances across consecutive painted slices (None:
+    cubic voxels; a new network then needs it).
 
     ``config``: steps or minutes, batch size, patch size (Y and X output), learning rate, w0, sigma
     and the augmentation of :class:`TrainConfig` (its validation is not used: a handful of slices
@@ -122,10 +207,18 @@ def fine_tune_volume(
     if several and slices is not None:
         raise AnnotationError("slices names the painted planes of one volume: with several volumes "
                               "every painted slice is used")
-    m3 = lift_model(model, z_blocks) if model.config.dims == 2 else model.copy()
+    if spacing is not None and (len(spacing) != 3 or not all(float(v) > 0 for v in spacing)):
+        raise AnnotationError(f"the voxel size needs three sizes > 0 (Z, Y, X), got {spacing!r}")
+    if model is None:
+        if spacing is None:
+            raise AnnotationError("a new 3D U-Net pools z where the voxel allows it: give the "
+                                  "voxel size (Z, Y, X; the layer's scale), or a base model")
+        m3 = new_volume_model(spacing, seed=seed)
+    else:
+        m3 = lift_model(model, z_blocks) if model.config.dims == 2 else model.copy()
     vols, targets, weights_, chosens = [], [], [], []
     for img, lab in zip(imgs, labs, strict=True):
-        chosen, target, wts = _volume_targets(img, lab, slices, tc)
+        chosen, target, wts = _volume_targets(img, lab, slices, tc, spacing)
         d, h, w = img.shape
         # normalised exactly as predict_volume reads it (whole-volume statistics, the same sample)
         vols.append(VolumeReader(img, (None,) * 3, (0, 1, 2), None, m3.normalization, "mirror").block(
@@ -211,7 +304,8 @@ def fine_tune_volume(
     prov = dict(m3.provenance)
     prov["fine_tuned_3d"] = {"painted_slices": chosens if several else chosens[0], "steps": step, "seconds": round(time.perf_counter() - t0, 1),
                              "ended": ended, "config": tc.to_dict(), "seed": int(seed),
-                             "validated": False,
+                             "validated": False, "from_scratch": model is None,
+                             "spacing": None if spacing is None else [float(v) for v in spacing],
                              "volume_shape": [list(i.shape) for i in imgs] if several else list(imgs[0].shape)}
     return UNetModel(net.cpu(), m3.normalization, m3.postprocessing, name=m3.name,
                      description=m3.description, provenance=prov)
