@@ -14,13 +14,9 @@ from typing import Any
 
 import napari
 from magicgui.widgets import (
-    CheckBox,
     ComboBox,
     Container,
-    FloatSlider,
-    FloatSpinBox,
     PushButton,
-    SpinBox,
 )
 from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
@@ -44,6 +40,7 @@ from ._pairs import WHOLE, collect_pairs
 from ._plot import LossPlot
 from ._sample_preview import SamplePreview
 from ._state import registry_for
+from ._train_settings import add_training_settings
 from ._training import VOLUME_STARTS, TrainingPair, _train_job, _train_volume_job, volume_pair
 
 
@@ -52,8 +49,6 @@ class FineTuneWidget(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from ..core.device import available_devices  # torch: when the widget opens, not on import
-
         self.viewer = viewer
         self.registry = registry_for(viewer)
         warm_up_labels()
@@ -86,57 +81,7 @@ class FineTuneWidget(QWidget):
         self.pair_list = QListWidget(self)
         self.pair_list.setToolTip("Training pairs; when empty, the pair chosen above is used")
         self.pair_list.setMaximumHeight(70)
-        self.scribbles = CheckBox(
-            value=False, text="Background painted as scribbles",
-            tooltip="On: only painted pixels are known; background is what you painted with the "
-                    "background label, everything else unpainted is ignored")
-        self.background_label = SpinBox(
-            value=1, min=1, max=2**31 - 1, label="Background label", enabled=False,
-            tooltip="The label value you painted on background (scribbles mode)")
-        self.base_model = ComboBox(choices=self._models, label="Base model",
-                                   tooltip="The model to start from (it is not changed)")
-        self.device = ComboBox(choices=["auto", *available_devices()], value="auto",
-                               label="Device", tooltip="Where to train: auto = GPU if any, else CPU")
-        self.minutes = FloatSpinBox(
-            # 4, not 2: in the viewer training leaves a core to the event loop (a step takes
-            # ~1.6x the CLI's on 2 cores: 2 minutes left brightfield cells unseparated), and with
-            # validation it ends by itself once the painting is learnt
-            value=4.0, min=0.0, max=1440.0, step=0.5, label="Minutes",
-            tooltip="Time budget of the training in minutes, used when Steps is 0; the learning "
-                    "rate warms up and decays within it. With validation (40 or more painted "
-                    "objects), training ends earlier once the painting is learnt")
-        self.steps = SpinBox(value=0, min=0, max=1000000, step=50, label="Steps",
-                             tooltip="Optimisation steps, each a batch of augmented patches; 0 = "
-                                     "train for Minutes instead (a fixed number of steps with a "
-                                     "seed gives the same model again)")
-        self.members = SpinBox(
-            value=0, min=0, max=8, label="Networks",
-            tooltip="Networks fine-tuned one after the other on the painting and averaged (an "
-                    "ensemble: steadier results, each network costs one more pass to segment); "
-                    "0 = automatic: with validation (40 or more painted objects), one per 250 "
-                    "steps that the budget holds on this machine, at most 3, else 1")
-        self.lr = FloatSpinBox(value=2e-3, min=1e-6, max=1.0, step=1e-4, label="Learning rate",
-                               tooltip="Adam learning rate; warmed up, then it decays along a "
-                                       "cosine to 5%")
-        self.lr.native.setDecimals(6)
-        self.strength = FloatSlider(
-            value=1.0, min=0.0, max=2.0, step=0.1, label="Augmentation",
-            tooltip="Augmentation strength: 1 = the paper's elastic deformation (3x3 grid, 10 px) "
-                    "with flips, turns and intensity jitter; 0 = none; 2 = twice the displacement")
-        self.seed = SpinBox(
-            value=0, min=0, max=2**31 - 1, label="Seed",
-            tooltip="Random seed of the patch sampling, augmentation and dropout: the same pairs, "
-                    "settings and seed give the same model (on the CPU); change it for another draw")
-        self.volume = CheckBox(
-            value=False, label="3D U-Net",
-            tooltip="The image is a (Z, Y, X) volume and a few of its z-slices are painted "
-                    "completely (0 there is background, other slices unknown): fine-tune a 3D "
-                    "U-Net (see 3D start)")
-        self.volume_start = ComboBox(
-            choices=VOLUME_STARTS, value=VOLUME_STARTS[0], label="3D start", enabled=False,
-            tooltip="With '3D U-Net': start from the base model (a 2D one lifted to 3D, equal to "
-                    "it on every plane) or from a new 3D U-Net with random weights whose levels "
-                    "pool z only where the image layer's voxel size (its scale) allows")
+        settings_widgets = add_training_settings(self)
         self.preview_button = PushButton(
             text="Preview", tooltip="Add one augmented training sample and its weight map (paper "
                                     "eq. 2) as layers")
@@ -153,11 +98,7 @@ class FineTuneWidget(QWidget):
         pair_buttons = QHBoxLayout()
         pair_buttons.addWidget(self.add_pair.native)
         pair_buttons.addWidget(self.remove_pair.native)
-        settings = Container(widgets=[self.scribbles, self.background_label, self.base_model,
-                                      self.device, self.minutes, self.steps, self.members,
-                                      self.lr, self.strength, self.seed, self.volume,
-                                      self.volume_start],
-                             labels=True)
+        settings = Container(widgets=settings_widgets, labels=True)
         buttons = QHBoxLayout()
         for b in (self.preview_button, self.train_button, self.stop_button, self.save_button,
                   self.export_control.button):
