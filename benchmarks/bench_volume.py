@@ -16,7 +16,11 @@ segmentation as reference: silver labels, a dim nucleus unlabelled). Per time po
 - **2D fine-tuned on the same slices, linked across z**: the same two painted slices through the
   2D fine-tuning (``train``, same number of steps), then linking: what the 3D network is up against;
 - **3D U-Net from scratch on the same slices**: the same 3D architecture as the lifted one, its
-  weights random (seed 0), the same fine-tuning: what the lifted start is worth.
+  weights random (seed 0), the same fine-tuning: what the lifted start is worth;
+- **new 3D U-Net, pooling from the voxel size** (ours, the Fine-tune widget's "new 3D U-Net" and
+  ``train --volume --spacing`` without a base model): :func:`volume_architecture` for the CHO voxel
+  (1.0 x 0.202 x 0.202 um: z pooled on the third level only), random weights, the same slices
+  and steps.
 
 Time point 0 holds the painted slices: the F1 means are over the other time points.
 The working memory of a 3D U-Net segmentation (resident memory polled during it, above its level
@@ -51,9 +55,10 @@ from napari_unet.core.volume import stitch_planes
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "nuclei3d-cho"
 SLICES = [1, 3]  # the z-slices of time point 0 that the user paints
+SPACING = (1.0, 0.202, 0.202)  # Fluo-N3DH-CHO's voxel size (um, Z Y X)
 
 
-def _train_3d(img: np.ndarray, ref: np.ndarray, model, steps: int):
+def _train_3d(img: np.ndarray, ref: np.ndarray, model, steps: int, spacing=None):
     from napari_unet.core.train import TrainConfig
     from napari_unet.core.train.volume import fine_tune_volume
 
@@ -61,7 +66,8 @@ def _train_3d(img: np.ndarray, ref: np.ndarray, model, steps: int):
     painted[SLICES] = ref[0][SLICES]
     cfg = TrainConfig(steps=steps, batch_size=2, patch_size=96, lr=1e-3)
     t0 = time.perf_counter()
-    m = run_to_end(fine_tune_volume(img[0], painted, model, config=cfg, seed=0, device="cpu"))
+    m = run_to_end(fine_tune_volume(img[0], painted, model, config=cfg, seed=0, device="cpu",
+                                    spacing=spacing))
     return m, time.perf_counter() - t0
 
 
@@ -159,12 +165,15 @@ def main() -> None:
     m3, s3 = _train_3d(img, ref, model, args.steps)
     m2, s2 = _train_2d(img, ref, model, args.steps)
     ms, ss = _train_3d(img, ref, _scratch(model), args.steps)
-    print(f"fine-tuned 3D in {s3:.0f} s, 2D in {s2:.0f} s, 3D from scratch in {ss:.0f} s", flush=True)
+    mn, sn = _train_3d(img, ref, None, args.steps, spacing=SPACING)
+    print(f"fine-tuned 3D in {s3:.0f} s, 2D in {s2:.0f} s, 3D from scratch in {ss:.0f} s, new 3D "
+          f"U-Net (pooling {mn.config.z_pooling}) in {sn:.0f} s", flush=True)
     rows: dict[str, list[tuple[float, float, int]]] = {"plane by plane (ids restart)": [],
                                                        "3D connected components": [],
                                                        "linked across z (ours)": [],
                                                        "2D fine-tuned on 2 slices, linked": [],
                                                        "3D U-Net from scratch on 2 slices": [],
+                                                       "new 3D U-Net, pooling from the voxel size, on 2 slices (ours)": [],
                                                        "3D U-Net fine-tuned on 2 slices (ours)": []}
     n_ref = []
     for t in range(1, min(args.timepoints, img.shape[0])):
@@ -188,11 +197,15 @@ def main() -> None:
         t5 = time.perf_counter()
         sc3 = segment_image(vol, ms, output="instances", device="cpu")
         sc3_s = time.perf_counter() - t5
+        t6 = time.perf_counter()
+        new3 = segment_image(vol, mn, output="instances", device="cpu", spacing=SPACING)
+        new3_s = time.perf_counter() - t6
         for name, lab, s in (("plane by plane (ids restart)", planes, seg_s),
                              ("3D connected components", cc, seg_s + cc_s),
                              ("linked across z (ours)", linked, seg_s + link_s),
                              ("2D fine-tuned on 2 slices, linked", ft2, ft2_s),
                              ("3D U-Net from scratch on 2 slices", sc3, sc3_s),
+                             ("new 3D U-Net, pooling from the voxel size, on 2 slices (ours)", new3, new3_s),
                              ("3D U-Net fine-tuned on 2 slices (ours)", ft3, ft3_s)):
             rows[name].append((match_instances(lab, gt, volume=True).f1, s,
                                int(np.unique(lab).size - 1)))
@@ -202,7 +215,9 @@ def main() -> None:
              f"{img.shape[1]} x {img.shape[2]} x {img.shape[3]}, {np.mean(n_ref):.1f} reference "
              f"nuclei each (silver labels); the shipped nuclei model; time point 0 (slices "
              f"{SLICES} painted) left out. Fine-tuning, {args.steps} steps each: 3D {s3:.0f} s, "
-             f"2D {s2:.0f} s, 3D from scratch {ss:.0f} s.", "",
+             f"2D {s2:.0f} s, 3D from scratch {ss:.0f} s, new 3D U-Net (z pooled on levels "
+             f"{[i + 1 for i, b in enumerate(mn.config.z_pooling) if b]} of {mn.config.depth}) "
+             f"{sn:.0f} s.", "",
              "| 3D instances | F1@0.5, mean (min-max) | objects found, mean | seconds per volume |",
              "|---|---:|---:|---:|"]
     for name, r in rows.items():

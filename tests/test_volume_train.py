@@ -400,3 +400,38 @@ def test_a_new_3d_unet_learns_from_two_painted_slices_with_the_pooling_of_the_sc
 
 
 STEPS_SCRATCH = 60
+
+
+def test_elastic_deformation_in_3d_for_near_isotropic_voxels():
+    """elastic_3d moves voxels across planes (an in-plane field cannot), labels with the image,
+    in proportion to the voxel: deep voxels barely move in z. fine_tune_volume picks it from the
+    voxel size."""
+    from napari_unet.core.augment import elastic_3d
+
+    d, h, w = 9, 40, 44
+    planes = torch.arange(d, dtype=torch.int16)[None, :, None, None].expand(2, d, h, w).contiguous()
+    img = torch.zeros((2, d, h, w))
+    img[:, 3:6, 10:30, 12:32] = 1.0
+    lab = (img > 0.5).to(torch.int32)
+    img0, lab0 = img.clone(), lab.clone()
+    gen = torch.Generator().manual_seed(0)
+    same_img, (same_lab, same_planes) = elastic_3d(img, [lab, planes], sigma=0.0, generator=gen)
+    assert torch.equal(same_img, img) and torch.equal(same_lab, lab) and torch.equal(same_planes, planes)
+    out, (out_lab, out_planes) = elastic_3d(img, [lab, planes], sigma=4.0, generator=gen)
+    assert out_planes.dtype == torch.int16 and out_lab.dtype == torch.int32
+    assert (out_planes != planes).float().mean() > 0.2  # voxels come from other planes
+    assert (out_lab != lab).any()  # the object moved...
+    assert ((out > 0.5).to(torch.int32) == out_lab).float().mean() > 0.99  # ...with its labels
+    _, (deep,) = elastic_3d(img, [planes], sigma=4.0, generator=gen, z_ratio=100.0)
+    assert torch.equal(deep, planes)  # z displacements of 0.04 voxel on average: none rounds
+    assert torch.equal(img, img0) and torch.equal(lab, lab0)  # the inputs are not modified
+    vol = np.random.default_rng(0).random((6, 48, 48)).astype(np.float32)
+    painted = np.zeros((6, 48, 48), np.uint16)
+    painted[2, 10:20, 10:20] = 1
+    from napari_unet.core.events import run_to_end
+
+    cfg = TrainConfig(steps=1, batch_size=1, patch_size=32)
+    for spacing, how in (((0.3, 0.25, 0.25), "3D"), ((1.0, 0.2, 0.2), "in-plane")):
+        m = run_to_end(fine_tune_volume(vol, painted, _tiny_model(), spacing=spacing, config=cfg,
+                                        device="cpu"))
+        assert m.provenance["fine_tuned_3d"]["elastic"] == how

@@ -226,3 +226,41 @@ def elastic_deform(image: torch.Tensor, labels: torch.Tensor, sigma: float = 10.
     disp = random_displacement(n, (h, w), grid_points, sigma, generator, image.device)
     out_img, (out_lab,) = warp(image, [labels], sampling_grid((h, w), disp))
     return out_img, out_lab
+
+
+def elastic_3d(image: torch.Tensor, maps: Sequence[torch.Tensor], grid_points: int = 3,
+               sigma: float = 10.0, generator: torch.Generator | None = None,
+               z_ratio: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Elastic deformation in 3D (Cicek et al. 2016) of ``image`` (N, Z, H, W) and ``maps`` (each
+    (N, Z, H, W), any dtype) with one field: displacements (dz, dy, dx) drawn N(0, sigma^2) (in
+    Y/X pixels; z displacements divided by ``z_ratio``, the voxel's depth over its width, so the
+    deformation is the same in space) on a ``grid_points``^3 grid spanning the patch and
+    interpolated trilinearly to every voxel. The image is resampled trilinearly, the maps by
+    nearest neighbour; outside the patch the data is mirrored. New tensors; the inputs are
+    unchanged. For near-isotropic voxels; strongly anisotropic ones stay with the in-plane field of
+    :func:`augment`."""
+    if not z_ratio > 0:
+        raise ValueError(f"z_ratio must be > 0, got {z_ratio!r}")
+    n, d, h, w = image.shape
+    dev = image.device
+    coarse = torch.randn((n, 3, grid_points, grid_points, grid_points), generator=generator) * float(sigma)
+    coarse[:, 0] /= float(z_ratio)
+    disp = F.interpolate(coarse.to(dev), size=(d, h, w), mode="trilinear", align_corners=True)
+    axes = [torch.arange(s, dtype=torch.float32, device=dev) * (2.0 / max(s - 1, 1)) - 1.0
+            for s in (d, h, w)]
+    grid = torch.empty((n, d, h, w, 3), dtype=torch.float32, device=dev)
+    for k, (axis, s) in enumerate(zip(axes, (d, h, w), strict=True)):  # k: z, y, x
+        shape = [1, 1, 1, 1]
+        shape[k + 1] = s
+        # grid_sample takes (x, y, z) in the last axis
+        grid[..., 2 - k] = axis.reshape(shape) + disp[:, k] * (2.0 / max(s - 1, 1))
+    out_img = F.grid_sample(image.float()[:, None], grid, mode="bilinear", padding_mode="reflection",
+                            align_corners=True)[:, 0]
+    out_maps = []
+    for m in maps:
+        big = not m.is_floating_point() and m.numel() and int(m.abs().max()) >= 2**24
+        ftype = m.dtype if m.is_floating_point() else (torch.float64 if big else torch.float32)
+        y = F.grid_sample(m.to(ftype)[:, None], grid.to(ftype), mode="nearest",
+                          padding_mode="reflection", align_corners=True)[:, 0]
+        out_maps.append(y if m.is_floating_point() else y.to(m.dtype))
+    return out_img, out_maps

@@ -7,8 +7,10 @@ each run of consecutive painted slices (objects linked across them by overlap, d
 voxel's proportions; an isolated slice has only its own objects, so its map is the 2D one).
 Everything else is ignored by the loss. Patches are 3D: their output covers painted slices, their
 input reads the planes above and below (mirrored beyond the volume's faces, as in inference).
-Augmentation deforms every plane of a patch with the same in-plane elastic field (plus flips,
-rotations by 90 degrees, intensity jitter): the deformation stays in the plane.
+Augmentation: flips, rotations by 90 degrees and intensity jitter in the plane; the elastic
+deformation is the same in-plane field on every plane for strongly anisotropic voxels (z spacing
+at least twice the Y/X one, or unknown) and a 3D field (:func:`~napari_unet.core.augment.elastic_3d`)
+for near-isotropic ones.
 
 The start: a 2D model lifted to 3D (:mod:`~napari_unet.core.lift`: it equals the 2D model on
 every plane, and fine-tuning adds what the neighbouring planes say), a 3D model, or a new 3D U-Net
@@ -19,6 +21,7 @@ the trained model.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Generator
 from typing import Any
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from ..annotations import IGNORE, AnnotationError, labels_to_target
-from ..augment import augment
+from ..augment import augment, elastic_3d
 from ..checks import as_image
 from ..device import resolve_device
 from ..events import StepDone
@@ -242,6 +245,11 @@ def fine_tune_volume(
     net = m3.net.to(dev).train()
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=tc.learning_rate(), weight_decay=tc.weight_decay)
+    # near-isotropic voxels deform in 3D (Cicek et al.); strongly anisotropic ones in the plane
+    aug = tc.augmentation
+    z_ratio = None if spacing is None else float(spacing[0]) / min(float(spacing[1]), float(spacing[2]))
+    deform_3d = z_ratio is not None and z_ratio < 2.0 and aug.elastic and aug.sigma > 0
+    aug_planes = dataclasses.replace(aug, elastic=False) if deform_3d else aug
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     rng_t = TorchRng(seed, dev)  # dropout draws from a private state: the caller's RNG is left alone
@@ -279,7 +287,9 @@ def fine_tune_volume(
         x = torch.from_numpy(np.stack(xs)).to(dev)  # (N, Z, H, W): the planes as channels
         t = torch.from_numpy(np.stack(ts).astype(np.int64)).to(dev)
         wt = torch.from_numpy(np.stack(ws)).to(dev)
-        x, (t, wt) = augment(x, [t, wt], tc.augmentation, gen)
+        x, (t, wt) = augment(x, [t, wt], aug_planes, gen)
+        if deform_3d:
+            x, (t, wt) = elastic_3d(x, [t, wt], aug.grid_points, aug.sigma, gen, z_ratio)
         zs, ys = slice(zc, zc + z_out), slice(yc, yc + yx_out)
         t, wt = t[:, zs, ys, ys], wt[:, zs, ys, ys]
         factor = schedule(step / total if budget is None else (time.perf_counter() - t0) / budget,
@@ -305,6 +315,7 @@ def fine_tune_volume(
     prov["fine_tuned_3d"] = {"painted_slices": chosens if several else chosens[0], "steps": step, "seconds": round(time.perf_counter() - t0, 1),
                              "ended": ended, "config": tc.to_dict(), "seed": int(seed),
                              "validated": False, "from_scratch": model is None,
+                             "elastic": "3D" if deform_3d else ("in-plane" if aug.elastic else "off"),
                              "spacing": None if spacing is None else [float(v) for v in spacing],
                              "volume_shape": [list(i.shape) for i in imgs] if several else list(imgs[0].shape)}
     return UNetModel(net.cpu(), m3.normalization, m3.postprocessing, name=m3.name,
