@@ -11,7 +11,10 @@ challenge's silver labels. Then the user's 3D path: slices 1 and 3 of time point
 silver labels of those slices stand for the painting), the Fine-tune widget with *3D U-Net* on
 (``--steps``), and the Segment widget with the kept 3D model on time point 1 (not painted):
 docs/images/volume-3d-unet.png (and volume-3d-unet-finetune.png, the widget after training), with
-the 3D F1 of the 3D U-Net and of the 2D model linked across z on that volume.
+the 3D F1 of the 3D U-Net and of the 2D model linked across z on that volume. ``--start new``:
+the Fine-tune widget's *3D start* "new 3D U-Net" instead (random weights, pooling from the layer's
+scale), written to volume-3d-unet-new.png and volume-3d-unet-new-finetune.png; ``--only-3d-unet``
+skips the first part.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--start", choices=("base", "new"), default="base")
+    ap.add_argument("--only-3d-unet", action="store_true")
     args = ap.parse_args()
     import napari
     import tifffile
@@ -51,7 +56,7 @@ def main() -> int:
     seg.model.value = "nuclei"
     seg.device.value = "cpu"
     seg.images.value = ["cho"]
-    for volume, name in ((False, "volume-planes.png"), (True, "volume-3d.png")):
+    for volume, name in () if args.only_3d_unet else ((False, "volume-planes.png"), (True, "volume-3d.png")):
         seg.volume.value = volume
         seg.run()
         wait(app, lambda: not seg.running, timeout=600)
@@ -70,18 +75,24 @@ def main() -> int:
     # the 3D U-Net: two painted slices, fine-tuned in the widget, then Segment on another volume
     painted = np.zeros_like(ref)
     painted[[1, 3]] = ref[[1, 3]]
-    viewer.layers["cho instances"].visible = False
+    if "cho instances" in viewer.layers:
+        viewer.layers["cho instances"].visible = False
     viewer.add_labels(painted, name="cho painted slices", scale=(5.0, 1.0, 1.0))
     _d, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     ft.image.value, ft.labels.value = "cho", "cho painted slices"
     ft.base_model.value = "nuclei"
     ft.device.value = "cpu"
     ft.volume.value = True
+    if args.start == "new":
+        from napari_unet._widgets._training import VOLUME_STARTS
+
+        ft.volume_start.value = VOLUME_STARTS[1]
     ft.steps.value = args.steps
     ft.train()
     wait(app, lambda: not ft.running, timeout=3600)
     print("fine-tuned:", ft.status.text(), flush=True)
-    shot(viewer, app, "volume-3d-unet-finetune.png")
+    tag = "-new" if args.start == "new" else ""
+    shot(viewer, app, f"volume-3d-unet{tag}-finetune.png")
     for layer in list(viewer.layers):
         layer.visible = False
     viewer.add_image(stack[1], name="cho t1", scale=(5.0, 1.0, 1.0), colormap="gray")
@@ -97,7 +108,7 @@ def main() -> int:
     seg.run()
     wait(app, lambda: not seg.running, timeout=600)
     lab = np.asarray(viewer.layers["cho t1 instances"].data)
-    for what, lb in (("2D model linked across z", linked), ("3D U-Net fine-tuned on 2 slices", lab)):
+    for what, lb in (("2D model linked across z", linked), (f"3D U-Net ({args.start} start) on 2 slices", lab)):
         m = match_instances(lb, silver[1], volume=True)
         print(f"time point 1, {what}: {int(np.unique(lb).size - 1)} objects for "
               f"{int(np.unique(silver[1]).size - 1)} reference nuclei, 3D F1@0.5 {m.f1:.3f}", flush=True)
@@ -105,7 +116,7 @@ def main() -> int:
     viewer.camera.angles = (0.0, 35.0, 60.0)
     viewer.camera.zoom = 1.2
     settle(app, 1.0)
-    shot(viewer, app, "volume-3d-unet.png")
+    shot(viewer, app, f"volume-3d-unet{tag}.png")
     viewer.close()
     return 0
 

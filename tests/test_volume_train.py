@@ -199,7 +199,7 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu",
                                                           spacing=(5.0, 1.0, 1.0)))
     # '3D start': a new 3D U-Net whose pooling follows the image layer's scale
-    from napari_unet._widgets._training import VOLUME_STARTS
+    from napari_unet._widgets._training import VOLUME_STARTS, new_volume_note
     from napari_unet.core.train.volume import volume_architecture
 
     ft.volume.value = False
@@ -209,8 +209,13 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     ft.volume_start.value = VOLUME_STARTS[1]
     ft.steps.value = 2
     lifted = ft.model
+    infos = []
+    monkeypatch.setattr(_finetune, "show_info", infos.append)
     qtbot.mouseClick(ft.train_button.native, Qt.MouseButton.LeftButton)
     assert ft.running, errors
+    # the start says what the layer's scale chose (a layer without its scale is noticed)
+    assert "voxels of 5 x 1 x 1" in infos[0] and "level(s) [3] of 3" in infos[0]
+    assert "cubes" not in infos[0] and "cubes" in new_volume_note((1.0, 1.0, 1.0))
     qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
     assert ft.model is not lifted and ft.model.provenance["fine_tuned_3d"]["from_scratch"]
     assert ft.model.config == volume_architecture((5.0, 1.0, 1.0))  # z pooled on level 3 only

@@ -41,7 +41,14 @@ from ._plot import LossPlot
 from ._sample_preview import SamplePreview
 from ._state import registry_for
 from ._train_settings import add_training_settings
-from ._training import VOLUME_STARTS, TrainingPair, _train_job, _train_volume_job, volume_pair
+from ._training import (
+    VOLUME_STARTS,
+    TrainingPair,
+    _train_job,
+    _train_volume_job,
+    new_volume_note,
+    volume_pair,
+)
 
 
 class FineTuneWidget(QWidget):
@@ -240,6 +247,8 @@ class FineTuneWidget(QWidget):
                 show_error(f"Cannot train: {user_message(exc)}")
                 return None
             spacing = tuple(float(v) for v in self.viewer.layers[self._pair_names()[0][0]].scale[-3:])
+            if new3d:
+                show_info(new_volume_note(spacing))
             self.worker = create_worker(_train_volume_job, pair, None if new3d else
                                         self.registry[name].ref(), name, spacing=spacing, **job_kwargs)
         else:

@@ -160,6 +160,22 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
 VOLUME_STARTS = ("base model", "new 3D U-Net (pooling from the voxel size)")
 
 
+def new_volume_note(spacing: tuple[float, ...]) -> str:
+    """What a new 3D U-Net for the layer's voxel size will pool (said when training starts, so a
+    layer without its scale is noticed)."""
+    from ..core.train.volume import volume_architecture
+
+    cfg = volume_architecture(spacing)
+    pooled = [lv + 1 for lv, b in enumerate(cfg.z_pooling) if b] or "none"
+    sp = " x ".join(f"{v:g}" for v in spacing)
+    note = (f"A new 3D U-Net for voxels of {sp} (Z x Y x X, the image layer's scale): z pooled on "
+            f"level(s) {pooled} of {cfg.depth}.")
+    if len(set(spacing)) == 1:
+        note += (" The layer's scale says the voxels are cubes: if the z step is larger than the "
+                 "pixel size, set the layer's scale to the voxel size and train again.")
+    return note
+
+
 def volume_pair(pairs: list[TrainingPair], background_label: int | None) -> TrainingPair:
     """The one (Z, Y, X) image and labels that a 3D U-Net fine-tunes on; ValueError saying what
     to change otherwise."""
