@@ -119,8 +119,8 @@ def slice_targets(labels: np.ndarray, slices: list[int], w0: float, sigma: float
     The weights are eq. 2 with w_c = 1 (class balance off) and the border term in 3D: on a run of
     consecutive painted slices each slice's objects are linked to the next slice's by overlap (the
     ids the user painted need not agree across slices) and the distances d1, d2 are measured in
-    the volume, a step in z counting ``spacing[0] / spacing[-1]`` pixels (None: the voxel is a
-    cube). A background pixel between an object of its own slice and one of the slice above
+    the volume in units of the (finer) in-plane pixel, by the voxel size ``spacing`` (Z, Y, X;
+    None: the voxel is a cube). A background pixel between an object of its own slice and one of the slice above
     weighs what a gap in the plane weighs; an isolated painted slice has only its own objects, so
     its map is the paper's 2D one."""
     target = np.full(labels.shape, IGNORE, np.int8)
@@ -139,13 +139,15 @@ def slice_targets(labels: np.ndarray, slices: list[int], w0: float, sigma: float
     if not (target == 0).any():
         raise AnnotationError("the painted slices hold no background: paint whole slices (0 is "
                               "background there), not only the objects' insides")
-    zr = 1.0 if spacing is None else float(spacing[0]) / float(spacing[-1])
+    # distances in units of the finer in-plane pixel (sigma and w0 are the paper's, in pixels)
+    unit = 1.0 if spacing is None else min(float(spacing[1]), float(spacing[2]))
+    sampling = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) / unit for v in spacing)
     for run in painted_runs(slices):
         block = slice(run[0], run[-1] + 1)
         weights[block] = 1.0  # every pixel of a painted slice is known
         if w0 > 0:
             linked = stitch_planes(objects[block]) if len(run) > 1 else objects[block]
-            border = border_term(linked, w0, sigma, sampling=(zr, 1.0, 1.0))
+            border = border_term(linked, w0, sigma, sampling=sampling)
             bg = target[block] == 0
             w = weights[block]
             w[bg] = (w[bg] + border[bg]).astype(np.float32)
