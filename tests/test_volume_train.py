@@ -220,6 +220,7 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     assert ft.model is not lifted and ft.model.provenance["fine_tuned_3d"]["from_scratch"]
     assert ft.model.config == volume_architecture((5.0, 1.0, 1.0))  # z pooled on level 3 only
     assert ft.model.provenance["fine_tuned_3d"]["spacing"] == [5.0, 1.0, 1.0]
+    assert "z on level(s) [3]) trained from scratch" in ft.status.text()
     assert ft.model_name.startswith("3D U-Net") and seg.model.value == ft.model_name
 
 

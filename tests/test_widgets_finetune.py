@@ -178,3 +178,26 @@ def test_an_ensemble_of_networks_from_the_networks_field(make_napari_viewer, qtb
     assert loaded.members == 2
     for k, v in ft.model.net.state_dict().items():
         np.testing.assert_array_equal(loaded.net.state_dict()[k].numpy(), v.numpy())
+
+
+def test_the_loss_plot_is_not_flattened_by_a_step_without_objects(qtbot):
+    """A step whose patches held no object has a loss near 0: on the log scale it used to pull the
+    range down to 1e-8 and draw every other step as one flat line at the top. The range starts at
+    the 2nd percentile; the bold curve and the figure shown are the running mean."""
+    import math
+
+    from napari_unet._widgets._plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.clear(100)
+    losses = [1.0 + 0.5 * math.sin(i) for i in range(100)]
+    losses[40] = 1e-9  # a patch of background only
+    for i, v in enumerate(losses, start=1):
+        plot.add(i, v, None)
+    raw, smooth, lo, hi, k = plot.loss_curves()
+    assert k == 4 and len(raw) == len(smooth) == 100
+    assert lo > -1.0 and hi >= max(raw)  # the outlier does not set the range
+    assert math.isclose(10 ** smooth[-1], sum(losses[-4:]) / 4, rel_tol=1e-9)
+    plot.resize(300, 120)
+    plot.grab()  # paints without error at that range (values below it are drawn at the floor)

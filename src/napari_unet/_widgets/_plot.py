@@ -23,7 +23,8 @@ class LossPlot(QWidget):
         self.total = 1
         self.setMinimumHeight(110)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setToolTip("Training loss (orange, log scale) and validation score "
+        self.setToolTip("Training loss (orange, log scale: faint per step, bold its running mean) "
+                        "and validation score "
                         "(blue: mean of foreground IoU and instance F1 on the held-back whole objects, "
                         "0 to 1) per step; a grey line where the next network of an ensemble "
                         "starts (each is validated on its own held-back objects)")
@@ -48,6 +49,23 @@ class LossPlot(QWidget):
                 self.score.append((step, score))
         self.update()
 
+    def loss_curves(self) -> tuple[list[float], list[float], float, float, int]:
+        """(raw, smoothed, low, high, window): log10 of the per-step losses, of their running mean
+        over the last ``window`` steps (a 25th of the run, 1 to 25: one step's patches are a noisy
+        sample), and the plotted range. The range starts at the 2nd percentile of the raw values:
+        a step whose patches held no object (a loss near 0) does not flatten the rest of the curve."""
+        losses = [v for _, v in self.loss]
+        k = max(1, min(25, len(losses) // 25))
+        raw = [math.log10(max(v, 1e-8)) for v in losses]
+        smooth, acc = [], 0.0
+        for i, v in enumerate(losses):
+            acc += v - (losses[i - k] if i >= k else 0.0)
+            smooth.append(math.log10(max(acc / min(i + 1, k), 1e-8)))
+        ordered = sorted(raw)
+        lo = min(ordered[int(0.02 * (len(ordered) - 1))], min(smooth))
+        hi = max(max(raw), max(smooth))
+        return raw, smooth, lo, hi, k
+
     def paintEvent(self, event: object) -> None:  # noqa: N802 - Qt name
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -62,13 +80,19 @@ class LossPlot(QWidget):
             return m + (w - 2 * m) * step / self.total
 
         if len(self.loss) >= 1:
-            vals = [math.log10(max(v, 1e-8)) for _, v in self.loss]
-            lo, hi = min(vals), max(vals)
+            raw, smooth, lo, hi, _k = self.loss_curves()
             span = max(hi - lo, 1e-6)
-            poly = QPolygonF([QPointF(x_of(s), m + ph * (1 - (v - lo) / span))
-                              for (s, _), v in zip(self.loss, vals, strict=True)])
-            p.setPen(QPen(LOSS_COLOR, 1.5))
-            p.drawPolyline(poly)
+
+            def line(vals: list[float]) -> QPolygonF:
+                return QPolygonF([QPointF(x_of(s), m + ph * (1 - (min(max(v, lo), hi) - lo) / span))
+                                  for (s, _), v in zip(self.loss, vals, strict=True)])
+
+            faint = QColor(LOSS_COLOR)
+            faint.setAlpha(90)
+            p.setPen(QPen(faint, 1.0))
+            p.drawPolyline(line(raw))
+            p.setPen(QPen(LOSS_COLOR, 1.8))
+            p.drawPolyline(line(smooth))
         if self.starts:
             p.setPen(QPen(QColor(150, 150, 150), 1, Qt.PenStyle.DashLine))
             for s in self.starts:
@@ -85,7 +109,8 @@ class LossPlot(QWidget):
         p.setPen(QColor(200, 200, 200))
         last = ""
         if self.loss:
-            last = f"loss {self.loss[-1][1]:.3g}"
+            _r, smooth, _lo, _hi, k = self.loss_curves()
+            last = f"loss {10 ** smooth[-1]:.3g}" + (f" (mean of {k} steps)" if k > 1 else "")
         if self.score:
             last += f"   validation {self.score[-1][1]:.3f}"
         p.drawText(m, h - 4, last or "no training yet")

@@ -70,7 +70,12 @@ def training_summary(prov: dict[str, Any]) -> str:
     if "fine_tuned_3d" in prov and "validation" not in prov:  # core/train/volume.py
         f = prov["fine_tuned_3d"]
         lifted = " (the base model lifted to 3D)" if "lifted_from" in prov else ""
-        return (f"3D U-Net{lifted} fine-tuned on painted slices {f['painted_slices']}: {f['steps']} "
+        how = f"{lifted} fine-tuned"
+        if f.get("from_scratch"):
+            pooled = [lv + 1 for lv, b in enumerate(f.get("z_pooling", [])) if b]
+            how = " (new, pooling from the voxel size" + (f": z on level(s) {pooled})" if pooled else ")") \
+                + " trained from scratch"
+        return (f"3D U-Net{how} on painted slices {f['painted_slices']}: {f['steps']} "
                 f"steps in {f['seconds']:.0f} s; not validated (a few painted slices leave nothing "
                 f"to hold back): the final weights are kept")
     v = prov["validation"]

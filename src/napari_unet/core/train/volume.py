@@ -317,6 +317,7 @@ def fine_tune_volume(
     prov["fine_tuned_3d"] = {"painted_slices": chosens if several else chosens[0], "steps": step, "seconds": round(time.perf_counter() - t0, 1),
                              "ended": ended, "config": tc.to_dict(), "seed": int(seed),
                              "validated": False, "from_scratch": model is None,
+                             "z_pooling": list(cfg.z_pooling),
                              "elastic": "3D" if deform_3d else ("in-plane" if aug.elastic else "off"),
                              "spacing": None if spacing is None else [float(v) for v in spacing],
                              "volume_shape": [list(i.shape) for i in imgs] if several else list(imgs[0].shape)}
