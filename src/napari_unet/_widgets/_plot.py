@@ -52,8 +52,9 @@ class LossPlot(QWidget):
     def loss_curves(self) -> tuple[list[float], list[float], float, float, int]:
         """(raw, smoothed, low, high, window): log10 of the per-step losses, of their running mean
         over the last ``window`` steps (a 25th of the run, 1 to 25: one step's patches are a noisy
-        sample), and the plotted range. The range starts at the 2nd percentile of the raw values:
-        a step whose patches held no object (a loss near 0) does not flatten the rest of the curve."""
+        sample), and the plotted range. The range starts at the 10th percentile of the raw values
+        (lower ones are drawn at the floor): steps whose patches held no object (a loss near 0)
+        do not flatten the rest of the curve."""
         losses = [v for _, v in self.loss]
         k = max(1, min(25, len(losses) // 25))
         raw = [math.log10(max(v, 1e-8)) for v in losses]
@@ -62,7 +63,7 @@ class LossPlot(QWidget):
             acc += v - (losses[i - k] if i >= k else 0.0)
             smooth.append(math.log10(max(acc / min(i + 1, k), 1e-8)))
         ordered = sorted(raw)
-        lo = min(ordered[int(0.02 * (len(ordered) - 1))], min(smooth))
+        lo = min(ordered[int(0.1 * (len(ordered) - 1))], min(smooth))
         hi = max(max(raw), max(smooth))
         return raw, smooth, lo, hi, k
 
