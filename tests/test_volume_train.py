@@ -206,7 +206,9 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     assert not ft.volume_start.enabled  # a 3D start means nothing for 2D training
     ft.volume.value = True
     assert ft.volume_start.enabled
+    assert ft.base_model.enabled
     ft.volume_start.value = VOLUME_STARTS[1]
+    assert not ft.base_model.enabled  # a new network has no base model
     ft.steps.value = 2
     lifted = ft.model
     infos = []
@@ -221,6 +223,9 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     assert ft.model.config == volume_architecture((5.0, 1.0, 1.0))  # z pooled on level 3 only
     assert ft.model.provenance["fine_tuned_3d"]["spacing"] == [5.0, 1.0, 1.0]
     assert "z on level(s) [3]) trained from scratch" in ft.status.text()
+    assert not ft.base_model.enabled  # still, after the run
+    ft.volume.value = False
+    assert ft.base_model.enabled and not ft.volume_start.enabled
     assert ft.model_name.startswith("3D U-Net") and seg.model.value == ft.model_name
 
 

@@ -134,7 +134,8 @@ class FineTuneWidget(QWidget):
         self.add_pair.changed.connect(self._add_pair)
         self.remove_pair.changed.connect(self._remove_pair)
         self.scribbles.changed.connect(lambda v: setattr(self.background_label, "enabled", v))
-        self.volume.changed.connect(lambda v: setattr(self.volume_start, "enabled", v))
+        self.volume.changed.connect(lambda _v: self._sync_start())
+        self.volume_start.changed.connect(lambda _v: self._sync_start())
         self.preview_button.changed.connect(self.preview)
         self.train_button.changed.connect(self.train)
         self.stop_button.changed.connect(self.stop)
@@ -285,7 +286,13 @@ class FineTuneWidget(QWidget):
                   self.add_pair, self.remove_pair, self.image, self.labels, self.region,
                   self.scribbles, self.strength, self.seed, self.volume):
             w.enabled = not running
+        self._sync_start(running)
+
+    def _sync_start(self, running: bool = False) -> None:
+        """3D start only with '3D U-Net'; no base model for a new 3D U-Net."""
         self.volume_start.enabled = not running and bool(self.volume.value)
+        new3d = bool(self.volume.value) and self.volume_start.value == VOLUME_STARTS[1]
+        self.base_model.enabled = not running and not new3d
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
         self.save_button.enabled = not running and self.model is not None
