@@ -8,8 +8,8 @@ equals the output of the network applied to the whole (padded) image, whatever t
 
 Work is a generator yielding :class:`~napari_unet.core.events.TileDone` after each batch of tiles; close
 it (or quit the napari worker driving it) to stop between batches. Memory grows with the tile, not the
-image: the source is read block by block (:mod:`.planes`; numpy, memmap, dask, zarr all work) and results are written
-into ``out``, which may be a preallocated numpy array or a zarr array.
+image: the source is read block by block (:mod:`.planes`; numpy, memmap, dask, zarr all work) and
+results are written into ``out``, which may be a preallocated numpy array or a zarr array.
 """
 
 from __future__ import annotations
