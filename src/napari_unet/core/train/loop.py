@@ -41,12 +41,16 @@ from .config import PROBE_STEPS, TrainConfig, default_architecture, postprocessi
 from .data import as_list, prepare_data, sample_batch
 from .live import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from .loss import training_loss
-from .network import (
+from .network import (  # noqa: F401 - _should_stop, refuse_3d: importable from here
     AveragedWeights,
-    member_view,
-    resolve_mode,
     TorchRng,
+    _center_crop,
+    _clone_state,
+    _should_stop,
     autocast_for,
+    member_view,
+    refuse_3d,
+    resolve_mode,
     resolve_precision,
     schedule,
     widen_head,
@@ -55,37 +59,6 @@ from .network import (
 from .plateau import Plateau
 from .report import _provenance
 from .validation import ValScore, validate
-
-
-def _should_stop(stop: Any) -> bool:
-    if stop is None:
-        return False
-    if hasattr(stop, "is_set"):
-        return bool(stop.is_set())
-    if callable(stop):
-        return bool(stop())
-    return bool(stop)
-
-
-def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    dy = (x.shape[-2] - size) // 2
-    dx = (x.shape[-1] - size) // 2
-    return x[..., dy : dy + size, dx : dx + size]
-
-
-def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
-def refuse_3d(model: Any) -> None:
-    """A 3D model (3D U-Net) fine-tunes on painted z-slices of a volume, not on 2D paintings: say
-    so instead of failing inside the network."""
-    cfg = getattr(model, "config", model)
-    if cfg is not None and getattr(cfg, "dims", 2) == 3:
-        name = getattr(model, "name", None) or "this model"
-        raise ValueError(f"'{name}' is a 3D model (3D U-Net): it fine-tunes on painted z-slices of "
-                         f"a volume (Fine-tune widget: tick '3D U-Net'; command line: train "
-                         f"--volume). For 2D painting choose a 2D base model, e.g. nuclei")
 
 
 def train_network(

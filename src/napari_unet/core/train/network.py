@@ -1,6 +1,7 @@
 """The network being trained: which classes it learns (:func:`resolve_mode`), a copy of the base
 model (one network of a base ensemble, :func:`member_view`; its head widened to a border class when
-packed objects need one), a private seeded RNG, the averaged weights, the arithmetic precision."""
+packed objects need one), a private seeded RNG, the averaged weights, the arithmetic precision;
+and the loops' small helpers (whether Stop was pressed, a 3D model refused for 2D training)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,34 @@ def member_view(model: UNetModel, member: int) -> UNetModel:
     if len(nets) == 1:
         return model
     return replace(model, net=nets[member % len(nets)])
+
+
+def _should_stop(stop: Any) -> bool:
+    if stop is None:
+        return False
+    if hasattr(stop, "is_set"):
+        return bool(stop.is_set())
+    if callable(stop):
+        return bool(stop())
+    return bool(stop)
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    dy = (x.shape[-2] - size) // 2
+    dx = (x.shape[-1] - size) // 2
+    return x[..., dy : dy + size, dx : dx + size]
+
+
+def _clone_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def refuse_3d(model: Any) -> None:
+    """A 3D model (3D U-Net) fine-tunes on painted z-slices of a volume, not on 2D paintings: say
+    so instead of failing inside the network."""
+    cfg = getattr(model, "config", model)
+    if cfg is not None and getattr(cfg, "dims", 2) == 3:
+        name = getattr(model, "name", None) or "this model"
+        raise ValueError(f"'{name}' is a 3D model (3D U-Net): it fine-tunes on painted z-slices of "
+                         f"a volume (Fine-tune widget: tick '3D U-Net'; command line: train "
+                         f"--volume). For 2D painting choose a 2D base model, e.g. nuclei")

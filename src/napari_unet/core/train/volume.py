@@ -45,7 +45,7 @@ from ..volume import stitch_planes
 from ..weights import border_term
 from .config import TrainConfig, postprocessing_for
 from .loss import training_loss
-from .network import TorchRng, schedule
+from .network import TorchRng, _should_stop, schedule
 
 VOLUME_GRAD_CLIP = 1.0  # the step's gradient norm (live training diverged without a clip)
 
@@ -262,7 +262,7 @@ def fine_tune_volume(
     t0 = time.perf_counter()
     step, ended = 0, "steps"
     while step < total:
-        if stop is not None and (stop.is_set() if hasattr(stop, "is_set") else stop()):
+        if _should_stop(stop):
             ended = "stopped"
             break
         if budget is not None and time.perf_counter() - t0 >= budget:
