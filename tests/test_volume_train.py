@@ -224,6 +224,27 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     assert ft.model.provenance["fine_tuned_3d"]["spacing"] == [5.0, 1.0, 1.0]
     assert "z on level(s) [3]) trained from scratch" in ft.status.text()
     assert not ft.base_model.enabled  # still, after the run
+    # two volumes (pairs): one network from the painted slices of both, if their voxels agree
+    crop = (slice(None), slice(100, 300), slice(100, 300))  # 4 nuclei on slice 2
+    viewer.add_image(img[crop], name="cho crop", scale=(5.0, 1.0, 1.0))
+    other = np.zeros_like(silver[crop])
+    other[2] = silver[crop][2]
+    viewer.add_labels(other, name="crop painted", scale=(4.0, 1.0, 1.0))
+    viewer.add_image(img[crop], name="cho crop deeper", scale=(4.0, 1.0, 1.0))
+    for im, lb in (("cho", "painted"), ("cho crop deeper", "crop painted")):
+        ft.image.value, ft.labels.value = im, lb
+        qtbot.mouseClick(ft.add_pair.native, Qt.MouseButton.LeftButton)
+    assert ft.train() is None and "different voxel sizes" in errors[-1]  # said, nothing starts
+    ft.pair_list.setCurrentRow(1)
+    qtbot.mouseClick(ft.remove_pair.native, Qt.MouseButton.LeftButton)
+    ft.image.value = "cho crop"
+    qtbot.mouseClick(ft.add_pair.native, Qt.MouseButton.LeftButton)
+    ft.steps.value = 1
+    qtbot.mouseClick(ft.train_button.native, Qt.MouseButton.LeftButton)
+    assert ft.running, errors
+    qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
+    both = ft.model.provenance["fine_tuned_3d"]
+    assert both["painted_slices"] == [[1, 3], [2]] and len(both["volume_shape"]) == 2, errors
     ft.volume.value = False
     assert ft.base_model.enabled and not ft.volume_start.enabled
     assert ft.model_name.startswith("3D U-Net") and seg.model.value == ft.model_name
@@ -280,6 +301,19 @@ def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys, monkeypatch)
     back = load_model(new)
     assert back.config.z_pooling == (False, False, True)
     assert back.provenance["fine_tuned_3d"]["spacing"] == [1.0, 0.2, 0.2]
+    # several volumes: every painted slice of each; --slices then names nothing
+    other = np.zeros_like(silver)
+    other[2] = silver[2]
+    tifffile.imwrite(tmp_path / "painted2.tif", other)
+    two = ["--images", str(tmp_path / "vol.tif"), str(tmp_path / "vol.tif"), "--labels",
+           str(tmp_path / "painted.tif"), str(tmp_path / "painted2.tif")]
+    assert main(["train", "--volume", *two, "--base-model", "nuclei", "--slices", "1",
+                 "-o", str(tmp_path / "y.safetensors")]) == 2
+    assert "drop --slices" in capsys.readouterr().err and not (tmp_path / "y.safetensors").exists()
+    assert main(["train", "--volume", *two, "--base-model", "nuclei", "--steps", "1",
+                 "--device", "cpu", "-q", "-o", str(tmp_path / "y.safetensors")]) == 0
+    both = load_model(tmp_path / "y.safetensors").provenance["fine_tuned_3d"]
+    assert both["painted_slices"] == [[1, 3], [2]] and len(both["volume_shape"]) == 2
 
 
 def test_a_3d_model_as_base_of_2d_or_live_training_is_a_message():
@@ -321,6 +355,10 @@ def test_several_volumes_train_one_3d_model_from_all_their_painted_slices():
         next(fine_tune_volume(imgs, labs, _tiny_model(), slices=[1], config=cfg, device="cpu"))
     with pytest.raises(AnnotationError, match="one labels volume"):
         next(fine_tune_volume(imgs, labs[:1], _tiny_model(), config=cfg, device="cpu"))
+    # a volume with nothing painted is named, so the user knows which layer to paint
+    with pytest.raises(AnnotationError, match="volume 2 of 2: no slice of the labels is painted"):
+        next(fine_tune_volume(imgs, [labs[0], np.zeros_like(labs[1])], _tiny_model(), config=cfg,
+                              device="cpu"))
 
 
 def test_a_new_3d_unet_pools_z_only_where_the_voxel_size_allows():

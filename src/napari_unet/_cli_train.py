@@ -88,7 +88,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="model file to write (.safetensors)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--volume", action="store_true",
-                   help="the image is one (Z, Y, X) volume whose labels paint a few z-slices completely "
+                   help="each image is a (Z, Y, X) volume whose labels paint a few z-slices completely "
                         "(0 there is background; unpainted slices are unknown): fine-tune a 3D U-Net "
                         "(a 2D --base-model is lifted to 3D first; without --base-model a new 3D "
                         "U-Net is trained from scratch, its pooling chosen from --spacing)")
@@ -176,9 +176,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_train_volume(args: argparse.Namespace) -> int:
     """``train --volume``: a 3D U-Net fine-tuned from painted z-slices (core/train/volume.py)."""
-    if len(args.images) != 1:
-        raise CLIError("--volume fine-tunes on one (Z, Y, X) volume: give one --images file and "
-                       "its --labels file")
+    if len(args.images) > 1 and args.slices is not None:
+        raise CLIError("--slices names the painted planes of one volume: with several --images "
+                       "every painted slice of each is used; drop --slices")
     if args.masks or args.background_label is not None:
         raise CLIError("--volume trains on whole painted slices: drop --masks and --background-label")
     if args.spacing is not None and not all(v > 0 for v in args.spacing):
@@ -187,7 +187,8 @@ def _run_train_volume(args: argparse.Namespace) -> int:
         raise CLIError("--volume without --base-model trains a new 3D U-Net, whose pooling follows "
                        "the voxel size: give --spacing Z Y X (e.g. 1.0 0.2 0.2), or fine-tune a "
                        "model with --base-model (e.g. nuclei3d, or nuclei lifted to 3D)")
-    (image,), (labels,) = _read_tiffs(args.images, "image"), _read_tiffs(args.labels, "labels")
+    images, labels = _read_tiffs(args.images, "image"), _read_tiffs(args.labels, "labels")
+    several = len(images) > 1
 
     from .core.annotations import AnnotationError
     from .core.augment import Augmentation
@@ -203,7 +204,8 @@ def _run_train_volume(args: argparse.Namespace) -> int:
         config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size or 2,
                              patch_size=args.patch_size or 96, lr=args.lr if args.lr is not None else 1e-3,
                              loss=args.loss, augmentation=Augmentation())
-        gen = fine_tune_volume(image, labels, base, slices=args.slices, config=config,
+        gen = fine_tune_volume(images if several else images[0], labels if several else labels[0],
+                               base, slices=args.slices, config=config,
                                seed=args.seed or 0, device=device,
                                spacing=None if args.spacing is None else tuple(args.spacing))
         model = drive(gen, desc="train 3D", quiet=args.quiet)

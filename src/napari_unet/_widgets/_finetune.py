@@ -47,7 +47,8 @@ from ._training import (
     _train_job,
     _train_volume_job,
     new_volume_note,
-    volume_pair,
+    volume_pairs,
+    volume_spacing,
 )
 
 
@@ -243,14 +244,15 @@ class FineTuneWidget(QWidget):
                           seed=int(self.seed.value), stop=self._stop, _ignore_errors=True)
         if self.volume.value:
             try:
-                pair = volume_pair(pairs, self._background())
+                vols = volume_pairs(pairs, self._background())
+                spacing = volume_spacing([tuple(self.viewer.layers[n[0]].scale)
+                                          for n in self._pair_names()])
             except ValueError as exc:
                 show_error(f"Cannot train: {user_message(exc)}")
                 return None
-            spacing = tuple(float(v) for v in self.viewer.layers[self._pair_names()[0][0]].scale[-3:])
             if new3d:
                 show_info(new_volume_note(spacing))
-            self.worker = create_worker(_train_volume_job, pair, None if new3d else
+            self.worker = create_worker(_train_volume_job, vols, None if new3d else
                                         self.registry[name].ref(), name, spacing=spacing, **job_kwargs)
         else:
             self.worker = create_worker(

@@ -61,7 +61,7 @@ def add_training_settings(w: Any) -> list[Any]:
         value=False, label="3D U-Net",
         tooltip="The image is a (Z, Y, X) volume and a few of its z-slices are painted "
                 "completely (0 there is background, other slices unknown): fine-tune a 3D "
-                "U-Net (see 3D start)")
+                "U-Net (see 3D start); add pairs to train on several volumes of one voxel size")
     w.volume_start = ComboBox(
         choices=VOLUME_STARTS, value=VOLUME_STARTS[0], label="3D start", enabled=False,
         tooltip="With '3D U-Net': start from the base model (a 2D one lifted to 3D, equal to "

@@ -176,28 +176,39 @@ def new_volume_note(spacing: tuple[float, ...]) -> str:
     return note
 
 
-def volume_pair(pairs: list[TrainingPair], background_label: int | None) -> TrainingPair:
-    """The one (Z, Y, X) image and labels that a 3D U-Net fine-tunes on; ValueError saying what
-    to change otherwise."""
-    if len(pairs) != 1:
-        raise ValueError(f"a 3D U-Net fine-tunes on one volume: keep one image/labels pair (got "
-                         f"{len(pairs)})")
-    p = pairs[0]
-    if p.rgb or np.ndim(p.image) != 3:
-        raise ValueError(f"'{p.name}' is not a (Z, Y, X) volume (shape {np.shape(p.image)}): switch "
-                         f"'3D U-Net' off to fine-tune on 2D images")
-    if p.mask is not None or background_label is not None:
-        raise ValueError("a 3D U-Net trains on whole painted slices: choose the whole image as the "
-                         "region and switch scribbles off (0 on a painted slice is background)")
-    return p
+def volume_pairs(pairs: list[TrainingPair], background_label: int | None) -> list[TrainingPair]:
+    """The (Z, Y, X) images and labels that a 3D U-Net trains on (one or several volumes, each
+    with some whole painted slices); ValueError saying what to change otherwise."""
+    if not pairs:
+        raise ValueError("choose a volume and the labels layer painted on it")
+    for p in pairs:
+        if p.rgb or np.ndim(p.image) != 3:
+            raise ValueError(f"'{p.name}' is not a (Z, Y, X) volume (shape {np.shape(p.image)}): "
+                             f"switch '3D U-Net' off to fine-tune on 2D images, or remove that pair")
+        if p.mask is not None or background_label is not None:
+            raise ValueError("a 3D U-Net trains on whole painted slices: choose the whole image as "
+                             "the region and switch scribbles off (0 on a painted slice is "
+                             "background)")
+    return list(pairs)
 
 
-def _train_volume_job(pair: TrainingPair, model: Any, model_name: str, *, steps: int, lr: float,
+def volume_spacing(scales: list[tuple[float, ...]]) -> tuple[float, float, float]:
+    """The voxel size (Z, Y, X) of the volumes' image layers (their scales); ValueError when they
+    differ (one network is built and weighted for one voxel size)."""
+    spacings = {tuple(float(v) for v in sc[-3:]) for sc in scales}
+    if len(spacings) != 1:
+        raise ValueError(f"the volumes have different voxel sizes (layer scales {sorted(spacings)}): "
+                         f"train on volumes of one voxel size, or set their scales alike")
+    return spacings.pop()  # type: ignore[return-value]
+
+
+def _train_volume_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
                       strength: float, device: str, stop: threading.Event, seed: int | None = None,
                       minutes: float | None = None,
                       spacing: tuple[float, float, float] | None = None) -> Any:
     """Worker generator of the Fine-tune widget's Train with '3D U-Net' on: load the base model if
-    needed, then fine-tune it (lifted to 3D) on the painted z-slices (core/train/volume.py);
+    needed, then fine-tune it (lifted to 3D) on the painted z-slices of each of the volumes
+    (core/train/volume.py);
     ``model=None``: a new 3D U-Net whose pooling follows ``spacing`` (the layer's scale)."""
     from ..core.io import UNetModel, load_model
     from ..core.train import TrainConfig
@@ -208,6 +219,9 @@ def _train_volume_job(pair: TrainingPair, model: Any, model_name: str, *, steps:
         yield ("loaded", model_name, model)
     config = TrainConfig(steps=int(steps), minutes=minutes, lr=float(lr), batch_size=2,
                          patch_size=96, augmentation=augmentation_for(strength))
-    return (yield from fine_tune_volume(pair.image, pair.labels, model, config=config,
+    several = len(pairs) > 1
+    images = [p.image for p in pairs] if several else pairs[0].image
+    labels = [p.labels for p in pairs] if several else pairs[0].labels
+    return (yield from fine_tune_volume(images, labels, model, config=config,
                                         seed=seed or 0, device=device, stop=stop,
                                         spacing=spacing))

@@ -222,8 +222,13 @@ def fine_tune_volume(
     else:
         m3 = lift_model(model, z_blocks) if model.config.dims == 2 else model.copy()
     vols, targets, weights_, chosens = [], [], [], []
-    for img, lab in zip(imgs, labs, strict=True):
-        chosen, target, wts = _volume_targets(img, lab, slices, tc, spacing)
+    for k, (img, lab) in enumerate(zip(imgs, labs, strict=True)):
+        try:
+            chosen, target, wts = _volume_targets(img, lab, slices, tc, spacing)
+        except AnnotationError as exc:
+            if not several:
+                raise
+            raise AnnotationError(f"volume {k + 1} of {len(imgs)}: {exc}") from None
         d, h, w = img.shape
         # normalised exactly as predict_volume reads it (whole-volume statistics, the same sample)
         vols.append(VolumeReader(img, (None,) * 3, (0, 1, 2), None, m3.normalization, "mirror").block(
