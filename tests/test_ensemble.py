@@ -18,7 +18,6 @@ from napari_unet.core.segment import segment_image
 from napari_unet.core.tiling import predict_image
 from napari_unet.core.train import TrainConfig, prepare_data, train
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

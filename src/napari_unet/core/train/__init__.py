@@ -21,8 +21,8 @@ from .config import TrainConfig, default_architecture, postprocessing_for
 from .data import TrainingData, choose_mode, prepare_data, sample_batch, touching_fraction
 from .live import LiveInbox, live_config, live_train
 from .loop import train_network
-from .members import train, train_model
 from .loss import dice_loss, training_loss, weighted_loss
+from .members import train, train_model
 from .network import widen_head
 from .report import training_summary
 from .validation import ValScore, validate
