@@ -453,19 +453,20 @@ STEPS_SCRATCH = 60
 
 def test_elastic_deformation_in_3d_for_near_isotropic_voxels():
     """elastic_3d moves voxels across planes (an in-plane field cannot), labels with the image,
-    in proportion to the voxel: deep voxels barely move in z. fine_tune_volume picks it from the
+    in proportion to the voxel (deep voxels barely move in z) and to the patch's depth. fine_tune_volume picks it from the
     voxel size."""
     from napari_unet.core.augment import elastic_3d
 
-    d, h, w = 9, 40, 44
+    d, h, w = 24, 40, 44
     planes = torch.arange(d, dtype=torch.int16)[None, :, None, None].expand(2, d, h, w).contiguous()
     img = torch.zeros((2, d, h, w))
-    img[:, 3:6, 10:30, 12:32] = 1.0
+    img[:, 8:16, 10:30, 12:32] = 1.0
     lab = (img > 0.5).to(torch.int32)
     img0, lab0 = img.clone(), lab.clone()
     gen = torch.Generator().manual_seed(0)
     same_img, (same_lab, same_planes) = elastic_3d(img, [lab, planes], sigma=0.0, generator=gen)
-    assert torch.equal(same_img, img) and torch.equal(same_lab, lab) and torch.equal(same_planes, planes)
+    assert torch.allclose(same_img, img, atol=1e-5)  # resampled at the voxels themselves
+    assert torch.equal(same_lab, lab) and torch.equal(same_planes, planes)
     out, (out_lab, out_planes) = elastic_3d(img, [lab, planes], sigma=4.0, generator=gen)
     assert out_planes.dtype == torch.int16 and out_lab.dtype == torch.int32
     assert (out_planes != planes).float().mean() > 0.2  # voxels come from other planes
@@ -474,6 +475,11 @@ def test_elastic_deformation_in_3d_for_near_isotropic_voxels():
     _, (deep,) = elastic_3d(img, [planes], sigma=4.0, generator=gen, z_ratio=100.0)
     assert torch.equal(deep, planes)  # z displacements of 0.04 voxel on average: none rounds
     assert torch.equal(img, img0) and torch.equal(lab, lab0)  # the inputs are not modified
+    # a patch of 5 planes and 200 x 200 pixels: z moves as little, relative to its depth, as the
+    # plane does relative to its width (the field would fold a shallow patch otherwise)
+    shallow = torch.arange(5, dtype=torch.int16)[None, :, None, None].expand(1, 5, 200, 200).contiguous()
+    _, (moved,) = elastic_3d(shallow.float(), [shallow], sigma=10.0, generator=gen)
+    assert (moved != shallow).float().mean() < 0.05
     vol = np.random.default_rng(0).random((6, 48, 48)).astype(np.float32)
     painted = np.zeros((6, 48, 48), np.uint16)
     painted[2, 10:20, 10:20] = 1

@@ -234,7 +234,8 @@ def elastic_3d(image: torch.Tensor, maps: Sequence[torch.Tensor], grid_points: i
     """Elastic deformation in 3D (Cicek et al. 2016) of ``image`` (N, Z, H, W) and ``maps`` (each
     (N, Z, H, W), any dtype) with one field: displacements (dz, dy, dx) drawn N(0, sigma^2) (in
     Y/X pixels; z displacements divided by ``z_ratio``, the voxel's depth over its width, so the
-    deformation is the same in space) on a ``grid_points``^3 grid spanning the patch and
+    deformation is the same in space, and scaled down for a patch shallower than it is wide, so
+    that it is no steeper along z than in the plane) on a ``grid_points``^3 grid spanning the patch and
     interpolated trilinearly to every voxel. The image is resampled trilinearly, the maps by
     nearest neighbour; outside the patch the data is mirrored. New tensors; the inputs are
     unchanged. For near-isotropic voxels; strongly anisotropic ones stay with the in-plane field of
@@ -244,7 +245,9 @@ def elastic_3d(image: torch.Tensor, maps: Sequence[torch.Tensor], grid_points: i
     n, d, h, w = image.shape
     dev = image.device
     coarse = torch.randn((n, 3, grid_points, grid_points, grid_points), generator=generator) * float(sigma)
-    coarse[:, 0] /= float(z_ratio)
+    # z: in the voxel's proportions, and no larger, relative to the patch's depth, than the in-plane
+    # displacements are to its width (a shallow patch would fold: the field spans it all)
+    coarse[:, 0] *= min(1.0, (d - 1) / max(min(h, w) - 1, 1)) / float(z_ratio)
     disp = F.interpolate(coarse.to(dev), size=(d, h, w), mode="trilinear", align_corners=True)
     axes = [torch.arange(s, dtype=torch.float32, device=dev) * (2.0 / max(s - 1, 1)) - 1.0
             for s in (d, h, w)]
