@@ -29,9 +29,13 @@ from napari_unet.core.train import (
     sample_batch,
     widen_head,
 )
-from napari_unet.core.train.loop import _center_crop
 from napari_unet.core.train.loss import training_loss
-from napari_unet.core.train.network import AveragedWeights, autocast_for, resolve_precision
+from napari_unet.core.train.network import (
+    AveragedWeights,
+    _center_crop,
+    autocast_for,
+    resolve_precision,
+)
 from napari_unet.core.train.validation import validate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brightfield-scratch" / "scratch-assay.tif"

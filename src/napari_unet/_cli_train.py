@@ -181,8 +181,6 @@ def _run_train_volume(args: argparse.Namespace) -> int:
                        "every painted slice of each is used; drop --slices")
     if args.masks or args.background_label is not None:
         raise CLIError("--volume trains on whole painted slices: drop --masks and --background-label")
-    if args.spacing is not None and not all(v > 0 for v in args.spacing):
-        raise CLIError(f"--spacing takes three positive voxel sizes (Z Y X), got {args.spacing}")
     if not args.base_model and args.spacing is None:
         raise CLIError("--volume without --base-model trains a new 3D U-Net, whose pooling follows "
                        "the voxel size: give --spacing Z Y X (e.g. 1.0 0.2 0.2), or fine-tune a "
@@ -193,6 +191,7 @@ def _run_train_volume(args: argparse.Namespace) -> int:
     from .core.annotations import AnnotationError
     from .core.augment import Augmentation
     from .core.device import resolve_device
+    from .core.geometry import pooled_levels
     from .core.io import ModelFileError, load_model, save_model
     from .core.train import TrainConfig
     from .core.train.volume import fine_tune_volume
@@ -215,7 +214,7 @@ def _run_train_volume(args: argparse.Namespace) -> int:
         model.name = args.name
     path = save_model(model, args.output)
     info = model.provenance["fine_tuned_3d"]
-    pooled = [lv + 1 for lv, b in enumerate(model.config.z_pooling) if b] or "none"
+    pooled = pooled_levels(model.config.z_pooling) or "none"
     how = (f"trained from scratch (z pooled on level(s) {pooled} of {model.config.depth})"
            if base is None else "fine-tuned")
     print(f"3D U-Net {how} on slices {info['painted_slices']} for {info['steps']} steps "

@@ -221,7 +221,7 @@ class FineTuneWidget(QWidget):
         if self.running:
             return None
         name = self.base_model.value
-        new3d = bool(self.volume.value) and self.volume_start.value == VOLUME_STARTS[1]
+        new3d = self._new3d
         if new3d:
             name = VOLUME_STARTS[1]
         elif not name or name not in self.registry:
@@ -289,16 +289,20 @@ class FineTuneWidget(QWidget):
                   self.scribbles, self.strength, self.seed, self.volume):
             w.enabled = not running
         self._sync_start(running)
-
-    def _sync_start(self, running: bool = False) -> None:
-        """3D start only with '3D U-Net'; no base model for a new 3D U-Net."""
-        self.volume_start.enabled = not running and bool(self.volume.value)
-        new3d = bool(self.volume.value) and self.volume_start.value == VOLUME_STARTS[1]
-        self.base_model.enabled = not running and not new3d
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
         self.save_button.enabled = not running and self.model is not None
         self.export_control.set_enabled(not running and self.model is not None)
+
+    @property
+    def _new3d(self) -> bool:
+        """'3D U-Net' with the start 'new 3D U-Net': no base model is used."""
+        return bool(self.volume.value) and self.volume_start.value == VOLUME_STARTS[1]
+
+    def _sync_start(self, running: bool = False) -> None:
+        """3D start only with '3D U-Net'; no base model for a new 3D U-Net."""
+        self.volume_start.enabled = not running and bool(self.volume.value)
+        self.base_model.enabled = not running and not self._new3d
 
     def _on_yielded(self, ev: Any) -> None:
         if isinstance(ev, tuple) and ev and ev[0] == "loaded":

@@ -80,8 +80,9 @@ class LossPlot(QWidget):
         def x_of(step: int) -> float:
             return m + (w - 2 * m) * step / self.total
 
-        if len(self.loss) >= 1:
-            raw, smooth, lo, hi, _k = self.loss_curves()
+        curves = self.loss_curves() if self.loss else None
+        if curves is not None:
+            raw, smooth, lo, hi, _k = curves
             span = max(hi - lo, 1e-6)
 
             def line(vals: list[float]) -> QPolygonF:
@@ -109,8 +110,8 @@ class LossPlot(QWidget):
                 p.drawEllipse(QPointF(x_of(s), m + ph * (1 - v)), 2, 2)
         p.setPen(QColor(200, 200, 200))
         last = ""
-        if self.loss:
-            _r, smooth, _lo, _hi, k = self.loss_curves()
+        if curves is not None:
+            smooth, k = curves[1], curves[4]
             last = f"loss {10 ** smooth[-1]:.3g}" + (f" (mean of {k} steps)" if k > 1 else "")
         if self.score:
             last += f"   validation {self.score[-1][1]:.3f}"

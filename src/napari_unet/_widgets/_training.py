@@ -163,10 +163,11 @@ VOLUME_STARTS = ("base model", "new 3D U-Net (pooling from the voxel size)")
 def new_volume_note(spacing: tuple[float, ...]) -> str:
     """What a new 3D U-Net for the layer's voxel size will pool (said when training starts, so a
     layer without its scale is noticed)."""
+    from ..core.geometry import pooled_levels
     from ..core.train.volume import volume_architecture
 
     cfg = volume_architecture(spacing)
-    pooled = [lv + 1 for lv, b in enumerate(cfg.z_pooling) if b] or "none"
+    pooled = pooled_levels(cfg.z_pooling) or "none"
     sp = " x ".join(f"{v:g}" for v in spacing)
     note = (f"A new 3D U-Net for voxels of {sp} (Z x Y x X, the image layer's scale): z pooled on "
             f"level(s) {pooled} of {cfg.depth}.")

@@ -162,7 +162,8 @@ def warp(image: torch.Tensor | None, maps: Sequence[torch.Tensor], grid: torch.T
          padding_mode: str = "reflection") -> tuple[torch.Tensor | None, list[torch.Tensor]]:
     """Resample ``image`` (N, C, H, W) bilinearly and each of ``maps`` ((N, H, W) or (N, K, H, W),
     any dtype) by nearest neighbour with the same ``grid``. New tensors; the inputs are unchanged.
-    Integer maps keep their dtype and their values (nearest neighbour only copies values).
+    Integer maps keep their dtype and their values (nearest neighbour only copies values). A 3D
+    ``grid`` (N, D, H, W, 3) resamples (N, C, D, H, W) images trilinearly and (N, D, H, W) maps.
     """
     out_img = None
     if image is not None:
@@ -170,7 +171,7 @@ def warp(image: torch.Tensor | None, maps: Sequence[torch.Tensor], grid: torch.T
                                 align_corners=True)
     out_maps = []
     for m in maps:
-        squeeze = m.ndim == 3
+        squeeze = m.ndim == grid.ndim - 1  # no channel axis
         x = m[:, None] if squeeze else m
         if x.is_floating_point():
             ftype = x.dtype
@@ -257,13 +258,5 @@ def elastic_3d(image: torch.Tensor, maps: Sequence[torch.Tensor], grid_points: i
         shape[k + 1] = s
         # grid_sample takes (x, y, z) in the last axis
         grid[..., 2 - k] = axis.reshape(shape) + disp[:, k] * (2.0 / max(s - 1, 1))
-    out_img = F.grid_sample(image.float()[:, None], grid, mode="bilinear", padding_mode="reflection",
-                            align_corners=True)[:, 0]
-    out_maps = []
-    for m in maps:
-        big = not m.is_floating_point() and m.numel() and int(m.abs().max()) >= 2**24
-        ftype = m.dtype if m.is_floating_point() else (torch.float64 if big else torch.float32)
-        y = F.grid_sample(m.to(ftype)[:, None], grid.to(ftype), mode="nearest",
-                          padding_mode="reflection", align_corners=True)[:, 0]
-        out_maps.append(y if m.is_floating_point() else y.to(m.dtype))
-    return out_img, out_maps
+    out_img, out_maps = warp(image[:, None], maps, grid)
+    return out_img[:, 0], out_maps

@@ -112,3 +112,16 @@ def anisotropic_z_pooling(depth: int, z_ratio: float) -> tuple[bool, ...]:
         if not pool_z:
             r /= 2.0
     return tuple(out)
+
+
+def pooled_levels(z_pooling: tuple[bool, ...] | list[bool]) -> list[int]:
+    """The levels (1 = the first) of a 3D U-Net whose pooling also halves z, as said to users."""
+    return [level + 1 for level, pools in enumerate(z_pooling) if pools]
+
+
+def voxel_size(spacing: tuple[float, ...] | list[float]) -> tuple[float, float, float]:
+    """A volume's (Z, Y, X) voxel size as three floats; ValueError unless three finite sizes > 0."""
+    sp = tuple(float(v) for v in spacing)
+    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"the voxel size needs three sizes > 0 (Z, Y, X), got {tuple(spacing)!r}")
+    return sp  # type: ignore[return-value]

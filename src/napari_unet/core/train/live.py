@@ -270,8 +270,8 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
     ``config``: None is :func:`live_config` (``lr`` None is ``LIVE_LR``); its
     ``prior_adaptation`` is ignored: live models record no background prior. Returns the model
     (None when stopped before anything could be trained on)."""
-    from .loop import _should_stop, refuse_3d, train_network  # the loop imports this module
-    from .network import resolve_mode
+    from .loop import train_network  # the loop imports this module
+    from .network import _should_stop, refuse_3d, resolve_mode
 
     refuse_3d(model)
 

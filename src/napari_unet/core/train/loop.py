@@ -41,7 +41,7 @@ from .config import PROBE_STEPS, TrainConfig, default_architecture, postprocessi
 from .data import as_list, prepare_data, sample_batch
 from .live import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from .loss import training_loss
-from .network import (  # noqa: F401 - _should_stop, refuse_3d: importable from here
+from .network import (
     AveragedWeights,
     TorchRng,
     _center_crop,

@@ -34,7 +34,8 @@ from ..ensemble import UNetEnsemble
 from ..events import StepDone, run_to_end
 from ..io import UNetModel
 from .config import TrainConfig
-from .loop import _should_stop, train_network
+from .loop import train_network
+from .network import _should_stop
 
 
 def _learnt(prov: dict[str, Any], margin: float, stopped: bool) -> bool:

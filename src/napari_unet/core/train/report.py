@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..geometry import pooled_levels
 from ..io import UNetModel
 from .config import TrainConfig
 from .validation import ValScore
@@ -72,7 +73,7 @@ def training_summary(prov: dict[str, Any]) -> str:
         lifted = " (the base model lifted to 3D)" if "lifted_from" in prov else ""
         how = f"{lifted} fine-tuned"
         if f.get("from_scratch"):
-            pooled = [lv + 1 for lv, b in enumerate(f.get("z_pooling", [])) if b]
+            pooled = pooled_levels(f.get("z_pooling", []))
             how = " (new, pooling from the voxel size" + (f": z on level(s) {pooled})" if pooled else ")") \
                 + " trained from scratch"
         return (f"3D U-Net{how} on painted slices {f['painted_slices']}: {f['steps']} "

@@ -34,7 +34,7 @@ from ..augment import augment, elastic_3d
 from ..checks import as_image
 from ..device import resolve_device
 from ..events import StepDone
-from ..geometry import anisotropic_z_pooling
+from ..geometry import anisotropic_z_pooling, pooled_levels, voxel_size
 from ..io import UNetModel
 from ..lift import lift_model
 from ..model import UNet, UNetConfig
@@ -58,9 +58,7 @@ def volume_architecture(spacing: tuple[float, float, float], *, depth: int = 3,
     3x3x3 from there on (1x3x3 before: z neighbours 5 pixels away say little to a 3x3 filter).
     Confocal nuclei at 1.0 x 0.2 x 0.2 um and depth 3: pools z on level 3 only, 3x3x3 on level 3
     and the bottom. Depth 3, not the 2D models' 4: a valid 3D network needs its halo in z too."""
-    sp = tuple(float(v) for v in spacing)
-    if len(sp) != 3 or not all(np.isfinite(v) and v > 0 for v in sp):
-        raise ValueError(f"the voxel size needs three sizes > 0 (Z, Y, X), got {spacing!r}")
+    sp = voxel_size(spacing)
     ratio = sp[0] / min(sp[1], sp[2])
     pools = anisotropic_z_pooling(depth, ratio)
     convs, r = [], ratio
@@ -78,17 +76,17 @@ def new_volume_model(spacing: tuple[float, float, float], *, depth: int = 3, bas
     """A 3D U-Net with random weights (``seed``) whose pooling follows the voxel size
     (:func:`volume_architecture`), to train from scratch on painted slices: percentile
     normalisation, instances as connected objects of the object class."""
-    cfg = volume_architecture(spacing, depth=depth, base_channels=base_channels, padding=padding)
+    sp = voxel_size(spacing)
+    cfg = volume_architecture(sp, depth=depth, base_channels=base_channels, padding=padding)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         net = UNet(cfg)
-    sp = [float(v) for v in spacing]
-    pooled = [lv + 1 for lv, b in enumerate(cfg.z_pooling) if b]
+    pooled = pooled_levels(cfg.z_pooling)
     return UNetModel(net, Normalization(), postprocessing_for("binary"), name="3D U-Net",
                      description=f"3D U-Net trained from scratch for voxels of {sp[0]:g} x {sp[1]:g} x "
                                  f"{sp[2]:g} (Z, Y, X): z pooled on level(s) {pooled or 'none'} of "
                                  f"{cfg.depth}",
-                     provenance={"from_scratch_3d": {"spacing": sp, "seed": int(seed)}})
+                     provenance={"from_scratch_3d": {"spacing": list(sp), "seed": int(seed)}})
 
 
 def painted_slices(labels: Any) -> list[int]:
@@ -140,8 +138,8 @@ def slice_targets(labels: np.ndarray, slices: list[int], w0: float, sigma: float
         raise AnnotationError("the painted slices hold no background: paint whole slices (0 is "
                               "background there), not only the objects' insides")
     # distances in units of the finer in-plane pixel (sigma and w0 are the paper's, in pixels)
-    unit = 1.0 if spacing is None else min(float(spacing[1]), float(spacing[2]))
-    sampling = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) / unit for v in spacing)
+    unit = 1.0 if spacing is None else min(spacing[1], spacing[2])
+    sampling = (1.0, 1.0, 1.0) if spacing is None else tuple(v / unit for v in spacing)
     for run in painted_runs(slices):
         block = slice(run[0], run[-1] + 1)
         weights[block] = 1.0  # every pixel of a painted slice is known
@@ -212,8 +210,7 @@ def fine_tune_volume(
     if several and slices is not None:
         raise AnnotationError("slices names the painted planes of one volume: with several volumes "
                               "every painted slice is used")
-    if spacing is not None and (len(spacing) != 3 or not all(float(v) > 0 for v in spacing)):
-        raise AnnotationError(f"the voxel size needs three sizes > 0 (Z, Y, X), got {spacing!r}")
+    spacing = None if spacing is None else voxel_size(spacing)
     if model is None:
         if spacing is None:
             raise AnnotationError("a new 3D U-Net pools z where the voxel allows it: give the "
@@ -254,7 +251,7 @@ def fine_tune_volume(
     opt = torch.optim.Adam(params, lr=tc.learning_rate(), weight_decay=tc.weight_decay)
     # near-isotropic voxels deform in 3D (Cicek et al.); strongly anisotropic ones in the plane
     aug = tc.augmentation
-    z_ratio = None if spacing is None else float(spacing[0]) / min(float(spacing[1]), float(spacing[2]))
+    z_ratio = None if spacing is None else spacing[0] / min(spacing[1], spacing[2])
     deform_3d = z_ratio is not None and z_ratio < 2.0 and aug.elastic and aug.sigma > 0
     aug_planes = dataclasses.replace(aug, elastic=False) if deform_3d else aug
     rng = np.random.default_rng(seed)
@@ -324,7 +321,7 @@ def fine_tune_volume(
                              "validated": False, "from_scratch": model is None,
                              "z_pooling": list(cfg.z_pooling),
                              "elastic": "3D" if deform_3d else ("in-plane" if aug.elastic else "off"),
-                             "spacing": None if spacing is None else [float(v) for v in spacing],
+                             "spacing": None if spacing is None else list(spacing),
                              "volume_shape": [list(i.shape) for i in imgs] if several else list(imgs[0].shape)}
     return UNetModel(net.cpu(), m3.normalization, m3.postprocessing, name=m3.name,
                      description=m3.description, provenance=prov)
