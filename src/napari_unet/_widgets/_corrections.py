@@ -1,9 +1,14 @@
-"""Corrections of segmented layers, tracked from the Labels layers' own paint events.
+"""Corrections of segmented layers: the segmentation as it was, kept for every Labels layer.
 
-One :class:`~napari_unet.core.corrections.CorrectionTracker` per Labels layer of the viewer,
-created at the layer's first edit: every paint, fill or erase records its atoms (the changed
-pixels only, no diff of whole arrays). The Fine-tune widget's "Complete in: (corrected objects)"
-then trains on the edited objects with a margin; "(whole frame)" is "trust the rest".
+One :class:`~napari_unet.core.corrections.CorrectionTracker` per Labels layer of the viewer, made
+when the layer appears (or the Fine-tune widget opens) and made anew when the layer's data is
+replaced (a new segmentation): it keeps a copy of the labels as they were, and what differs from
+it when the user fine-tunes is what was corrected, however it was changed (brush, eraser, fill,
+polygon, a program, undo and redo). The Fine-tune widget's "Complete in: (corrected objects)" then
+trains on the edited objects with a margin; "(whole frame)" is "trust the rest".
+
+Layers the plugin makes for itself (Live's preview) and layers whose data is not in memory
+(dask, zarr) are not followed.
 """
 
 from __future__ import annotations
@@ -16,21 +21,21 @@ from napari.layers import Labels
 from ._common import level0
 
 CORRECTED = "(corrected objects)"
+ROLE = "napari_unet_role"  # a layer's metadata key: the plugin's own layers say what they are
 
 
-def _key(layer: Any) -> Any:
+def layer_key(layer: Any) -> Any:
     """A layer's identity: its unique id (a plugin sees layers through proxies of their own)."""
     return getattr(layer, "unique_id", None) or id(layer)
 
 
 class CorrectionTracking:
-    """Follows the edits of every Labels layer of ``viewer``."""
+    """Keeps the original of every Labels layer of ``viewer`` (see the module docstring)."""
 
     def __init__(self, viewer: Any) -> None:
         self.viewer = viewer
-        self.trackers: dict[int, Any] = {}  # _key(layer) -> CorrectionTracker
+        self.trackers: dict[Any, Any] = {}  # layer_key(layer) -> CorrectionTracker
         self._handlers: dict[Any, tuple[Any, Any]] = {}
-        self._last: dict[Any, Any] = {}  # the last atoms recorded per layer
         viewer.layers.events.inserted.connect(self._inserted)
         viewer.layers.events.removed.connect(self._removed)
         for layer in viewer.layers:
@@ -41,58 +46,60 @@ class CorrectionTracking:
 
     def _removed(self, event: Any) -> None:
         layer = event.value
-        h = self._handlers.pop(_key(layer), None)
+        h = self._handlers.pop(layer_key(layer), None)
         if h is not None:
-            layer.events.paint.disconnect(h[1])
-        self.trackers.pop(_key(layer), None)
+            layer.events.data.disconnect(h[1])
+        self.trackers.pop(layer_key(layer), None)
 
     def _watch(self, layer: Any) -> None:
-        if not isinstance(layer, Labels) or _key(layer) in self._handlers:
+        if not isinstance(layer, Labels) or layer_key(layer) in self._handlers or \
+                layer.metadata.get(ROLE):
             return
 
-        def painted(event: Any, layer: Any = layer) -> None:
-            self.record(layer, getattr(event, "value", None))
+        def replaced(event: Any = None, layer: Any = layer) -> None:
+            self._keep(layer)
 
-        layer.events.paint.connect(painted)
-        self._handlers[_key(layer)] = (layer, painted)
+        layer.events.data.connect(replaced)
+        self._handlers[layer_key(layer)] = (layer, replaced)
+        self._keep(layer)
 
-    def record(self, layer: Any, atoms: Any) -> None:
-        """Record one paint event's atoms of ``layer`` (the same event twice counts once)."""
+    def _keep(self, layer: Any) -> None:
+        """The layer's labels as they are now become its original."""
         from ..core.corrections import CorrectionTracker
 
-        if atoms is None or self._last.get(_key(layer)) is atoms:
-            return
-        self._last[_key(layer)] = atoms
+        data = level0(layer.data)
+        if isinstance(data, np.ndarray) and data.ndim in (2, 3):
+            self.trackers[layer_key(layer)] = CorrectionTracker(data)
+        else:
+            self.trackers.pop(layer_key(layer), None)
 
-        shape = np.shape(level0(layer.data))
-        tr = self.trackers.get(_key(layer))
-        if tr is None or tr.shape != tuple(shape):
-            if len(shape) not in (2, 3):
-                return
-            tr = self.trackers[_key(layer)] = CorrectionTracker(shape)
-        tr.record(atoms)
-
-    def edits(self, layer: Any) -> int:
-        tr = self.trackers.get(_key(layer))
-        return 0 if tr is None else tr.edits
+    def corrected(self, layer: Any) -> bool:
+        """Whether ``layer`` differs from its original."""
+        tr = self.trackers.get(layer_key(layer))
+        data = np.asarray(level0(layer.data))
+        return tr is not None and data.shape == tr.shape and tr.corrected(data)
 
     def masked_labels(self, layer: Any) -> tuple[np.ndarray, np.ndarray]:
         """(labels known, mask): the layer's labels inside what its corrections make known (0
         outside: untouched predictions are unknown), and that mask. Raises ValueError when the
         layer has not been corrected."""
-        tr = self.trackers.get(_key(layer))
-        if tr is None or tr.edits == 0:
+        tr = self.trackers.get(layer_key(layer))
+        if tr is None:
+            raise ValueError(f"corrections of '{layer.name}' cannot be followed (its data is not "
+                             f"an array in memory, or not 2D or a stack of planes): choose "
+                             f"'(whole frame)' to trust all of it")
+        labels = np.array(level0(layer.data))
+        if labels.shape != tr.shape or not tr.corrected(labels):
             raise ValueError(f"nothing has been corrected in '{layer.name}' yet: fix some objects "
                              f"(erase, repaint, split, merge), or choose '(whole frame)' to trust "
                              f"all of it")
-        labels = np.array(level0(layer.data))
         mask = tr.mask(labels)
         return np.where(mask, labels, 0), mask
 
     def cleanup(self) -> None:
         for layer, fn in self._handlers.values():
             try:
-                layer.events.paint.disconnect(fn)
+                layer.events.data.disconnect(fn)
             except Exception:  # pragma: no cover
                 pass
         self._handlers.clear()

@@ -3,14 +3,18 @@
 A :class:`LiveSession` connects one (image, Labels) pair of the viewer to the core's
 :func:`~napari_unet.core.train.live_train` running in a napari thread worker:
 
-- every paint, fill or erase of the Labels layer (its ``paint`` event: the changed pixels) is sent
-  to the core's :class:`~napari_unet.core.train.LiveInbox` as the new labels of the changed box
-  (a copy of that box only, never a diff of the whole array); replacing the layer's data sends it
-  whole;
+- every change of the Labels layer (brush, eraser, fill, polygon, undo, redo, a program's
+  ``data_setitem``, its data replaced: followed by :class:`._edits.LabelsEdits`, whatever napari's
+  history entries look like) is sent to the core's :class:`~napari_unet.core.train.LiveInbox` as
+  the new labels of the changed box, read from the layer after the change was written;
 - the box the user looks at (napari's camera and canvas size, clipped to the image; the current
   plane of a stack) is sent on every pan, zoom or change of plane; the worker segments it every
   few seconds, or at once when it moved, into the preview layer ``"<image> live"``;
-- Stop ends training; the model is kept as after fine-tuning.
+- Stop ends training; the model is kept as after fine-tuning. Removing the image or the painting
+  stops it too (and says so); renaming them is followed.
+
+The preview reads at a glance above the painting: the outlines of the objects the U-Net finds, in
+one colour (yellow), over the painting's filled colours; the painting stays the active layer.
 
 Unpainted pixels are unknown: background is what the user painted with the background label.
 """
@@ -23,6 +27,10 @@ import numpy as np
 from napari.layers import Labels
 
 from ._common import level0
+from ._corrections import ROLE, layer_key
+from ._edits import Change, LabelsEdits
+
+PREVIEW_COLOR = "yellow"
 
 
 def visible_box(layer: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -36,23 +44,6 @@ def visible_box(layer: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]
     return y0, max(y0, y1), x0, max(x0, x1)
 
 
-def changed_box(atoms: Any, ndim: int) -> tuple[slice, ...] | None:
-    """The bounding box of the pixels changed by a napari paint event's history atoms
-    ((indices, old values, new values) each)."""
-    lo = hi = None
-    for atom in atoms or ():
-        idx = atom[0]
-        if len(idx) != ndim or not len(idx[0]):
-            continue
-        a = np.array([int(np.min(i)) for i in idx])
-        b = np.array([int(np.max(i)) + 1 for i in idx])
-        lo = a if lo is None else np.minimum(lo, a)
-        hi = b if hi is None else np.maximum(hi, b)
-    if lo is None:
-        return None
-    return tuple(slice(int(s), int(e)) for s, e in zip(lo, hi, strict=True))
-
-
 class LiveSession:
     """One live training of the widget (see the module docstring). ``on_event(ev)`` gets every
     event of the worker on the Qt thread; ``on_model(model)`` the kept model; ``on_done()``
@@ -61,7 +52,7 @@ class LiveSession:
     def __init__(self, viewer: Any, image_name: str, labels_name: str, base: Any, *,
                  background_label: int | None, lr: float | None, strength: float, device: str, seed: int,
                  on_event: Any, on_model: Any, on_done: Any, preview_every: float = 3.0,
-                 corrections: Any = None) -> None:
+                 corrections: Any = None, on_notice: Any = None) -> None:
         from napari.qt.threading import create_worker
 
         from ..core.train import LiveInbox
@@ -87,6 +78,8 @@ class LiveSession:
             labels, mask = self._corrected()
         self.inbox = LiveInbox(labels, None if mask is None else [mask])
         self.on_event, self.on_model, self.on_done = on_event, on_model, on_done
+        self.on_notice = on_notice or (lambda text: None)
+        self.ended_by: str | None = None  # why the session ended, when not by Stop
         self.worker = create_worker(
             _live_job, image, self.inbox, base, background_label=background_label, lr=lr,
             strength=strength, device=device, seed=seed, rgb=self.rgb,
@@ -94,8 +87,10 @@ class LiveSession:
         self.worker.yielded.connect(self._yielded)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
-        self.labels_layer.events.paint.connect(self._painted)
-        self.labels_layer.events.data.connect(self._replaced)
+        self.edits = LabelsEdits(self.labels_layer, self._changed)
+        self.viewer.layers.events.removed.connect(self._layer_removed)
+        self.image_layer.events.name.connect(self._renamed)
+        self.labels_layer.events.name.connect(self._renamed)
         self.viewer.camera.events.center.connect(self.send_view)
         self.viewer.camera.events.zoom.connect(self.send_view)
         self.viewer.dims.events.current_step.connect(self.send_view)
@@ -110,22 +105,31 @@ class LiveSession:
         except ValueError:  # nothing corrected yet: nothing known
             return np.zeros(self.shape, np.int32), np.zeros(self.shape, bool)
 
-    def _painted(self, event: Any) -> None:
-        if self.corrections is not None:  # what is known grows with each correction
-            self.corrections.record(self.labels_layer, getattr(event, "value", None))
+    def _changed(self, change: Change) -> None:
+        """A change of the painting (any kind: see ``_edits``), read after it was written."""
+        if change.replaced and change.after.shape != self.shape:
+            self.on_notice(f"'{self.labels_layer.name}' now has another shape "
+                           f"{change.after.shape}: Live goes on with the painting as it was")
+            return
+        if self.corrections is not None:  # what is known grows (or shrinks) with each correction
             labels, mask = self._corrected()
             self.inbox.paint(0, (0,) * labels.ndim, labels, mask=mask)
             return
-        box = changed_box(getattr(event, "value", None), len(self.shape))
-        if box is None:
-            return
-        values = np.array(level0(self.labels_layer.data)[box])  # a copy of the changed box
-        self.inbox.paint(0, tuple(s.start for s in box), values)
+        self.inbox.paint(0, change.origin, change.after)
 
-    def _replaced(self, event: Any = None) -> None:
-        data = np.asarray(level0(self.labels_layer.data))
-        if data.shape == self.shape:
-            self.inbox.set_labels(0, data)
+    def _layer_removed(self, event: Any) -> None:
+        layer = event.value
+        gone = layer_key(layer)  # napari hands plugins proxies: compare the layers' ids
+        if gone in (layer_key(self.labels_layer), layer_key(self.image_layer)):
+            what = "painting" if gone == layer_key(self.labels_layer) else "image"
+            self.ended_by = (f"the {what} '{layer.name}' was removed: Live stopped, the model "
+                             f"learnt so far is kept")
+            self.on_notice(self.ended_by)
+            self.stop()
+
+    def _renamed(self, event: Any = None) -> None:
+        self.on_notice(f"Live goes on with image '{self.image_layer.name}' and painting "
+                       f"'{self.labels_layer.name}'")
 
     def plane(self) -> tuple[int, ...]:
         if len(self.shape) == 2:
@@ -160,10 +164,12 @@ class LiveSession:
             self.viewer.layers.remove(self.preview_name)
         layer = Labels(np.zeros(self.shape, np.uint32), name=self.preview_name,
                        scale=self.labels_layer.scale, translate=self.labels_layer.translate,
-                       opacity=0.5)
+                       opacity=1.0, metadata={ROLE: "live preview"})
+        outline_in_one_colour(layer, PREVIEW_COLOR)
         selection = self.viewer.layers.selection
         active, selected = selection.active, set(selection)
-        self.viewer.layers.insert(self.viewer.layers.index(self.labels_layer), layer)
+        # above the painting: its outlines over the painting's filled colours
+        self.viewer.layers.insert(self.viewer.layers.index(self.labels_layer) + 1, layer)
         # napari makes an inserted layer the active one: the user's brush stays on their layer
         selection.clear()
         selection.update(selected)
@@ -190,8 +196,10 @@ class LiveSession:
         self.inbox.stop()
 
     def disconnect(self) -> None:
-        for ev, fn in ((self.labels_layer.events.paint, self._painted),
-                       (self.labels_layer.events.data, self._replaced),
+        self.edits.disconnect()
+        for ev, fn in ((self.viewer.layers.events.removed, self._layer_removed),
+                       (self.image_layer.events.name, self._renamed),
+                       (self.labels_layer.events.name, self._renamed),
                        (self.viewer.camera.events.center, self.send_view),
                        (self.viewer.camera.events.zoom, self.send_view),
                        (self.viewer.dims.events.current_step, self.send_view)):
@@ -199,6 +207,14 @@ class LiveSession:
                 ev.disconnect(fn)
             except Exception:  # pragma: no cover - already disconnected
                 pass
+
+
+def outline_in_one_colour(layer: Labels, color: str) -> None:
+    """Show ``layer``'s objects as outlines (2 px) of one colour, whatever their ids."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    layer.colormap = DirectLabelColormap(color_dict={None: color, 0: "transparent"})
+    layer.contour = 2
 
 
 def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None, lr: float | None,
@@ -245,6 +261,7 @@ class LiveControls:
         self.live.changed.connect(self._toggled)
         self.new_labels.changed.connect(self.add_labels_layer)
         self._last: Any = None
+        self._scribbles_before: bool | None = None
 
     def add_labels_layer(self) -> Any:
         """An empty Labels layer on the chosen image, selected, in paint mode; returns it."""
@@ -298,8 +315,6 @@ class LiveControls:
         from ._corrections import CORRECTED
 
         corrections = w.corrections if w.region.value == CORRECTED else None
-        if corrections is None:
-            w.scribbles.value = True  # live: unpainted is unknown
         try:
             self.session = LiveSession(
                 w.viewer, w.image.value, w.labels.value, w.registry[name].ref(),
@@ -307,13 +322,20 @@ class LiveControls:
                 else int(w.background_label.value), lr=None,
                 strength=float(w.strength.value), device=w.device.value, seed=int(w.seed.value),
                 on_event=self._event, on_model=w._on_returned, on_done=self._done,
-                corrections=corrections)
+                corrections=corrections, on_notice=self._notice)
         except (ValueError, KeyError) as exc:
-            show_error(f"Cannot go live: {user_message(exc)}")
+            message = f"Cannot go live: {user_message(exc)}"
+            show_error(message)
+            w.status.setText(message)  # stays until the next action
             self.live.value = False
-            return None
-        self.session.worker.errored.connect(
-            lambda e: show_error(f"Live training failed: {user_message(e)}"))
+            return None  # nothing of the widget's settings was changed
+        self._scribbles_before = None
+        if corrections is None and not w.scribbles.value:
+            # live: unpainted is unknown, background is what is painted with the background
+            # label; the box is ticked while Live runs and given back as it was afterwards
+            self._scribbles_before = w.scribbles.value
+            w.scribbles.value = True
+        self.session.worker.errored.connect(self._failed)
         w.plot.clear(0)
         w.status.setText("Live: starting…")
         for c in (w.train_button, w.base_model, w.image, w.labels, w.device, self.new_labels):
@@ -343,19 +365,48 @@ class LiveControls:
         elif isinstance(ev, PreviewDone):
             self._last = ev
 
+    def _failed(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        from ._jobs import user_message
+
+        message = f"Live training failed: {user_message(exc)}"
+        show_error(message)
+        if self.session is not None:
+            self.session.ended_by = message[0].lower() + message[1:]
+
+    def _notice(self, text: str) -> None:
+        self.owner.status.setText(f"Live: {text}")
+
     def _done(self) -> None:
         w = self.owner
+        ended_by = None if self.session is None else self.session.ended_by
         self.session = None
         if self.live.value:
             self.live.value = False
+        if self._scribbles_before is not None:
+            w.scribbles.value = self._scribbles_before
+            self._scribbles_before = None
         for c in (w.train_button, w.base_model, w.image, w.labels, w.device, self.new_labels):
             c.enabled = True
-        w.save_button.enabled = w.model is not None
+        w.model_ready()
+        text = f"Live: {ended_by}." if ended_by else ""
         if w.model is not None and w._summary:
-            w.status.setText(f"Model '{w.model_name}' ready; Save writes it to a file.\n{w._summary}")
+            text = (text + "\n" if text else "") + \
+                f"Model '{w.model_name}' ready; Save writes it to a file.\n{w._summary}"
+        if text:
+            w.status.setText(text)
 
     def cleanup(self) -> None:
+        """The widget closes: stop training, and let nothing of the worker reach the widget."""
         if self.session is not None:
-            self.session.stop()
-            self.session.worker.quit()
-            self.session.disconnect()
+            s = self.session
+            s.stop()
+            s.worker.quit()
+            s.disconnect()
+            for sig in (s.worker.yielded, s.worker.returned, s.worker.finished, s.worker.errored):
+                try:
+                    sig.disconnect()
+                except (TypeError, RuntimeError):  # pragma: no cover - nothing connected
+                    pass
+            self.session = None

@@ -10,10 +10,11 @@ the ones fixed, only not looked at. What counts as known is
 - everything the user explicitly marked as checked (:meth:`CorrectionTracker.check`);
 - or the whole image when the user says so (``trust_rest``).
 
-:class:`CorrectionTracker` follows the edits as napari reports them (a Labels layer's paint
-event: (indices, old values, new values) atoms), never by diffing whole arrays. Its
-:meth:`~CorrectionTracker.mask` is a ``mask`` for training (nonzero where the annotation is
-complete: unpainted there is background).
+:class:`CorrectionTracker` keeps the segmentation as it was before the corrections (its
+``original``) and compares the labels with it when asked: what differs is what was corrected.
+That holds however the labels were changed (napari's brush, eraser, fill or polygon, a program's
+``data_setitem``, undo and redo: an undone correction is no correction), without knowing how an
+editor records its history.
 """
 
 from __future__ import annotations
@@ -27,39 +28,55 @@ from scipy import ndimage as ndi
 class CorrectionTracker:
     """Known pixels of a segmentation being corrected (see the module docstring).
 
-    ``shape``: the labels' shape ((Y, X) or (Z, Y, X); a stack's edits stay in their plane).
-    ``margin``: pixels of surroundings known around an edited object (default: a fifth of its
-    diameter, at least 3 px). ``trust_rest``: the whole image is known.
+    Parameters
+    ----------
+    original : array of int, (Y, X) or (Z, Y, X)
+        The segmentation before any correction (copied; a stack's edits stay in their plane).
+    margin : int, optional
+        Pixels of surroundings known around an edited object (default: a fifth of its
+        diameter, at least 3 px).
+    trust_rest : bool
+        The whole image is known.
     """
 
-    def __init__(self, shape: tuple[int, ...], margin: int | None = None,
+    def __init__(self, original: Any, margin: int | None = None,
                  trust_rest: bool = False) -> None:
-        if len(shape) not in (2, 3):
+        orig = np.asarray(original)
+        if orig.ndim not in (2, 3):
             raise ValueError(f"corrections are tracked on 2D labels or stacks of planes, got "
-                             f"shape {tuple(shape)}")
-        self.shape = tuple(int(s) for s in shape)
+                             f"shape {orig.shape}")
+        self.original = np.array(orig, copy=True)
+        self.shape = tuple(int(s) for s in orig.shape)
         self.margin = margin
         self.trust_rest = bool(trust_rest)
         self._known = np.zeros(self.shape, bool)
-        self._edited: dict[tuple[int, ...], set[int]] = {}  # plane -> ids edited there
-        self._changed = np.zeros(self.shape, bool)
-        self.edits = 0
 
-    def record(self, atoms: Any) -> None:
-        """One change of the labels (a paint event's atoms: (indices, old values, new values)).
-        Cheap (the changed pixels only): the known mask is made when asked for."""
-        for atom in atoms or ():
-            idx, old = atom[0], np.asarray(atom[1])
-            if len(idx) != len(self.shape) or not len(idx[0]):
-                continue
-            new = np.broadcast_to(np.asarray(atom[2]), np.shape(idx[0]))
-            self._changed[idx] = True
-            planes = [()] if len(self.shape) == 2 else [(int(z),) for z in np.unique(idx[0])]
-            for p in planes:
-                sel = slice(None) if not p else (np.asarray(idx[0]) == p[0])
-                ids = set(np.unique(old[sel]).tolist()) | set(np.unique(new[sel]).tolist())
-                self._edited.setdefault(p, set()).update(int(i) for i in ids if i != 0)
-        self.edits += 1
+    def _labels(self, labels: Any) -> np.ndarray:
+        lab = np.asarray(labels)
+        if lab.shape != self.shape:
+            raise ValueError(f"labels {lab.shape} are not the tracked shape {self.shape}")
+        return lab
+
+    def changed(self, labels: Any) -> np.ndarray:
+        """(shape) bool: the pixels whose label differs from the original."""
+        return self._labels(labels) != self.original
+
+    def corrected(self, labels: Any) -> bool:
+        """Whether anything differs from the original (or was marked as checked)."""
+        return bool(self._known.any() or self.changed(labels).any())
+
+    def edited_ids(self, labels: Any) -> dict[tuple[int, ...], set[int]]:
+        """{plane: ids}: per plane (``()`` for 2D labels) the ids a change removed or painted."""
+        lab = self._labels(labels)
+        out: dict[tuple[int, ...], set[int]] = {}
+        planes = [()] if lab.ndim == 2 else [(z,) for z in range(lab.shape[0])]
+        for p in planes:
+            ch = lab[p] != self.original[p]
+            if ch.any():
+                ids = set(np.unique(lab[p][ch]).tolist()) | \
+                    set(np.unique(self.original[p][ch]).tolist())
+                out[p] = {int(i) for i in ids if i != 0}
+        return out
 
     def check(self, region: Any) -> None:
         """Mark ``region`` (bool, the labels' shape) as checked: known as it is now."""
@@ -68,10 +85,14 @@ class CorrectionTracker:
             raise ValueError(f"the checked region {r.shape} is not the labels' shape {self.shape}")
         self._known |= r
 
-    def _plane_known(self, plane: tuple[int, ...], lab: np.ndarray) -> np.ndarray:
-        ids = sorted(self._edited.get(plane, ()))
-        obj = np.isin(lab, ids) if ids else np.zeros(lab.shape, bool)
-        known = obj | (self._changed[plane] if plane else self._changed)
+    def _plane_known(self, lab: np.ndarray, orig: np.ndarray) -> np.ndarray:
+        changed = lab != orig
+        if not changed.any():
+            return changed
+        ids = (set(np.unique(lab[changed]).tolist()) |
+               set(np.unique(orig[changed]).tolist())) - {0}
+        obj = np.isin(lab, sorted(ids)) if ids else np.zeros(lab.shape, bool)
+        known = obj | changed
         if obj.any():
             present = np.unique(lab[obj])
             areas = np.bincount(np.searchsorted(present, lab[obj]))
@@ -84,17 +105,11 @@ class CorrectionTracker:
         """(shape) bool: where ``labels`` (as corrected now) count as complete."""
         if self.trust_rest:
             return np.ones(self.shape, bool)
-        lab = np.asarray(labels)
-        if lab.shape != self.shape:
-            raise ValueError(f"labels {lab.shape} are not the tracked shape {self.shape}")
+        lab = self._labels(labels)
         out = self._known.copy()
-        for p in self._edited:
-            if p:
-                out[p] |= self._plane_known(p, lab[p])
-            else:
-                out |= self._plane_known(p, lab)
+        if lab.ndim == 2:
+            out |= self._plane_known(lab, self.original)
+        else:
+            for z in range(lab.shape[0]):
+                out[z] |= self._plane_known(lab[z], self.original[z])
         return out
-
-    @property
-    def edited_ids(self) -> dict[tuple[int, ...], set[int]]:
-        return {p: set(v) for p, v in self._edited.items()}
