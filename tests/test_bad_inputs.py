@@ -366,3 +366,71 @@ def test_segment_either_refuses_or_gives_a_correct_result(img, tile, padding, ou
         np.testing.assert_allclose(out, whole, atol=1e-5)
     else:
         assert out.shape == img.shape and out.dtype in (np.uint16, np.uint32)
+
+
+# ---------------------------------------------------------------------------- integers beyond float
+@pytest.fixture(scope="module")
+def nuclei_crop(nuclei_image):
+    return nuclei_image[:128, :128].copy()  # 10 nuclei, values 23..235
+
+
+@pytest.fixture(scope="module")
+def nuclei_model():
+    return load_model("nuclei")
+
+
+def test_a_uint64_image_above_2_53_segments_as_it_would_without_its_offset(nuclei_crop, nuclei_model):
+    """uint64 values 2**60 + a camera's counts: float64 holds them 256 apart, and the image became
+    one or two grey values (3 of 10 nuclei, 0 on other crops). The minimum is now subtracted in
+    integers first."""
+    from napari_unet.core.normalize import integer_offset
+
+    want = segment_image(nuclei_crop.astype(np.uint64), nuclei_model, device="cpu")
+    assert want.max() >= 5  # the unshifted crop has its nuclei
+    shifted = {
+        "uint64 + 2**60": nuclei_crop.astype(np.uint64) + np.uint64(2**60),
+        "uint64 + 2**64 - 2**12": nuclei_crop.astype(np.uint64) + np.uint64(2**64 - 2**12),
+        "int64 - 2**62": nuclei_crop.astype(np.int64) - np.int64(2**62),
+        "uint32 + 2**30": nuclei_crop.astype(np.uint32) + np.uint32(2**30),  # float32: 128 apart
+    }
+    for what, img in shifted.items():
+        before = img.copy()
+        assert integer_offset(img) != 0, what
+        got = segment_image(img, nuclei_model, device="cpu")
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        np.testing.assert_array_equal(img, before)  # the input is not modified
+    # semantic output and a lazy (dask) stack take the same path
+    import dask.array as da
+
+    img = shifted["uint64 + 2**60"]
+    np.testing.assert_array_equal(
+        segment_image(img, nuclei_model, output="semantic", device="cpu"),
+        segment_image(nuclei_crop.astype(np.uint64), nuclei_model, output="semantic", device="cpu"))
+    lazy = da.from_array(np.stack([img, img]), chunks=(1, 64, 64))
+    np.testing.assert_array_equal(segment_image(lazy, nuclei_model, device="cpu"), np.stack([want, want]))
+    # images that floats hold exactly are read as they are
+    for ok in (nuclei_crop, nuclei_crop.astype(np.uint64) + np.uint64(2**40),
+               np.array([[0, 2**63]], np.uint64)):  # a spread beyond 2**62: floats keep its contrast
+        assert integer_offset(ok) == 0
+
+
+def test_paths_that_cannot_subtract_the_offset_refuse_with_a_message(nuclei_crop):
+    """The normalisation's statistics (every path: tiles, training, Live, zarr blocks) refuse an
+    integer image whose contrast floats would lose, instead of giving 0 objects without a word."""
+    from napari_unet.core.normalize import Normalization
+    from napari_unet.core.train import prepare_data
+
+    img = nuclei_crop.astype(np.uint64) + np.uint64(2**60)
+    for mode in ("percentile", "minmax"):
+        with pytest.raises(ValueError, match=r"contrast would be lost.*Subtract the image's minimum"):
+            Normalization(mode).stats(img)
+    with pytest.raises(ValueError, match="Subtract the image's minimum"):
+        predict_image(img, MODEL, device="cpu")  # the tiler alone: no offset removed
+    lab = np.zeros(img.shape, np.int32)
+    lab[10:20, 10:20] = 1
+    with pytest.raises(ValueError, match="Subtract the image's minimum"):
+        prepare_data(img, lab, config=MODEL.config, normalization=Normalization(), mode="binary")
+    # still fine: a constant image (no contrast to lose) and one whose contrast floats keep
+    Normalization().stats(np.full((8, 8), 2**60, np.uint64))
+    coarse = nuclei_crop.astype(np.uint64) * np.uint64(2**20) + np.uint64(2**60)
+    Normalization().stats(coarse)

@@ -7,7 +7,7 @@ at a time; the output (labels or probabilities) is written into ``out`` (numpy o
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from .device import resolve_device
 from .events import TileDone, relay, run_to_end
 from .io import UNetModel
 from .model import UNet
+from .normalize import Normalization, without_integer_offset
 from .postprocess import NEEDS_PROBABILITIES, instances_from_semantic, semantic_labels
 from .prior import adapt_background_prior
 from .tiling import auto_tile_size, infer_layout, plan_tiles, predict
@@ -62,11 +63,18 @@ def segment(
     ``spacing``: the (z, y, x) voxel size (a layer's scale) for a 3D U-Net's 3D instances (the
     growing and watershed distances, :func:`~.postprocess.instances_from_semantic`); linking
     planes by overlap needs none.
-    The input is never modified.
+    A 32- or 64-bit integer image whose values lie beyond float precision (a uint64 image above
+    2**53) is read minus its offset, computed in integers
+    (:func:`~napari_unet.core.normalize.without_integer_offset`): it segments as the same image
+    without the offset. The input is never modified.
     """
     if output not in OUTPUT_TYPES:
         raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
     image = as_image(image)
+    # a 32/64-bit integer image beyond float precision (uint64 above 2**53): read minus its
+    # offset, in integers (normalize.py), or its contrast is lost
+    image = without_integer_offset(
+        image, model.normalization if isinstance(model, UNetModel) else Normalization())
     cfg = model.config
     if cfg.dims == 3:  # a 3D U-Net: every (Z, Y, X) volume as a whole
         return (yield from segment_volumes(image, model, output=output, axes=axes,
@@ -188,3 +196,72 @@ def segment_image(image: Any, model: UNetModel | UNet, **kwargs: Any) -> Any:
     """Plain-function form of :func:`segment`: returns the output array."""
     gen = segment(image, model, **kwargs)
     return run_to_end(gen)
+
+
+@dataclass(frozen=True)
+class ResultSummary:
+    """What a segmentation found, in words for the user (see :func:`summarize`).
+
+    ``objects``: instances found (None for semantic and probability output); ``fractions``: the
+    share of the pixels of each class but the background (semantic output); ``text``: e.g.
+    "117 objects", "nucleus: 23.4% of the pixels" ("" for probabilities); ``empty``: nothing was
+    found (0 objects, or no pixel of any class but the background)."""
+
+    objects: int | None
+    fractions: tuple[float, ...]
+    text: str
+    empty: bool
+
+
+def _count_ids(labels: np.ndarray) -> int:
+    """Distinct non-zero ids of a non-negative integer labels array."""
+    a = np.asarray(labels).ravel()
+    if a.size == 0:
+        return 0
+    top = int(a.max())
+    if top <= 4 * a.size + 65536:  # ids are small: count them without sorting
+        return int(np.count_nonzero(np.bincount(a, minlength=1)[1:]))
+    ids = np.unique(a)
+    return int(np.count_nonzero(ids))
+
+
+def _percent(f: float) -> str:
+    return "0%" if f == 0 else "<0.1%" if f < 0.001 else f"{100 * f:.1f}%"
+
+
+def summarize(result: Any, output: str, *, class_names: tuple[str, ...] | None = None,
+              object_ndim: int | None = None) -> ResultSummary:
+    """Count what ``result`` (the output of :func:`segment`) holds.
+
+    instances: the objects. ``object_ndim`` says over how many trailing axes one id space goes:
+    2 when ids restart in every plane of a stack (plane-by-plane segmentation), 3 when they
+    restart in every volume of a (T, Z, Y, X) series (a 3D U-Net); None (default): the whole
+    array (one image, or 3D objects linked across z); the counts of the parts are summed.
+    semantic: the share of the pixels of each class but class 0, named by ``class_names`` (the
+    model's ``config.class_names``; a nameless 2-class model's is "foreground"). probabilities:
+    nothing is counted.
+    """
+    if output not in OUTPUT_TYPES:
+        raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
+    if output == "probabilities":
+        return ResultSummary(None, (), "", False)
+    a = np.asarray(result)
+    if output == "instances":
+        d = a.ndim if object_ndim is None else min(int(object_ndim), a.ndim)
+        per = [_count_ids(p) for p in a.reshape(-1, *a.shape[a.ndim - d:])]
+        n, parts, empty = sum(per), len(per), sum(1 for c in per if c == 0)
+        where = ""
+        if parts > 1:
+            what = "planes" if d == 2 else "volumes"
+            where = f" in {parts} {what}" + (f" ({empty} of them without any)"
+                                             if 0 < empty < parts else "")
+        return ResultSummary(n, (), f"{n} object{'' if n == 1 else 's'}{where}", n == 0)
+    k = max(len(class_names or ()), int(a.max(initial=0)) + 1, 2)
+    counts = np.bincount(a.ravel(), minlength=k)[:k]
+    fractions = tuple(float(c) / max(1, a.size) for c in counts[1:])
+    names = list(class_names or ())[1:k]
+    names += [f"class {i}" for i in range(len(names) + 1, k)]
+    if k == 2 and names == ["class 1"]:
+        names = ["foreground"]
+    text = ", ".join(f"{nm}: {_percent(f)}" for nm, f in zip(names, fractions, strict=True))
+    return ResultSummary(None, fractions, text + " of the pixels", not any(fractions))
