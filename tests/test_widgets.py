@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,19 @@ def wait_done(qtbot, widget, timeout: int = TIMEOUT) -> None:
 
 def errors(notes) -> list[str]:
     return [str(n.message) for n in notes if str(getattr(n, "severity", "")).lower() == "error"]
+
+
+def warnings(notes) -> list[str]:
+    return [str(n.message) for n in notes if str(getattr(n, "severity", "")).lower() == "warning"]
+
+
+def n_objects(labels) -> int:
+    ids = np.unique(np.asarray(labels))
+    return int(np.count_nonzero(ids))
+
+
+def objects(n: int) -> str:
+    return f"{n} object{'' if n == 1 else 's'}"
 
 
 def ready(qtbot, viewer, model_path):
@@ -112,14 +126,15 @@ def test_segment_real_image_end_to_end(make_napari_viewer, qtbot, tiny_model_pat
     assert out.data.shape == (512, 512) and out.data.dtype.kind == "u"
     assert tuple(out.scale) == (0.5, 0.25) and tuple(out.translate) == (10, 20)
     assert w.run_button.enabled and not w.cancel_button.enabled
-    assert w.status.text() == "added nuclei instances"
+    said = f"added 'nuclei instances': {objects(n_objects(out.data))}"
+    assert n_objects(out.data) > 0 and w.status.text() == said
     assert w.progress_bar.value() == w.progress_bar.maximum() > 0  # a finished job shows a full bar
     # napari's progress bar processes events re-entrantly, so a progress event can be handled after
     # the job's `finished`: it must not overwrite the final status
     from napari_unet._widgets._jobs import JobProgress
 
     w._on_yielded(JobProgress(0, 1, "nuclei", 1, 1, 0, 1, "cpu"))
-    assert w.status.text() == "added nuclei instances"
+    assert w.status.text() == said
     np.testing.assert_array_equal(src.data, before)
 
     # re-running replaces the layer's data instead of adding a copy
@@ -276,3 +291,207 @@ def test_bad_model_file_and_no_selection_show_errors(make_napari_viewer, qtbot, 
     msgs = errors(notifications)
     assert any("not_a_model" in m for m in msgs), msgs
     assert any("image layer" in m for m in msgs), msgs
+
+
+# ---------------------------------------------------------------------------- what the status says
+def _blind_model(path: Path) -> Path:
+    """A tiny model whose output bias always wins for the background: it finds nothing."""
+    import torch
+
+    from napari_unet.core.io import UNetModel, save_model
+    from napari_unet.core.model import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(depth=2, base_channels=4))
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([50.0, -50.0]))
+    return save_model(UNetModel(net, name="blind"), path)
+
+
+def test_a_result_without_objects_is_a_warning_and_every_result_is_counted(
+        make_napari_viewer, qtbot, tmp_path, tiny_model_path, nuclei_image, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[:200, :300], name="frame19")
+    w = segment_widget(viewer)
+    assert w.load_model_file(str(_blind_model(tmp_path / "blind.safetensors"))) == "blind"
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    out = viewer.layers["frame19 instances"]
+    assert n_objects(out.data) == 0
+    said = warnings(notifications)
+    assert len(said) == 1 and "'blind' found no objects in 'frame19'" in said[0], said
+    assert "fine-tune" in said[0]  # and what to do about it
+    assert w.status.text().startswith("added 'frame19 instances': 0 objects\n")
+    assert said[0] in w.status.text() and errors(notifications) == []
+    # semantic: the share of the pixels of each class, and the same warning when it is 0
+    w.output.value = "semantic"
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    assert w.status.text().startswith("added 'frame19 semantic': foreground: 0% of the pixels\n")
+    assert "found no pixel of any class but the background in 'frame19'" in warnings(notifications)[-1]
+    # probabilities: nothing to count, nothing to warn about
+    n_warnings = len(warnings(notifications))
+    w.output.value = "probabilities"
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    assert w.status.text() == "added 'frame19 probabilities'"
+    assert len(warnings(notifications)) == n_warnings
+
+    # a model that finds something: its count, and the foreground share for semantic output
+    assert w.load_model_file(str(tiny_model_path)) == "tiny"
+    w.output.value = "semantic"
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    sem = viewer.layers["frame19 semantic"].data
+    share = 100 * float((sem == 1).mean())
+    assert 0 < share < 100
+    assert w.status.text() == f"added 'frame19 semantic': foreground: {share:.1f}% of the pixels"
+    assert len(warnings(notifications)) == n_warnings
+
+
+def test_a_stack_is_counted_per_plane(make_napari_viewer, qtbot, nuclei_image):
+    viewer = make_napari_viewer()
+    crop = nuclei_image[:128, :128]
+    planes = np.stack([crop, np.full_like(crop, crop.min()), crop[::-1]])
+    viewer.add_image(planes, name="stack")
+    w = segment_widget(viewer)
+    w.model.value = "nuclei"  # the shipped model: it finds the nuclei
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    out = viewer.layers["stack instances"].data
+    per_plane = [n_objects(p) for p in out]  # ids restart in each plane
+    assert per_plane[0] >= 5 and per_plane[2] >= 5 and per_plane[1] == 0
+    assert w.status.text() == (f"added 'stack instances': {objects(sum(per_plane))} in 3 planes "
+                               f"(1 of them without any)")
+
+
+def test_errors_stay_in_the_status_until_the_next_action(make_napari_viewer, qtbot, tmp_path,
+                                                          tiny_model_path, nuclei_image, notifications):
+    viewer = make_napari_viewer()
+    rgb = np.stack([nuclei_image[:64, :64].astype(np.uint8)] * 3, axis=-1)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    w = ready(qtbot, viewer, tiny_model_path)
+    click(qtbot, w.run_button)
+    wait_done(qtbot, w)
+    said = errors(notifications)
+    assert len(said) == 1 and said[0].startswith("Could not segment 'colour': ")
+    assert w.status.text() == said[0] == w.last_error
+    qtbot.wait(200)  # the status is not a notification: it does not vanish
+    assert w.status.text() == said[0]
+    # an error before a job starts is said the same way
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"nonsense")
+    assert w.load_model_file(str(bad)) is None
+    assert w.status.text() == errors(notifications)[-1] and "broken" in w.status.text()
+    w.images.value = []
+    assert w.run() is None
+    assert w.status.text() == errors(notifications)[-1] and "image layer" in w.status.text()
+    # the next action replaces it
+    viewer.add_image(nuclei_image[:64, :64], name="grey")
+    w.images.value = ["grey"]
+    click(qtbot, w.run_button)
+    assert w.status.text().startswith("Segmenting 1 image(s)") and w.last_error == ""
+    wait_done(qtbot, w)
+    assert w.status.text().startswith("added 'grey instances': ")
+
+
+class _Gate:
+    """An array whose reads, once armed, wait until the test opens it: the job is certainly still
+    running when the test acts (no dependence on the machine's speed)."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.armed = False
+        self.reading = threading.Event()
+        self.opened = threading.Event()
+
+    def __getitem__(self, key):
+        if self.armed:
+            self.reading.set()
+            assert self.opened.wait(60), "the test never opened the gate"
+        return self.data[key]
+
+
+def test_an_image_removed_while_it_is_segmented_gets_no_result(make_napari_viewer, qtbot,
+                                                               tiny_model_path, nuclei_image,
+                                                               notifications):
+    import dask.array as da
+
+    gate = _Gate(nuclei_image[:128, :128].copy())
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(gate, chunks=(128, 128), asarray=False), name="nuclei")
+    keep = viewer.add_image(nuclei_image[:64, :64], name="other")
+    w = ready(qtbot, viewer, tiny_model_path)
+    w.images.value = ["nuclei", "other"]
+    gate.armed = True
+    assert w.run() is not None
+    qtbot.waitUntil(gate.reading.is_set, timeout=TIMEOUT)  # the job reads 'nuclei' now
+    viewer.layers.remove("nuclei")
+    # a new layer of the same name is another image: it must not get the old one's result
+    newcomer = viewer.add_image(np.zeros((32, 32), np.uint16), name="nuclei")
+    gate.opened.set()
+    wait_done(qtbot, w)
+    assert "nuclei instances" not in viewer.layers
+    np.testing.assert_array_equal(newcomer.data, 0)
+    sentence = "'nuclei' was removed while it was segmented: no result added."
+    assert sentence in warnings(notifications) and sentence in w.status.text()
+    assert errors(notifications) == []
+    # the rest of the queue goes on: the other image gets its result
+    assert viewer.layers["other instances"].data.shape == (64, 64)
+    assert viewer.layers["other"] is keep and "added 'other instances'" in w.status.text()
+    assert w.run_button.enabled and not w.cancel_button.enabled
+
+
+def test_a_renamed_image_gets_its_result_under_its_new_name(make_napari_viewer, qtbot,
+                                                            tiny_model_path, nuclei_image):
+    import dask.array as da
+
+    gate = _Gate(nuclei_image[:96, :96].copy())
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(da.from_array(gate, chunks=(96, 96), asarray=False), name="before")
+    w = ready(qtbot, viewer, tiny_model_path)
+    gate.armed = True
+    assert w.run() is not None
+    qtbot.waitUntil(gate.reading.is_set, timeout=TIMEOUT)
+    layer.name = "after"
+    gate.opened.set()
+    wait_done(qtbot, w)
+    assert "after instances" in viewer.layers and "before instances" not in viewer.layers
+    assert w.status.text().startswith("added 'after instances': ")
+
+
+# ---------------------------------------------------------------------------- messages name layers
+def test_finetune_messages_name_the_layers_and_no_region_on_the_whole_frame(
+        make_napari_viewer, tiny_model_path, nuclei_image, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image[:64, :64], name="frame19")
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="my painting")
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="done here")
+    _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    assert seg.load_model_file(str(tiny_model_path)) == "tiny"
+    ft.image.value, ft.labels.value, ft.base_model.value = "frame19", "my painting", "tiny"
+    assert ft.region.value == "(whole frame)"
+    assert ft.train() is None
+    msg = errors(notifications)[-1]
+    assert "'my painting'" in msg and "'frame19'" in msg, msg
+    for word in ("region", "mask", "image 0"):
+        assert word not in msg, msg
+    ft.region.value = "done here"  # an empty Labels region, nothing painted
+    assert ft.train() is None
+    msg = errors(notifications)[-1]
+    assert "the region 'done here' covers none of 'frame19'" in msg and "'my painting'" in msg, msg
+    assert ft.train_button.enabled and not ft.running
+
+
+def test_core_errors_about_the_painting_can_name_the_layers():
+    from napari_unet._widgets._jobs import user_message
+    from napari_unet._widgets._pairs import pair_names
+    from napari_unet.core.annotations import AnnotationError
+
+    exc = AnnotationError("the image has 3 channel(s) but the model reads 1", pair=1, pairs=2)
+    assert user_message(exc) == "image 2 of 2: the image has 3 channel(s) but the model reads 1"
+    names = pair_names([("nuclei", "painted", "(whole frame)"), ("colour", "colour labels", "r")])
+    assert user_message(exc, names) == ("'colour labels' on 'colour': the image has 3 channel(s) "
+                                        "but the model reads 1")
+    assert user_message(ValueError("plain"), names) == "plain"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari.layers import Image, Labels, Layer
+from napari.utils.notifications import show_error
 
 _WARM = False
 
@@ -22,6 +23,19 @@ def warm_up_labels() -> None:
 
         Labels(np.zeros((2, 2), np.uint8))
         _WARM = True
+
+
+def show_failure(status: Any, message: str) -> None:
+    """``message`` as an error notification and in the widget's status line ``status`` (a QLabel),
+    where it stays until the widget's next action: notifications vanish after a few seconds."""
+    show_error(message)
+    status.setText(message)
+
+
+def unwrapped(obj: Any) -> Any:
+    """The object itself behind napari's ``PublicOnlyProxy`` (what a plugin widget's viewer hands
+    out: a new proxy on every access, so proxies cannot be compared or weakly referenced)."""
+    return getattr(obj, "__wrapped__", obj)
 
 
 def layer_names(viewer: Any, kinds: tuple[type, ...]) -> list[str]:

@@ -54,6 +54,7 @@ class JobResult:
     name: str
     data: Any
     axes: str
+    summary: Any = None  # core.segment.ResultSummary: what was found, in words
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,18 @@ class JobFailed:
     message: str
 
 
-def user_message(exc: BaseException) -> str:
-    """The sentence shown to the user for an exception raised by the core."""
-    if isinstance(exc, ValueError | TypeError | KeyError | OSError):
-        msg = str(exc).strip("'\"")
+def user_message(exc: BaseException, names: Any = None) -> str:
+    """The sentence shown to the user for an exception raised by the core. ``names``: what the
+    user calls the core's inputs, one per (image, labels) pair (``_pairs.pair_names``): an error
+    about the painting (``AnnotationError``) names its pair by it instead of "image 2 of 3"."""
+    from ..core.annotations import AnnotationError  # numpy only: no torch
+
+    if isinstance(exc, AnnotationError) and names:
+        exc = exc.named(list(names))
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        msg = exc.args[0]  # str() of a KeyError is its repr: quoted
+    elif isinstance(exc, ValueError | TypeError | KeyError | OSError):
+        msg = str(exc)  # (a message may begin with a quoted layer name: 'nuclei' is a stack…)
     else:
         msg = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, MemoryError):
@@ -132,7 +141,7 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
                  padding: str, device: str, tta: bool = False, volume: bool = False
                  ) -> Generator[Any, None, int]:
     from ..core.events import relay
-    from ..core.segment import segment
+    from ..core.segment import segment, summarize
     from ..core.tiling import infer_layout
 
     ok = 0
@@ -149,8 +158,13 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
             yield JobFailed(i, job.name, user_message(exc))
             continue
         axes = layout.axes[:-1] if job.rgb and layout.axes.endswith("C") else layout.axes
+        # ids restart in every plane (2D model, plane by plane) or volume (3D model); 3D objects
+        # linked across z share one id space
+        linked = volume and len(layout.plane_axes) > 0 and model.config.dims == 2
+        per = None if linked else model.config.dims
+        summary = summarize(result, output, class_names=model.config.class_names, object_ndim=per)
         ok += 1
-        yield JobResult(i, job.name, result, axes)
+        yield JobResult(i, job.name, result, axes, summary)
     return ok
 
 

@@ -14,11 +14,18 @@ from ._training import TrainingPair
 WHOLE = "(whole frame)"
 
 
+def pair_names(names: list[tuple[str, str, str]]) -> list[str]:
+    """How messages name each (image, labels, region) pair: by its layers' names ("'cells
+    labels' on 'cells'"), for the core's errors (``AnnotationError.named``, ``user_message``)."""
+    return [f"'{lab}' on '{img}'" for img, lab, _reg in names]
+
+
 def collect_pairs(viewer: Any, names: list[tuple[str, str, str]], corrections: Any
                   ) -> list[TrainingPair]:
     """The training pairs as plain arrays (labels and masks copied; a region "(corrected
     objects)" keeps the corrected objects of the labels only, see ``_corrections``). Raises
-    ValueError with a sentence for the user."""
+    ValueError with a sentence for the user that names the layers (nothing painted on the whole
+    frame, an empty region, shapes that differ)."""
     if not names:
         raise ValueError("choose an image layer and a labels layer painted on it")
     pairs = []
@@ -35,13 +42,17 @@ def collect_pairs(viewer: Any, names: list[tuple[str, str, str]], corrections: A
         if spatial != labels.shape:
             raise ValueError(_shape_mismatch(img_name, spatial, lab_name, labels.shape))
         mask = None
+        if reg_name == WHOLE and not labels.any():
+            raise ValueError(f"nothing is painted in '{lab_name}': paint the objects of "
+                             f"'{img_name}' in it first, each with its own id")
         if reg_name == CORRECTED:
             labels, mask = corrections.masked_labels(lab)
         elif reg_name != WHOLE:
             region = viewer.layers[reg_name]
             if isinstance(region, Shapes):
                 if len(region.data) == 0:
-                    raise ValueError(f"the Shapes layer '{reg_name}' has no shape")
+                    raise ValueError(f"the Shapes layer '{reg_name}' has no shape: draw the region "
+                                     f"where '{lab_name}' is complete, or choose {WHOLE}")
                 mask = region.to_masks(mask_shape=labels.shape[-2:]).any(0)
                 if labels.ndim == 3:
                     mask = np.broadcast_to(mask, labels.shape).copy()
@@ -49,7 +60,11 @@ def collect_pairs(viewer: Any, names: list[tuple[str, str, str]], corrections: A
                 mask = np.array(level0(region.data)) != 0
                 if mask.shape != labels.shape:
                     raise ValueError(f"the region '{reg_name}' {mask.shape} and the labels "
-                                     f"{labels.shape} differ in shape")
+                                     f"'{lab_name}' {labels.shape} differ in shape")
+            if not mask.any() and not labels.any():
+                raise ValueError(f"the region '{reg_name}' covers none of '{img_name}' and nothing "
+                                 f"is painted in '{lab_name}': draw the region over the image where "
+                                 f"'{lab_name}' is complete, or choose {WHOLE}")
         pairs.append(TrainingPair(img_name, image, labels, mask, rgb))
     return pairs
 

@@ -4,22 +4,28 @@ Results are named ``"<image name> <output type>"`` (e.g. ``"nuclei instances"``,
 ``"nuclei probabilities"``), carry the source's scale, translate, units and axis labels, and replace
 the layer of that name when the widget runs again. Several selected images are queued in one worker
 (one progress bar, one Cancel); each finished image is added as soon as it is complete, and Cancel
-stops between tiles without adding a half-filled layer.
+stops between tiles without adding a half-filled layer. An image layer removed while it is
+segmented gets no result (the layer itself is checked, not its name).
+
+The status line says what each result holds ("added 'nuclei instances': 117 objects"; for
+semantic output each class's share of the pixels); a result with nothing in it is also a
+warning. Errors and warnings stay in the status line until the next action (notifications vanish).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, Select, SpinBox
 from napari.layers import Image
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from ._common import layer_names, level0, put_layer, warm_up_labels
+from ._common import layer_names, level0, put_layer, show_failure, unwrapped, warm_up_labels
 from ._jobs import (
     JobFailed,
     JobProgress,
@@ -54,9 +60,13 @@ class SegmentWidget(QWidget):
         warm_up_labels()
         self.worker: Any = None
         self._progress: Any = None
-        self._pending: dict[int, tuple[str, dict[str, Any], str]] = {}
-        self._failed: list[str] = []
-        self._added: list[str] = []
+        # job index -> (the source layer (weak: a removed layer is not kept), its name, spatial
+        # metadata, output type)
+        self._pending: dict[int, tuple[Any, str, dict[str, Any], str]] = {}
+        self._added: list[str] = []  # "'<result>': <what it holds>" of this run
+        self._said: list[str] = []  # this run's warnings and errors, kept in the status line
+        self._model_name = ""
+        self.last_error = ""  # the last error said (it stays in the status line until the next action)
 
         self.images = Select(
             choices=self._image_choices, allow_multiple=True, label="Images",
@@ -182,10 +192,17 @@ class SegmentWidget(QWidget):
         try:
             name = self.registry.add_file(path)
         except Exception as exc:
-            show_error(f"Cannot open the model: {user_message(exc)}")
+            self._fail(f"Cannot open the model: {user_message(exc)}")
             return None
         self.registry.current = name
+        self.last_error = ""
+        self.status.setText(f"Opened the model '{name}'.")
         return name
+
+    def _fail(self, message: str) -> None:
+        """An error: a notification, and the status line until the next action."""
+        self.last_error = message
+        show_failure(self.status, message)
 
     # ------------------------------------------------------------------ run
     @property
@@ -196,16 +213,17 @@ class SegmentWidget(QWidget):
         """Start segmenting the selected layers; returns the worker (None if nothing started)."""
         if self.running:
             return None
+        self.last_error = ""
         names = list(self.images.value or [])
         if not names:
-            show_error("Choose at least one image layer to segment (Images list).")
+            self._fail("Choose at least one image layer to segment (Images list).")
             return None
         if not self.model.value or self.model.value not in self.registry:
-            show_error("No model is available: open a model file (Open model file…) or fine-tune one.")
+            self._fail("No model is available: open a model file (Open model file…) or fine-tune one.")
             return None
         output = self.output.value
         if self.volume.value and output != "instances":
-            show_error("3D objects across z are instances: choose Output 'instances' (or untick "
+            self._fail("3D objects across z are instances: choose Output 'instances' (or untick "
                        "'3D objects across z').")
             return None
         jobs, self._pending = [], {}
@@ -216,13 +234,14 @@ class SegmentWidget(QWidget):
             data = level0(layer.data)
             if getattr(layer, "multiscale", False):
                 show_info(f"'{name}' is multiscale: segmenting its full-resolution level.")
-            self._pending[len(jobs)] = (name, spatial_metadata(layer), output)
+            self._pending[len(jobs)] = (weakref.ref(unwrapped(layer)), name,
+                                        spatial_metadata(layer), output)
             rgb = bool(getattr(layer, "rgb", False))
             scale = tuple(float(v) for v in layer.scale)
             spacing = scale[-3:] if len(scale) >= 3 and data.ndim - rgb >= 3 else None
             jobs.append(SegmentJob(name, data, rgb, spacing))
         if not jobs:
-            show_error("The chosen image layers are no longer in the viewer.")
+            self._fail("The chosen image layers are no longer in the viewer.")
             return None
         entry = self.registry[self.model.value]
         from napari.qt.threading import create_worker
@@ -238,7 +257,7 @@ class SegmentWidget(QWidget):
             segment_jobs, jobs, entry.ref(), entry.name, output=output, tile_size=tile,
             padding=self.padding.value, device=self.device.value, tta=bool(self.tta.value),
             volume=bool(self.volume.value), _ignore_errors=True)
-        self._failed, self._added = [], []
+        self._added, self._said, self._model_name = [], [], entry.name
         self._progress = progress(total=0, desc=f"U-Net: {names[0]}")
         self.progress_bar.setRange(0, 0)
         self.status.setText(f"Segmenting {len(jobs)} image(s) with '{entry.name}'…")
@@ -281,21 +300,50 @@ class SegmentWidget(QWidget):
             if pb is not None and self._progress is pb:
                 pb.update(ev.done - pb.n)
         elif isinstance(ev, JobResult):
-            source, meta, output = self._pending[ev.index]
-            kind = "image" if output == "probabilities" else "labels"
-            kw = output_metadata(meta, ev.axes, output == "probabilities")
-            name = result_name(source, output)
-            extra = {"colormap": "magma"} if kind == "image" else {}
-            put_layer(self.viewer, name, ev.data, kind, kw, **extra)
-            self._added.append(name)
+            self._add_result(ev)
         elif isinstance(ev, JobFailed):
-            self._failed.append(ev.name)
-            show_error(f"Could not segment '{ev.name}': {ev.message}")
+            self._said.append(f"Could not segment '{ev.name}': {ev.message}")
+            self._fail(self._said[-1])
         elif isinstance(ev, ModelLoaded):
             self.registry.set_loaded(ev.name, ev.model)
 
+    def _source_layer(self, ref: Any) -> Any:
+        """The source layer of a job if it is still in the viewer (that very layer: a new layer
+        given the removed one's name is another image), else None."""
+        layer = ref()
+        if layer is None or not any(unwrapped(item) is layer for item in self.viewer.layers):
+            return None
+        return layer
+
+    def _add_result(self, ev: JobResult) -> None:
+        ref, source, meta, output = self._pending[ev.index]
+        layer = self._source_layer(ref)
+        if layer is None:
+            self._warn(f"'{source}' was removed while it was segmented: no result added.")
+            return
+        source = layer.name  # renamed while it was segmented: the result follows its name
+        kind = "image" if output == "probabilities" else "labels"
+        kw = output_metadata(meta, ev.axes, output == "probabilities")
+        name = result_name(source, output)
+        extra = {"colormap": "magma"} if kind == "image" else {}
+        put_layer(self.viewer, name, ev.data, kind, kw, **extra)
+        summary = ev.summary
+        self._added.append(f"'{name}'" + (f": {summary.text}" if summary and summary.text else ""))
+        if summary is not None and summary.empty:
+            found = ("no objects" if output == "instances"
+                     else "no pixel of any class but the background")
+            self._warn(f"The model '{self._model_name}' found {found} in '{source}'. If there is "
+                       f"something to see, this model does not suit these images: fine-tune it on "
+                       f"a few painted objects (Fine-tune widget), or choose another model.")
+
+    def _warn(self, message: str) -> None:
+        """A warning: a notification, and the status line until the next action."""
+        self._said.append(message)
+        show_warning(message)
+
     def _on_errored(self, exc: BaseException) -> None:
-        show_error(f"Segmentation failed: {user_message(exc)}")
+        self._said.append(f"Segmentation failed: {user_message(exc)}")
+        self._fail(self._said[-1])
 
     def _on_finished(self) -> None:
         worker, self.worker = self.worker, None
@@ -306,15 +354,14 @@ class SegmentWidget(QWidget):
         cancelled = worker is not None and worker.abort_requested
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0 if cancelled or not self._added else 1)  # full when done
-        parts = []
-        if self._added:
-            parts.append(f"added {', '.join(self._added)}")
-        if self._failed:
-            parts.append(f"failed: {', '.join(self._failed)}")
+        lines = []
         if cancelled:
-            parts.insert(0, "Cancelled")
-            show_warning("Segmentation cancelled; unfinished images were not added.")
-        self.status.setText("; ".join(parts) or "Done")
+            lines.append("Cancelled; unfinished images were not added.")
+            show_warning(lines[-1])
+        if self._added:
+            lines.append(f"added {', '.join(self._added)}")
+        lines += self._said  # warnings and errors stay until the next action
+        self.status.setText("\n".join(lines) or "Done")
 
     # ------------------------------------------------------------------ cleanup
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
