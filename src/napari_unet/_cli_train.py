@@ -10,13 +10,33 @@ from typing import Any
 
 from .cli import CLIError, drive
 
-
 # ---------------------------------------------------------------------------- train
+DEFAULT_BASE = "nuclei"  # the start of a 2D training without --base-model
+NO_BASE = "none"  # --base-model none: a new network, trained from scratch
+
+
+def base_model_name(value: str | None, volume: bool = False) -> str | None:
+    """The model ``--base-model`` asks to start from, or None for a new network: a 2D training
+    starts from :data:`DEFAULT_BASE` unless told ``none``; a --volume training from a new 3D U-Net
+    unless a model is given."""
+    if value is not None and value.strip().lower() == NO_BASE:
+        return None
+    if value is None:
+        return None if volume else DEFAULT_BASE
+    return value
+
+
+def pair_names(images: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """How messages about the painting name each pair: by its files."""
+    return [f"{lab} (labels of {img})" for img, lab in zip(images, labels, strict=True)]
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="fine-tune or train a model on painted labels",
-        description="Fine-tune a model (or train one from scratch) on images with painted labels "
-                    "(TIFF: each object painted with its own id, 0 = not painted). Without masks and "
+        description="Fine-tune a model on images with painted labels (TIFF: each object painted "
+                    "with its own id, 0 = not painted); by default the shipped 2D model 'nuclei', "
+                    "--base-model none trains a new one from scratch. Without masks and "
                     "without --background-label every unpainted pixel is background; with masks only "
                     "inside them; with --background-label (scribbles) only pixels painted with it.")
     p.add_argument("--images", nargs="+", required=True, metavar="IMAGE",
@@ -28,7 +48,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--background-label", type=int, default=None, metavar="N",
                    help="label id painted on background (scribbles); other unpainted pixels are ignored")
     p.add_argument("--base-model", default=None, metavar="NAME_OR_PATH",
-                   help="shipped model name or model file to fine-tune (default: train from scratch)")
+                   help=f"shipped model name or model file to fine-tune (default: {DEFAULT_BASE}, "
+                        f"the shipped 2D nuclei model: fine-tuning from it beat training from "
+                        f"scratch at the same budget on the images measured, see docs/benchmarks.md); "
+                        f"'{NO_BASE}': train a new network from scratch. With --volume the default is "
+                        f"'{NO_BASE}': a new 3D U-Net pooled from --spacing")
     p.add_argument("--mode", choices=("auto", "binary", "boundary"), default="auto",
                    help="classes: auto (default: boundary when painted objects touch, else binary), "
                         "binary (background/object with separating lines, the paper) or boundary "
@@ -155,17 +179,23 @@ def _run_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     base = None
-    if args.base_model:
+    base_name = base_model_name(args.base_model)
+    if base_name is not None:
         try:
-            base = load_model(args.base_model)
+            base = load_model(base_name)
         except ModelFileError as exc:
             raise CLIError(str(exc)) from None
+    if args.base_model is None and not args.quiet:
+        print(f"napari-unet train: fine-tuning the shipped model '{DEFAULT_BASE}' (the default; "
+              f"--base-model {NO_BASE} trains a new network from scratch)", file=sys.stderr)
     gen = train(images, labels, masks, model=base, config=config, mode=args.mode,
                 background_label=args.background_label, device=device, seed=args.seed,
                 name=args.name)
     try:
         model = drive(gen, desc="train", quiet=args.quiet)
-    except (AnnotationError, ValueError) as exc:
+    except AnnotationError as exc:
+        raise CLIError(str(exc.named(pair_names(args.images, args.labels)))) from None
+    except ValueError as exc:
         raise CLIError(str(exc)) from None
     path = save_model(model, args.output)
     print(training_summary(model.provenance) + f"; wrote {path}")
@@ -181,7 +211,8 @@ def _run_train_volume(args: argparse.Namespace) -> int:
                        "every painted slice of each is used; drop --slices")
     if args.masks or args.background_label is not None:
         raise CLIError("--volume trains on whole painted slices: drop --masks and --background-label")
-    if not args.base_model and args.spacing is None:
+    base_name = base_model_name(args.base_model, volume=True)
+    if base_name is None and args.spacing is None:
         raise CLIError("--volume without --base-model trains a new 3D U-Net, whose pooling follows "
                        "the voxel size: give --spacing Z Y X (e.g. 1.0 0.2 0.2), or fine-tune a "
                        "model with --base-model (e.g. nuclei3d, or nuclei lifted to 3D)")
@@ -198,7 +229,7 @@ def _run_train_volume(args: argparse.Namespace) -> int:
 
     try:
         device = resolve_device(args.device)
-        base = load_model(args.base_model) if args.base_model else None
+        base = load_model(base_name) if base_name is not None else None
         steps = args.steps if args.steps is not None else (10**9 if args.minutes else 200)
         config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size or 2,
                              patch_size=args.patch_size or 96, lr=args.lr if args.lr is not None else 1e-3,

@@ -24,6 +24,7 @@ Target conventions (other code depends on them):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,54 @@ IGNORE = -1
 
 
 class AnnotationError(ValueError):
-    """The painted data cannot be used for training (a sentence a user understands)."""
+    """The painted data cannot be used for training (a sentence a user understands).
+
+    ``pair``: which (image, labels) pair of the ``pairs`` given the message is about (0-based; None:
+    all of them), ``plane``: which plane of a stack. ``str()`` names the pair by its name when the
+    caller gave ``names`` (the layer or file names of its inputs, one per pair: see :meth:`named`),
+    else by its position ("image 2 of 3"; a single image is not numbered).
+    """
+
+    def __init__(self, message: str, *, pair: int | None = None, pairs: int = 1,
+                 plane: int | None = None, names: Sequence[str] | None = None) -> None:
+        self.message = message
+        self.pair, self.pairs, self.plane = pair, pairs, plane
+        self.names = tuple(str(n) for n in names) if names else None
+        super().__init__(self._text())
+
+    def where(self) -> str:
+        """The pair (and plane) the message is about, in words; "" when it is about all."""
+        if self.pair is None:
+            return ""
+        if self.names is not None and self.pair < len(self.names):
+            who = self.names[self.pair]
+        elif self.pairs > 1:
+            who = f"image {self.pair + 1} of {self.pairs}"
+        else:
+            who = ""
+        return ", ".join(w for w in (who, "" if self.plane is None else f"plane {self.plane}") if w)
+
+    def _text(self) -> str:
+        where = self.where()
+        return f"{where}: {self.message}" if where else self.message
+
+    def at(self, pair: int, pairs: int, plane: int | None = None) -> AnnotationError:
+        """The same error, said to be about pair ``pair`` of ``pairs`` (and ``plane``)."""
+        return type(self)(self.message, pair=pair, pairs=pairs,
+                          plane=self.plane if plane is None else plane, names=self.names)
+
+    def named(self, names: Sequence[str] | None) -> AnnotationError:
+        """The same error, naming its pair by ``names`` (one per pair: e.g. a layer's or a file's
+        name, as the user knows it) instead of its position."""
+        if not names:
+            return self
+        return type(self)(self.message, pair=self.pair, pairs=self.pairs, plane=self.plane,
+                          names=names)
+
+
+class NothingAnnotated(AnnotationError):
+    """Nothing is known in a plane: no painted pixel, and no region where the annotation is
+    complete (an unpainted plane of a stack is skipped, not an error)."""
 
 
 @dataclass(frozen=True)
@@ -144,16 +192,20 @@ def labels_to_target(labels: np.ndarray, mask: np.ndarray | None = None,
             f"(give a mask of the annotated region, or paint background with a background label)")
     painted = objects_in != 0
     if mask is None and background_label is None and not painted.any():
-        raise AnnotationError(
-            "the labels have no painted pixel: paint objects (each with its own id) on the image, "
-            "or give a mask of a region where 0 means background"
+        raise NothingAnnotated(
+            "the labels have no painted pixel: paint the objects on the image, each with its own "
+            "id (every pixel left unpainted is background)"
         )
     bg_known = bg_painted | (complete & ~painted)
     known = bg_known | painted
     if not known.any():
-        raise AnnotationError(
-            "nothing is annotated: no painted pixel and an empty region mask"
-        )
+        if mask is None:  # scribbles over the whole frame: nothing painted at all
+            raise NothingAnnotated(
+                f"the labels have no painted pixel: paint some objects (each with its own id) and "
+                f"some background with the background label {background_label}")
+        raise NothingAnnotated(
+            "nothing is annotated: the labels have no painted pixel and the region where the "
+            "annotation is complete is empty: paint objects, or draw the region over the image")
 
     target = np.full(lab.shape, IGNORE, np.int8)
     target[bg_known] = 0

@@ -17,6 +17,7 @@ import numpy as np
 from ..annotations import (
     IGNORE,
     AnnotationError,
+    NothingAnnotated,
     _touches_other,
     labels_to_target,
     num_classes_for,
@@ -104,8 +105,9 @@ def patch_sizes(cfg: UNetConfig, patch_size: int, max_extent: int) -> tuple[int,
 
 def _painted_planes(images: Any, labels: Any, masks: Any, background_label: int | None,
                     channel_axis: int | None, in_channels: int | None
-                    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray | None, str]], list[tuple]]:
-    """Checked (image (C, Y, X), labels, mask, where) planes that have something painted."""
+                    ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple]], list[tuple]]:
+    """Checked (image (C, Y, X), labels, mask, (pair, pairs, plane)) planes that have something
+    painted; errors say which pair (:class:`AnnotationError`'s ``pair``)."""
     ims, labs = as_list(images, "images"), as_list(labels, "labels")
     if not ims:
         raise AnnotationError("no training images given")
@@ -117,23 +119,31 @@ def _painted_planes(images: Any, labels: Any, masks: Any, background_label: int 
         raise AnnotationError(f"got {len(ims)} images but {len(mks)} masks: give one mask per image "
                               f"(None where there is none)")
     out, shapes = [], []
+    n = len(ims)
     for k, (im, lab, mk) in enumerate(zip(ims, labs, mks, strict=True)):
-        planes = split_planes(im, lab, mk, channel_axis)
+        try:
+            planes = split_planes(im, lab, mk, channel_axis)
+        except AnnotationError as exc:
+            raise exc.at(k, n) from None
         shapes.append(tuple(np.shape(im)))
         used = 0
         for chw, lp, mp, z in planes:
             if in_channels is not None and chw.shape[0] != in_channels:
                 raise AnnotationError(
-                    f"image {k} has {chw.shape[0]} channel(s) but the model reads {in_channels}")
+                    f"the image has {chw.shape[0]} channel(s) but the model reads {in_channels}"
+                    + (": convert the image to grey (or choose one of its channels), or choose a "
+                       "model made for colour images" if in_channels == 1 else ""),
+                    pair=k, pairs=n)
             painted = (lp != 0) if background_label is None else (lp != 0) | (lp == background_label)
             if z is not None and mp is None and not np.any(painted):
                 continue  # an unpainted plane of a stack
             if z is not None and mp is not None and not np.any(mp) and not np.any(painted):
                 continue
-            out.append((chw, lp, mp, f"image {k}" + (f", plane {z}" if z is not None else "")))
+            out.append((chw, lp, mp, (k, n, z)))
             used += 1
         if used == 0:
-            raise AnnotationError(f"image {k}: no plane of this stack has a painted pixel")
+            raise AnnotationError("no plane of this stack has a painted pixel: paint objects in "
+                                  "one or more of its planes", pair=k, pairs=n)
     return out, shapes
 
 
@@ -165,24 +175,36 @@ def choose_mode(labels: Any, background_label: int | None = None, threshold: flo
 def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetConfig,
                  normalization: Normalization, mode: str, background_label: int | None = None,
                  channel_axis: int | None = None, train_config: TrainConfig | None = None,
-                 ) -> TrainingData:
+                 names: Any = None) -> TrainingData:
     """Check and prepare (image, labels[, mask]) pairs for training. The inputs are not modified.
 
     ``images``/``labels``/``masks``: an array or a list of arrays, one per pair; a pair may be a
     stack (Z, Y, X) whose painted planes are used (planes with nothing known are skipped).
+    ``names``: optional, one per pair (e.g. the layer or file names): messages name the pair by
+    it (else by its position, "image 2 of 3").
     Raises AnnotationError (a ValueError) with a message for the user.
     """
+    try:
+        return _prepare(images, labels, masks, config, normalization, mode, background_label,
+                        channel_axis, train_config)
+    except AnnotationError as exc:
+        raise exc.named(list(names) if names is not None else None) from None
+
+
+def _prepare(images: Any, labels: Any, masks: Any, config: UNetConfig, normalization: Normalization,
+             mode: str, background_label: int | None, channel_axis: int | None,
+             train_config: TrainConfig | None) -> TrainingData:
     tc = train_config or TrainConfig()
     painted, shapes = _painted_planes(images, labels, masks, background_label, channel_axis,
                                       config.in_channels)
     raw = []  # (chw (C, Y, X), Target, painted instances known)
-    for chw, lp, mp, where in painted:
+    for chw, lp, mp, (k, n, z) in painted:
         try:
             tg = labels_to_target(lp, mp, background_label, mode)
         except AnnotationError as exc:
-            if "nothing is annotated" in str(exc) and "plane" in where:
-                continue
-            raise AnnotationError(f"{where}: {exc}") from None
+            if isinstance(exc, NothingAnnotated) and z is not None:
+                continue  # a plane of a stack with nothing known in it
+            raise exc.at(k, n, z) from None
         inst = np.where(tg.known, lp if background_label is None else np.where(lp == background_label, 0, lp), 0)
         raw.append((chw, tg, inst))
     classes = set()
@@ -190,12 +212,21 @@ def prepare_data(images: Any, labels: Any, masks: Any = None, *, config: UNetCon
         classes |= tg.classes_present()
     if 0 not in classes or not (classes - {0}):
         what = "background" if 0 not in classes else "objects"
+        if what == "objects":
+            how = "Paint some objects, each with its own id."
+        elif background_label is not None:  # scribbles: only pixels painted with it are background
+            how = (f"With background label {background_label} (scribbles) only pixels painted with "
+                   f"it are background: paint some background with {background_label}, or train "
+                   f"without a background label (every unpainted pixel is then background).")
+        elif masks is not None:
+            how = ("Inside the region where the annotation is complete every unpainted pixel is "
+                   "background: make the region cover some background, or leave some of it "
+                   "unpainted.")
+        else:
+            how = "Every pixel is painted as an object: leave the background unpainted (0)."
         raise AnnotationError(
             f"only one class is painted (no {what}): training needs both objects and background. "
-            + ("Paint background with the background label, or give a mask of a region where "
-               "unpainted means background." if what == "background"
-               else "Paint some objects, each with its own id.")
-        )
+            + how)
 
     num_classes = num_classes_for(mode)
     max_extent = max(max(tg.target.shape) for _, tg, _ in raw)
