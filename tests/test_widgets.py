@@ -495,3 +495,25 @@ def test_core_errors_about_the_painting_can_name_the_layers():
     assert user_message(exc, names) == ("'colour labels' on 'colour': the image has 3 channel(s) "
                                         "but the model reads 1")
     assert user_message(ValueError("plain"), names) == "plain"
+
+
+def test_a_training_error_from_the_core_names_the_layers(make_napari_viewer, qtbot, tiny_model_path,
+                                                         nuclei_image, notifications):
+    """An error the core finds during Train (here: a colour image for a grey model) names the
+    layers, not 'image 0' (the Fine-tune widget passes _pairs.pair_names to the message)."""
+    viewer = make_napari_viewer()
+    rgb = np.repeat((nuclei_image[:96, :96] // 2).astype(np.uint8)[..., None], 3, axis=-1)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    lab = np.zeros((96, 96), np.uint8)
+    lab[10:30, 10:30] = 1
+    viewer.add_labels(lab, name="cells")
+    _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    assert seg.load_model_file(str(tiny_model_path)) == "tiny"
+    ft.image.value, ft.labels.value, ft.base_model.value = "colour", "cells", "tiny"
+    ft.steps.value, ft.device.value = 1, "cpu"
+    click(qtbot, ft.train_button)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    msg = errors(notifications)[-1]
+    assert "'cells' on 'colour': the image has 3 channel(s) but the model reads 1" in msg, msg
+    assert "image 0" not in msg and "image 1" not in msg
