@@ -30,6 +30,7 @@ def test_export_button_writes_a_package_that_opens_again(make_napari_viewer, qtb
     assert not export.button.enabled
     ft.image.value = "nuclei"
     assert export.export(str(tmp_path / "none.zip")) is None  # nothing fine-tuned yet: an error, no worker
+    assert ft.status.text() == "Nothing to export yet: fine-tune a model first."  # and it stays there
     # as after a fine-tune (the training itself is tested in test_widgets_finetune.py)
     ft.model, ft.model_name = load_model(tiny_model_path), "tiny fine-tuned"
     ft._set_running(False)
@@ -41,6 +42,7 @@ def test_export_button_writes_a_package_that_opens_again(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: export.worker is None, timeout=TIMEOUT)
     assert export.button.enabled
     path = tmp_path / "tiny-ft.zip"
+    assert ft.status.text() == f"Exported 'tiny fine-tuned' to {path}"
     with zipfile.ZipFile(path) as z:
         test_input = np.load(z.open("test_input.npy"))
     # the test tensors come from the fine-tune image (its centre, mirrored out to the test size)

@@ -51,11 +51,15 @@ def test_finetune_from_painted_layer_then_segment(make_napari_viewer, qtbot, tin
     click(qtbot, ft.train_button)
     assert ft.running and ft.stop_button.enabled and not ft.train_button.enabled
     qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
-    assert ft.model is not None and ft.model_name == "tiny fine-tuned"
+    assert ft.model is not None and ft.model_name == "tiny fine-tuned on nuclei"
     assert ft.plot.loss and len(ft.plot.loss) == 3
-    assert ft.save_button.enabled and ft.train_button.enabled
+    assert ft.save_button.enabled and ft.train_button.enabled and ft.export_control.button.enabled
+    # the status says what was kept and how many steps it took
+    assert ft.status.text().startswith("Model 'tiny fine-tuned on nuclei' ready in the Segment widget")
+    assert "trained 3 steps" in ft.status.text()
     # the new model appears in the Segment widget at once, as the current model
-    assert "tiny fine-tuned" in seg.model.choices and seg.model.value == "tiny fine-tuned"
+    assert "tiny fine-tuned on nuclei" in seg.model.choices
+    assert seg.model.value == "tiny fine-tuned on nuclei"
     seg.run()
     qtbot.waitUntil(lambda: not seg.running, timeout=TIMEOUT)
     out = viewer.layers["nuclei instances"]
@@ -82,6 +86,10 @@ def test_finetune_from_painted_layer_then_segment(make_napari_viewer, qtbot, tin
     ft.seed.value = 7
     other = retrain()
     assert not all(torch.equal(first[k], other[k]) for k in first)
+    # each run kept its model under a number of its own: none replaced another
+    runs = ["tiny fine-tuned on nuclei", "tiny fine-tuned on nuclei (2)", "tiny fine-tuned on nuclei (3)"]
+    assert [n for n in seg.model.choices if n.startswith("tiny ")] == runs
+    assert ft.registry[runs[0]].model is not ft.registry[runs[2]].model
 
 
 def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, tiny_model_path, nuclei_image,
@@ -102,6 +110,10 @@ def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, tiny_model_path, n
     prov = ft.model.provenance
     assert prov["steps"] < 5000 and prov["background_label"] == 9
     assert seg.model.value == ft.model_name
+    # the status says it was stopped, what was kept and after how many steps
+    assert ft.status.text().startswith(f"Stopped: model '{ft.model_name}' ready")
+    assert f"trained {prov['steps']} steps" in ft.status.text()
+    assert ft.save_button.enabled and ft.export_control.button.enabled
 
 
 def test_preview_adds_an_augmented_sample_and_its_weight_map(make_napari_viewer, qtbot,
@@ -128,9 +140,13 @@ def test_training_errors_are_notified(make_napari_viewer, qtbot, tiny_model_path
 
 
 def test_time_budget_and_what_is_validated_are_shown(make_napari_viewer, qtbot, tiny_model_path,
-                                                     nuclei_image, nuclei_mask):
+                                                     nuclei_image, nuclei_mask, monkeypatch):
     """Minutes as the budget (Steps 0 = no step limit); a painting too small to validate says so
-    in the status line and keeps the final weights."""
+    in the status line and keeps the final weights. The training clock is fake (1 s per step), so
+    the steps the budget holds are exact on any machine."""
+    from fake_clock import use_fake_clock
+
+    use_fake_clock(monkeypatch, step_s=1.0, val_s=0.0)
     viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
     lab = viewer.layers["painted"]
     few = np.isin(lab.data, np.unique(lab.data[lab.data > 0])[:5])  # five nuclei painted
@@ -143,8 +159,8 @@ def test_time_budget_and_what_is_validated_are_shown(make_napari_viewer, qtbot, 
     ft.worker.yielded.connect(lambda ev: seen.append(ft.status.text()) if hasattr(ev, "step") else None)
     qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
     prov = ft.model.provenance
-    assert prov["minutes_planned"] == 0.1 and 5 <= prov["training_seconds_measured"] < 60
-    assert prov["steps"] >= 1 and prov["validation"]["kept"] == "final averaged"
+    assert prov["minutes_planned"] == 0.1 and prov["training_seconds_measured"] == 6.0
+    assert prov["steps"] == 6 and prov["validation"]["kept"] == "final averaged"
     assert ft.progress_bar.maximum() == 6  # the bar counts seconds of the budget
     assert any("no validation: 5 objects painted" in t for t in seen)
     assert "no validation" in ft.status.text() and "trained" in ft.status.text()
@@ -202,3 +218,139 @@ def test_the_loss_plot_is_not_flattened_by_a_step_without_objects(qtbot):
     assert math.isclose(10 ** smooth[-1], sum(losses[-4:]) / 4, rel_tol=1e-9)
     plot.resize(300, 120)
     plot.grab()  # paints without error at that range (values below it are drawn at the floor)
+
+
+def _errors(notes) -> list[str]:
+    return [str(n.message) for n in notes if str(getattr(n, "severity", "")).lower() == "error"]
+
+
+def test_a_failed_fine_tune_says_why_in_the_status_until_the_next_action(
+        make_napari_viewer, qtbot, tiny_model_path, nuclei_image, nuclei_mask, notifications):
+    """An RGB image under a grey-value model fails in the job: the status line says the same
+    sentence as the error notification (not "Preparing 1 pair(s)…", nor the earlier model's
+    "ready"), the buttons come back, no model is added, and the sentence stays until the next
+    action."""
+    viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask,
+                            region=False)
+    ft.steps.value, ft.device.value = 2, "cpu"
+    click(qtbot, ft.train_button)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    assert ft.model_name == "tiny fine-tuned on nuclei" and ft.save_button.enabled
+    models = list(seg.model.choices)
+    rgb = np.repeat((nuclei_image // 256).astype(np.uint8)[..., None], 3, axis=-1)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    ft.image.value = "colour"
+    click(qtbot, ft.train_button)
+    assert ft.status.text() == "Preparing 1 pair(s)…"
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    said = _errors(notifications)
+    # the pair named by its layers (the core's sentence after the widget's)
+    assert len(said) == 1 and said[0].startswith("Fine-tuning failed: 'painted' on 'colour': ")
+    assert "3 channel(s)" in said[0], said
+    assert ft.status.text() == said[0] == ft.last_error
+    assert ft.train_button.enabled and not ft.stop_button.enabled and ft.image.enabled
+    assert list(seg.model.choices) == models and ft.model_name == "tiny fine-tuned on nuclei"
+    assert ft.save_button.enabled and ft.export_control.button.enabled  # the earlier model stays
+    qtbot.wait(200)  # the status is not a notification: it does not vanish
+    assert ft.status.text() == said[0]
+    ft.image.value = "nuclei"
+    click(qtbot, ft.train_button)  # the next action
+    assert ft.status.text() == "Preparing 1 pair(s)…" and ft.last_error == ""
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    assert ft.status.text().startswith("Model 'tiny fine-tuned on nuclei (2)' ready")
+
+
+def test_any_error_of_the_job_reaches_the_status(make_napari_viewer, qtbot, tiny_model_path,
+                                                 nuclei_image, nuclei_mask, notifications,
+                                                 monkeypatch):
+    """torch raises RuntimeErrors (memory, devices, shapes), and napari's generator worker takes a
+    RuntimeError for a deleted worker: it ended with neither errored nor finished, and the widget
+    waited for ever. The job carries them out: said like any other error, the buttons back."""
+    import napari_unet._widgets._training as training
+
+    def broken(*_a, **_k):
+        yield from ()
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(training, "start_training", broken)
+    viewer, _seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
+    ft.steps.value = 2
+    click(qtbot, ft.train_button)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    sentence = "Fine-tuning failed: RuntimeError: CUDA out of memory"
+    assert _errors(notifications) == [sentence] and ft.status.text() == sentence
+    assert ft.train_button.enabled and not ft.save_button.enabled
+    # an error before the job starts says so the same way
+    viewer.add_labels(np.zeros((100, 100), np.uint8), name="wrong size")
+    ft.labels.value = "wrong size"
+    assert ft.train() is None
+    assert ft.status.text() == _errors(notifications)[-1] != sentence
+    assert "'wrong size'" in ft.status.text() and ft.train_button.enabled
+
+
+def _live_like(model, **prov):
+    """``model`` as a Live run hands it back (LiveSession's on_model): provenance["live"] set."""
+    import dataclasses
+
+    return dataclasses.replace(model, provenance={**model.provenance, **prov,
+                                                  "live": {"painting_changes": 4}})
+
+
+def test_train_live_and_corrections_models_have_names_of_their_own(
+        make_napari_viewer, qtbot, tiny_model_path, nuclei_image, nuclei_mask):
+    """Train, Live and a fine-tune on corrections each add a model named by how it was made and
+    on which image; a second one of a kind gets a number; the Segment widget lists them all."""
+    from napari_unet._widgets._corrections import CORRECTED
+
+    viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask,
+                            region=False)
+    ft.steps.value, ft.device.value = 2, "cpu"
+    click(qtbot, ft.train_button)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    trained = ft.model
+    assert ft.model_name == "tiny fine-tuned on nuclei"
+    # Live from the fine-tuned model: named after the model the chain started from
+    ft.base_model.value = "tiny fine-tuned on nuclei"
+    ft._on_returned(_live_like(trained))
+    assert ft.model_name == "tiny live on nuclei" and seg.model.value == "tiny live on nuclei"
+    ft._on_returned(_live_like(trained))
+    assert ft.model_name == "tiny live on nuclei (2)"
+    # a correction of the painted layer, then Train on the corrected objects
+    lab = viewer.layers["painted"]
+    obj = int(lab.data[lab.data > 0][0])
+    with lab.block_history():
+        lab.data_setitem(np.nonzero(lab.data == obj), 1000)  # an object repainted
+    ft.base_model.value = "tiny"
+    ft.region.value = CORRECTED
+    click(qtbot, ft.train_button)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    assert ft.model_name == "tiny corrected on nuclei", ft.status.text()
+    ft._on_returned(_live_like(trained))  # Live on the corrected objects
+    assert ft.model_name == "tiny corrected live on nuclei"
+    made = ["tiny fine-tuned on nuclei", "tiny live on nuclei", "tiny live on nuclei (2)",
+            "tiny corrected on nuclei", "tiny corrected live on nuclei"]
+    assert [n for n in seg.model.choices if n.startswith("tiny ")] == made
+    assert [n for n in ft.base_model.choices if n.startswith("tiny ")] == made
+    assert ft.registry["tiny fine-tuned on nuclei"].model is trained  # not replaced
+
+
+def test_save_and_export_are_enabled_after_a_live_model(make_napari_viewer, qtbot, tiny_model_path,
+                                                        nuclei_image):
+    from napari_unet.core.io import load_model
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image, name="cells")
+    _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    assert seg.load_model_file(str(tiny_model_path)) == "tiny"
+    ft.image.value, ft.base_model.value = "cells", "tiny"
+    assert not ft.save_button.enabled and not ft.export_control.button.enabled
+    live = _live_like(load_model(tiny_model_path), steps=12, training_seconds_measured=3.0,
+                      mode="binary", validation={"available": False, "note": "no validation"})
+    ft._on_returned(live)  # how a Live session hands back its model
+    assert ft.save_button.enabled and ft.export_control.button.enabled
+    assert ft.status.text().startswith("Model 'tiny live on cells' ready") and \
+        "trained 12 steps" in ft.status.text()
+    ft.live._done()  # and then ends
+    assert ft.save_button.enabled and ft.export_control.button.enabled
+    assert ft.train_button.enabled and seg.model.value == "tiny live on cells"

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import PushButton
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
-from ._jobs import user_message
+from ._training import carry_runtime_errors, why
 
 FILTERS = {"bioimage.io model package (*.zip)": "bioimageio", "TorchScript (*.pt)": "torchscript",
            "ONNX (*.onnx)": "onnx"}
@@ -67,7 +67,7 @@ class ExportControl:
 
         model = self.owner.model
         if model is None:
-            show_error("Nothing to export yet: fine-tune a model first.")
+            self._error("Nothing to export yet: fine-tune a model first.")
             return None
         if self.worker is not None:
             return None
@@ -77,12 +77,20 @@ class ExportControl:
         self.worker = create_worker(_export_job, model, path, fmt, self._sample(), _ignore_errors=True)
         self.worker.yielded.connect(lambda ev: self.owner.status.setText(
             f"Exporting: {ev.what} ({ev.done}/{ev.total})"))
-        self.worker.returned.connect(lambda p: show_info(f"Exported '{self.owner.model_name}' to {p}"))
-        self.worker.errored.connect(lambda e: show_error(f"Cannot export the model: {user_message(e)}"))
+        self.worker.returned.connect(self._exported)
+        self.worker.errored.connect(lambda e: self._error(f"Cannot export the model: {why(e)}"))
         self.worker.finished.connect(self._finished)
         self.button.enabled = False
         self.worker.start()
         return self.worker
+
+    def _exported(self, path: str) -> None:
+        text = f"Exported '{self.owner.model_name}' to {path}"
+        show_info(text)
+        self.owner.status.setText(text)
+
+    def _error(self, message: str) -> None:
+        self.owner.report_error(message)  # a notification that also stays in the status line
 
     def _finished(self) -> None:
         self.worker = None
@@ -93,6 +101,7 @@ class ExportControl:
             self.worker.quit()
 
 
+@carry_runtime_errors
 def _export_job(model: Any, path: str, fmt: str, sample: np.ndarray | None) -> Any:
     """Worker generator: write ``model`` in ``fmt``; returns the written path (as a string)."""
     if fmt == "bioimageio":

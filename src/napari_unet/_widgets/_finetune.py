@@ -3,8 +3,10 @@
 Training runs in a napari ``thread_worker`` over the core's ``train`` generator (through
 :func:`._training.start_training`, the one adapter to the core). Stop ends training after the current
 step and keeps the best validated model; the new model is added to the viewer's model list at once
-(the Segment widget shows it), Save writes it to a ``.safetensors`` file and Export… writes it for
-other programs (:mod:`._export`).
+(the Segment widget shows it) under a name that says how it was made ("nuclei fine-tuned on cells",
+"nuclei live on cells", "nuclei corrected on cells"; a second one gets a number), Save writes it to a
+``.safetensors`` file and Export… writes it for other programs (:mod:`._export`). An error stays in
+the status line until the next action (a notification vanishes).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Shapes
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -31,12 +33,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_names, warm_up_labels
+from ._common import layer_names, show_failure, warm_up_labels
 from ._corrections import CORRECTED, CorrectionTracking
 from ._export import ExportControl
 from ._jobs import user_message
 from ._live import LiveControls
-from ._pairs import WHOLE, collect_pairs
+from ._pairs import WHOLE, collect_pairs, pair_names
 from ._plot import LossPlot
 from ._sample_preview import SamplePreview
 from ._state import registry_for
@@ -49,6 +51,7 @@ from ._training import (
     new_volume_note,
     volume_pairs,
     volume_spacing,
+    why,
 )
 
 
@@ -68,6 +71,8 @@ class FineTuneWidget(QWidget):
         self._pairs: list[tuple[str, str, str]] = []
         self._budget_s: float | None = None
         self._summary = ""
+        self.last_error = ""  # the last error said, kept in the status line until the next action
+        self._run: dict[str, Any] = {}  # what the running Train learns from: its model's name
         self._network = 0  # which network of an ensemble trains (the plot marks the next one)
 
         self.image = ComboBox(choices=self._images, label="Image",
@@ -174,7 +179,7 @@ class FineTuneWidget(QWidget):
 
     def _add_pair(self) -> None:
         if not self.image.value or not self.labels.value:
-            show_error("Choose an image layer and the labels layer painted on it first.")
+            self.report_error("Choose an image layer and the labels layer painted on it first.")
             return
         pair = (self.image.value, self.labels.value, self.region.value or WHOLE)
         if pair not in self._pairs:
@@ -220,17 +225,18 @@ class FineTuneWidget(QWidget):
         """Start fine-tuning; returns the worker (None if it could not start)."""
         if self.running:
             return None
+        self.last_error = ""
         name = self.base_model.value
         new3d = self._new3d
         if new3d:
             name = VOLUME_STARTS[1]
         elif not name or name not in self.registry:
-            show_error("Choose a base model (open a model file in the Segment widget first).")
+            self.report_error("Choose a base model (open a model file in the Segment widget first).")
             return None
         try:
             pairs = self.collect_pairs()
         except ValueError as exc:
-            show_error(f"Cannot train: {user_message(exc)}")
+            self.report_error(f"Cannot train: {user_message(exc)}")
             return None
         from napari.qt.threading import create_worker
 
@@ -248,7 +254,7 @@ class FineTuneWidget(QWidget):
                 spacing = volume_spacing([tuple(self.viewer.layers[n[0]].scale)
                                           for n in self._pair_names()])
             except ValueError as exc:
-                show_error(f"Cannot train: {user_message(exc)}")
+                self.report_error(f"Cannot train: {user_message(exc)}")
                 return None
             if new3d:
                 show_info(new_volume_note(spacing))
@@ -258,10 +264,13 @@ class FineTuneWidget(QWidget):
             self.worker = create_worker(
                 _train_job, pairs, self.registry[name].ref(), name, background_label=self._background(),
                 members=int(self.members.value) or None, **job_kwargs)
+        names = self._pair_names()
+        self._run = dict(base=name, images=[n[0] for n in names],
+                         corrected=any(n[2] == CORRECTED for n in names))
         self.worker.yielded.connect(self._on_yielded)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(
-            lambda e: show_error(f"Fine-tuning failed: {user_message(e)}"))
+            lambda e: self.report_error(f"Fine-tuning failed: {why(e, pair_names(names))}"))
         self.worker.finished.connect(self._on_finished)
         # with a time budget the bar counts seconds, else steps
         self._budget_s = 60.0 * minutes if minutes else None
@@ -291,8 +300,26 @@ class FineTuneWidget(QWidget):
         self._sync_start(running)
         self.background_label.enabled = not running and bool(self.scribbles.value)
         self.stop_button.enabled = running
-        self.save_button.enabled = not running and self.model is not None
-        self.export_control.set_enabled(not running and self.model is not None)
+        self.model_ready()
+
+    def model_ready(self) -> None:
+        """Save and Export… enabled when there is a model and no Train runs: after any run that
+        produced one (Train, Live, corrections; ``_on_returned`` calls it)."""
+        ready = self.model is not None and not self.running
+        self.save_button.enabled = ready
+        self.export_control.set_enabled(ready)
+
+    def report_error(self, message: str) -> None:
+        """``message`` as an error notification and in the status line, where it stays until the
+        next action (notifications vanish)."""
+        self.last_error = message
+        show_failure(self.status, message)
+
+    def ready_text(self, stopped: bool = False) -> str:
+        """The status line once a run has kept a model (``stopped``: Stop ended it)."""
+        how = "Stopped: model" if stopped else "Model"
+        return (f"{how} '{self.model_name}' ready in the Segment widget; Save writes it to a file, "
+                f"Export… for other programs.\n{self._summary}")
 
     @property
     def _new3d(self) -> bool:
@@ -329,19 +356,55 @@ class FineTuneWidget(QWidget):
         if self._progress is not None:
             self._progress.update(done - self._progress.n)
 
+    def _model_name(self, model: Any) -> tuple[str, str]:
+        """(name, root) of a model a run returned: "<root> <how> on <images>", where root is the
+        shipped or opened model the chain of fine-tunings started from, and how is "fine-tuned",
+        "live" (Live sets ``provenance["live"]``), "corrected" (Complete in: corrected objects),
+        "corrected live", "fine-tuned in 3D" or "trained" (a new 3D U-Net)."""
+        prov = model.provenance or {}
+        live = "live" in prov
+        if live:  # Live calls back while its session is still set (its image is chosen there)
+            session = self.live.session
+            base = self.base_model.value or "model"
+            images = [session.image_layer.name if session is not None else self.image.value]
+            corrected = (session.corrections is not None if session is not None
+                         else self.region.value == CORRECTED)
+        else:
+            base = self._run.get("base") or self.base_model.value or "model"
+            images = self._run.get("images") or [self.image.value]
+            corrected = bool(self._run.get("corrected"))
+        scratch = prov.get("fine_tuned_3d", {}).get("from_scratch")
+        root = model.name if scratch else self.registry.root_of(base)
+        how = ("trained" if scratch else "corrected live" if live and corrected else "live" if live
+               else "corrected" if corrected else "fine-tuned")
+        if "fine_tuned_3d" in prov and not scratch:
+            how += " in 3D"
+        names = list(dict.fromkeys(n for n in images if n))
+        on = (" on " + " and ".join(names) if len(names) <= 2 else
+              f" on {names[0]} and {len(names) - 1} more images") if names else ""
+        return f"{root} {how}{on}", root
+
     def _on_returned(self, model: Any) -> None:
-        base = self.base_model.value or "model"
-        scratch = model.provenance.get("fine_tuned_3d", {}).get("from_scratch")
-        self.model = model
-        self.model_name = self.registry.add_model(model.name if scratch else f"{base} fine-tuned", model)
-        self.registry.current = self.model_name
+        """A run's model (Train, Live, corrections): into the model list under a name of its own
+        (never replacing another), current in the Segment widget; Save and Export… enabled."""
+        if model is None:
+            return
         from ..core.train import training_summary
 
-        self._summary = training_summary(model.provenance)
-        if model.provenance.get("validation", {}).get("kept") == "start":
-            show_warning(model.provenance["validation"]["note"])
-        show_info(f"Fine-tuned model '{self.model_name}' is ready in the Segment widget: "
-                  f"{self._summary}.")
+        prov = model.provenance or {}
+        name, root = self._model_name(model)
+        self.last_error = ""
+        self.model = model
+        self.model_name = self.registry.add_model(name, model, root=root)
+        self.registry.current = self.model_name
+        self._summary = training_summary(prov)
+        if prov.get("validation", {}).get("kept") == "start":
+            show_warning(prov["validation"]["note"])
+        show_info(f"Model '{self.model_name}' is ready in the Segment widget: {self._summary}.")
+        self.model_ready()
+        # Live always ends by its own stop; a Train stopped before its end says so
+        stopped = "live" not in prov and self._stop.is_set()
+        self.status.setText(self.ready_text(stopped))
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -349,9 +412,7 @@ class FineTuneWidget(QWidget):
             self._progress.close()
             self._progress = None
         self._set_running(False)
-        if self.model_name and self.model is not None:
-            self.status.setText(f"Model '{self.model_name}' ready; Save writes it to a file.\n"
-                                f"{self._summary}")
+        # an error stays in the status line (report_error); a kept model was said by _on_returned
 
     # ------------------------------------------------------------------ save
     def _ask_save(self) -> None:
@@ -364,18 +425,20 @@ class FineTuneWidget(QWidget):
     def save(self, path: str) -> str | None:
         """Write the last fine-tuned model to ``path``; returns the written file's path."""
         if self.model is None:
-            show_error("Nothing to save yet: fine-tune a model first.")
+            self.report_error("Nothing to save yet: fine-tune a model first.")
             return None
         from ..core.io import save_model
 
         try:
             written = save_model(self.model, path)
         except Exception as exc:
-            show_error(f"Cannot save the model: {user_message(exc)}")
+            self.report_error(f"Cannot save the model: {user_message(exc)}")
             return None
         if self.model_name in self.registry:
             self.registry[self.model_name].path = str(written)
+        self.last_error = ""
         show_info(f"Saved '{self.model_name}' to {written}")
+        self.status.setText(f"Saved '{self.model_name}' to {written}")
         return str(written)
 
     # ------------------------------------------------------------------ cleanup

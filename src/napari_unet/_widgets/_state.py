@@ -25,13 +25,15 @@ class ModelEntry:
     """One available model: ``kind`` is "shipped", "file" or "session" (fine-tuned here).
 
     ``path`` is where its file is (None for an unsaved session model); ``model`` the loaded
-    :class:`~napari_unet.core.io.UNetModel`, or None until first used.
+    :class:`~napari_unet.core.io.UNetModel`, or None until first used; ``root`` for a session
+    model: the shipped or opened model its chain of fine-tunings started from (names say it).
     """
 
     name: str
     kind: str
     path: str | None = None
     model: Any = None
+    root: str = ""
 
     def ref(self) -> Any:
         """What a worker needs: the loaded model, else the file path (loaded in the worker)."""
@@ -128,10 +130,17 @@ class ModelRegistry:
         self.changed.emit()
         return name
 
-    def add_model(self, name: str, model: Any, path: str | None = None) -> str:
-        """Add an in-memory model (e.g. fine-tuned in this session); returns its unique name."""
+    def root_of(self, name: str) -> str:
+        """The model that ``name``'s chain of fine-tunings started from (``name`` itself for a
+        shipped or opened model, or one not in the registry)."""
+        entry = self._entries.get(name)
+        return (entry.root or name) if entry is not None else name
+
+    def add_model(self, name: str, model: Any, path: str | None = None, root: str = "") -> str:
+        """Add an in-memory model (e.g. fine-tuned in this session); returns its unique name: a
+        name already taken gets a number ("name (2)"), no model is ever replaced."""
         name = self.unique_name(name)
-        self._entries[name] = ModelEntry(name, "session", path, model)
+        self._entries[name] = ModelEntry(name, "session", path, model, root)
         self.changed.emit()
         return name
 

@@ -6,12 +6,43 @@ a ``threading.Event`` for Stop.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+class JobError(Exception):
+    """A ``RuntimeError`` of a worker job (torch raises them for shapes, memory, devices), carried
+    out of the worker as its ``__cause__``: napari's (superqt's) generator worker takes any
+    RuntimeError for "the worker was deleted" and ends with neither ``errored`` nor ``finished``,
+    so the widget would wait for ever ("Preparing 1 pair(s)…"). :func:`why` says it."""
+
+
+def carry_runtime_errors(job: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Any]:
+    """``job`` (a generator function) with its RuntimeErrors raised as :class:`JobError`."""
+
+    @functools.wraps(job)
+    def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        try:
+            return (yield from job(*args, **kwargs))
+        except RuntimeError as exc:
+            raise JobError(str(exc)) from exc
+
+    return run
+
+
+def why(exc: BaseException, names: Any = None) -> str:
+    """The sentence for the user about a worker's error (a :class:`JobError` says its cause);
+    ``names``: the pairs' names for the core's painting errors (see ``_jobs.user_message``)."""
+    from ._jobs import user_message
+
+    if isinstance(exc, JobError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return user_message(exc, names)
 
 
 @dataclass(frozen=True)
@@ -134,6 +165,7 @@ def preview_sample(
     return xo[0, 0].numpy(), to[0].numpy(), wo[0].numpy()
 
 
+@carry_runtime_errors
 def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
                strength: float, background_label: int | None, device: str,
                stop: threading.Event, seed: int | None = None, minutes: float | None = None,
@@ -203,6 +235,7 @@ def volume_spacing(scales: list[tuple[float, ...]]) -> tuple[float, float, float
     return spacings.pop()  # type: ignore[return-value]
 
 
+@carry_runtime_errors
 def _train_volume_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
                       strength: float, device: str, stop: threading.Event, seed: int | None = None,
                       minutes: float | None = None,
