@@ -1,14 +1,21 @@
 """Live mode in a real napari viewer: a user paints brightfield cells (a modality no shipped model
-knows) and the preview follows; screenshots for docs/widget-finetune.md.
+knows) with napari's own brush, and the preview follows; screenshots for docs/widget-finetune.md.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot_live.py [--every 5]
 
 Data: ../shared/data/brightfield-scratch (ndev-sampledata, BSD-3), channel 1 of time point 0. The
-"user" paints from its cell labels (channel 3, automatic labels) through the Labels layer's own
-edit API, one stroke every ``--every`` seconds: alternately a whole cell (its own id) and a
-background scribble. Writes docs/images/live-*.png (a strip of the preview improving), docs/images/live-preview.gif
-(the canvas every ``--gif-every`` seconds, a frame each) and prints the preview's F1 on the
-unpainted cells at each shot.
+"user" follows the stroke plan of benchmarks/bench_live.py (``strokes``: alternately a whole cell of
+the automatic cell labels, channel 3, with its own id, and a background disk away from the cells),
+one planned stroke every ``--every`` seconds, but paints it as a person does: mouse press / move /
+release on the canvas with napari's brush (tests/painting.py, imported by putting the repository's
+tests/ folder on sys.path): a cell as brush strokes along its rows inside it (``paint_object``),
+a background scribble as a short zig-zag drag of the brush with the background label. A stroke
+drawn this way takes real time itself (the clock runs on; a planned stroke that is due while the
+previous one is still being drawn starts right after it). Writes docs/images/live-*.png (a strip
+of the preview improving), docs/images/live-preview.gif (the canvas every ``--gif-every`` seconds,
+a frame each; none while a cell is being drawn), prints the preview's F1 on the unpainted cells at
+each shot and how long the strokes took. Needs the ``benchmarks`` extra (bench_live imports
+scikit-learn) and a Qt binding with QtTest (the ``gui`` extra).
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_live import BG, paint_layer, score_rest, strokes  # noqa: E402  (the simulated user of the benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_live import BG, score_rest, strokes  # noqa: E402  (the stroke plan of the benchmark)
 from make_screenshots import settle, shot, wait  # noqa: E402
+from painting import paint_object, stroke  # noqa: E402  (mouse events on the canvas, napari's brush)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "brightfield-scratch" / "scratch-assay.tif"
@@ -90,27 +100,54 @@ def main() -> int:
     viewer.reset_view()
     plan = strokes(gt, int(max(args.shots) / args.every) + 2)
 
-    def stroke(k: int) -> None:
-        paint_layer(layer, *plan[k])
+    took: list[tuple[str, float]] = []  # (kind, seconds) of each planned stroke drawn
 
-    stroke(0)
-    stroke(1)
+    def paint(k: int) -> None:
+        """Planned stroke ``k`` drawn with napari's brush through mouse events on the canvas."""
+        sel, value = plan[k]
+        t = time.perf_counter()
+        if value > BG:  # a whole cell: brush strokes along its rows, inside it
+            obj = int(gt[sel][0])
+            if ndi.binary_erosion(sel).any():
+                paint_object(viewer, layer, gt, obj, value, size=3)
+            else:  # too thin to keep a 3-pixel brush inside: a 1-pixel brush along its rows
+                ys, xs = np.nonzero(sel)
+                for y in np.unique(ys):
+                    row = xs[ys == y]
+                    stroke(viewer, layer, [(y, row.min()), (y, row.max())], label=value, size=1)
+            took.append(("cell", time.perf_counter() - t))
+        else:  # a background scribble: a zig-zag of the brush in the planned disk (away from cells)
+            ys, xs = np.nonzero(sel)
+            cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+            h, w = gt.shape
+            pts = [(min(h - 1, max(0, cy + dy)), min(w - 1, max(0, cx + dx)))
+                   for dy, dx in ((-2, -3), (2, -1), (-2, 1), (2, 3))]
+            stroke(viewer, layer, pts, label=BG, size=3)
+            took.append(("background", time.perf_counter() - t))
+
+    paint(0)
+    paint(1)
     ft.live.live.value = True
+    settle(app, 0.5)  # the preview layer is added above the painting; the painting stays active
     t0 = time.perf_counter()
     k = 2
     frames: list = []
+    next_frame = 0.0
 
     def frame() -> None:  # the canvas, with the time and the strokes so far written on it
+        nonlocal next_frame
+        now = time.perf_counter() - t0
         step = None if ft.live._last is None else ft.live._last.step
-        frames.append((canvas_grab(viewer),
-                       f"{time.perf_counter() - t0:.0f} s after Live on, {k} strokes, preview of step {step}"))
+        frames.append((canvas_grab(viewer), f"{now:.0f} s after Live on, {k} strokes, preview of step {step}"))
+        # the next slot of --gif-every seconds; slots missed while a cell was being drawn are skipped
+        next_frame = (np.floor(now / args.gif_every) + 1) * args.gif_every
 
     for when in sorted(args.shots):
         while time.perf_counter() - t0 < when:
             if k < len(plan) and k * args.every <= time.perf_counter() - t0:
-                stroke(k)
+                paint(k)
                 k += 1
-            if len(frames) * args.gif_every <= time.perf_counter() - t0:
+            if next_frame <= time.perf_counter() - t0:
                 frame()
             settle(app, 0.1)
         last = ft.live._last
@@ -125,6 +162,11 @@ def main() -> int:
     gif = ROOT / "docs" / "images" / "live-preview.gif"
     write_gif(frames, gif)
     print("wrote", gif.relative_to(ROOT), f"({len(frames)} frames)")
+    for kind in ("cell", "background"):
+        sec = [t for c, t in took if c == kind]
+        if sec:
+            print(f"a {kind} stroke took {np.mean(sec):.1f} s on average ({min(sec):.1f}-{max(sec):.1f} s, "
+                  f"{len(sec)} strokes) with the mouse")
     ft.live.live.value = False
     wait(app, lambda: ft.live.session is None, timeout=600)
     print("kept:", ft.status.text())
