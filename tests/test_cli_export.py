@@ -20,7 +20,9 @@ def test_export_torchscript_of_a_shipped_model(tmp_path, capsys):
 
     x = torch.randn(1, 1, 188, 188)
     with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(path))(x), load_model("nuclei").net(x), atol=1e-5)
+        # 1e-4: the export issue's tolerance (TorchScript and ONNX reproduce our logits to 1e-4)
+        assert torch.allclose(torch.jit.load(str(path))(x), load_model("nuclei").net(x), atol=1e-4,
+                              rtol=0)
 
 
 def test_export_onnx_of_a_model_file(tiny_model_path, tmp_path):
@@ -36,7 +38,9 @@ def test_export_onnx_of_a_model_file(tiny_model_path, tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 1, n, n)).astype(np.float32)
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
-    assert np.abs(onnx_session(str(out)).run(None, {"input": x})[0] - ref).max() <= 1e-5
+    # 1e-4, the export issue's tolerance: onnxruntime's kernels sum in another order than torch's
+    # (9.5e-6 to 1.05e-5 on an AVX-512 CPU, 1.14e-5 seen on an AVX2 one: 1e-5 failed at random)
+    assert np.abs(onnx_session(str(out)).run(None, {"input": x})[0] - ref).max() <= 1e-4
 
 
 def test_export_bioimageio_package_offline(tiny_model_path, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from fake_clock import use_fake_clock
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -120,22 +121,42 @@ def test_how_many_networks_by_default():
             TrainConfig(members=bad)
 
 
-def test_a_time_budget_decides_the_networks_from_the_machines_speed(colony, monkeypatch):
-    """Automatic: the loop measures its first steps, and a budget that holds three networks'
-    worth of steps trains three, sharing the budget."""
+@pytest.mark.parametrize("step_s, steps, seconds", [
+    (0.1, [19, 18, 17], 6.2),  # ~9 steps/s: the budget holds ~49 steps, 3 networks' worth of 8 (at most 3)
+    (0.3, [12, 7], 6.3),  # ~3 steps/s: ~17 steps, two networks
+    (0.45, [12], 6.0),  # ~2 steps/s: ~11 steps, one network
+])
+def test_a_time_budget_decides_the_networks_from_the_machines_speed(colony, monkeypatch, step_s,
+                                                                    steps, seconds):
+    """Automatic: the loop measures its first steps, and a budget that holds k networks' worth
+    of steps trains k, sharing the budget. The machine's speed is a fake clock (``step_s`` seconds
+    per step, 0.05 s per validation), so the answer is exact on any machine under any load."""
     from napari_unet.core.train import config as config_module
 
-    monkeypatch.setattr(config_module, "NETWORK_STEPS", 4)
-    monkeypatch.setattr(config_module, "NETWORK_PASSES", 0.01)
+    monkeypatch.setattr(config_module, "NETWORK_STEPS", 8)
+    monkeypatch.setattr(config_module, "NETWORK_PASSES", 0.01)  # the steps decide, not the passes
+    use_fake_clock(monkeypatch, step_s=step_s, val_s=0.05)
     imgs, labs = colony
-    cfg = fast(steps=10**6, minutes=0.05, val_every=None, plateau_patience=0)
+    cfg = fast(steps=10**6, minutes=0.1, val_every=None, plateau_patience=0)  # 6 s
     events, model = run(train(imgs, labs, model=tiny(), config=cfg, device="cpu", seed=0))
-    runs = model.provenance["ensemble"]
-    assert len(runs) == 3 and [r["holdback_seed"] for r in runs] == [0, 1, 2]
-    assert all(e.networks == 1 for e in events[:11]) and events[11].networks == 3
-    assert [e.step for e in events] == list(range(1, len(events) + 1))
-    assert all(r["steps"] >= 1 and r["seconds"] < 2.5 for r in runs)  # a share of the 3 s each
-    assert 2.5 <= model.provenance["training_seconds_measured"] < 20
+    k = len(steps)
+    assert [e.step for e in events] == list(range(1, sum(steps) + 1))
+    # the speed is known after the probe's steps: one network until then, then the ensemble's size
+    probe = config_module.PROBE_STEPS
+    assert all(e.networks == 1 for e in events[:probe - 1]) and events[probe - 1].networks == k
+    assert [e.network for e in events] == [i for i, n in enumerate(steps) for _ in range(n)]
+    assert events[-1].eta_s == 0.0  # the budget is spent
+    prov = model.provenance
+    # 6 s, and what ends after it: the step that crosses it, each later network's score at its
+    # start and the last one's final validation (0.05 s each)
+    assert prov["training_seconds_measured"] == seconds
+    if k == 1:
+        assert model.members == 1 and prov["steps"] == steps[0] and "ensemble" not in prov
+        return
+    runs = prov["ensemble"]
+    assert [r["steps"] for r in runs] == steps and [r["holdback_seed"] for r in runs] == list(range(k))
+    # the first network, slowed by the probe, had its share (6 s / k); later ones share what is left
+    assert all(r["seconds"] <= 6.0 / k + step_s + 2 * 0.05 + 1e-9 for r in runs[1:])
 
 
 # ---------------------------------------------------------------------------- training

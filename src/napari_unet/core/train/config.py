@@ -8,6 +8,11 @@ the runs behind them. In short, on two painted frames of a modality no shipped m
 - ``class_balance=False``: the paper's w_c weighted the rare class ~27x on a sparse colony and thickened
   objects until packed neighbours merged; the border term of eq. 2 (w0 = 10, sigma = 5 px) stays;
 - bf16 autocast on a CPU with bf16 units (1.9x faster per step here), channels_last always;
+  the environment variable ``NAPARI_UNET_PRECISION`` (``fp32`` / ``bf16``), when set, is what
+  ``precision="auto"`` means: ``NAPARI_UNET_PRECISION=fp32`` forces the fp32 path of every
+  training (CLI, widgets, Live), as on a CPU without AVX512-BF16 or AMX (with
+  ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` torch and oneDNN also use their AVX2
+  kernels: how CI checks that the tests pass on such a CPU);
 - a third of the patches centred on an object pixel (nnU-Net's foreground oversampling);
 - an exponential moving average of the weights is what is validated and returned: the final
   one (a few held-back objects are the live score and the safety net, not the selector).
@@ -16,6 +21,7 @@ the runs behind them. In short, on two painted frames of a modality no shipped m
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +35,7 @@ OPTIMIZERS = ("adam", "sgd")
 SAMPLING = ("pixels", "images")
 LOSSES = ("ce", "ce+dice")
 PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_ENV = "NAPARI_UNET_PRECISION"  # when set: what precision="auto" means (module docstring)
 KEEPS = ("final", "best")
 # automatic ensembles: one network per NETWORK_STEPS steps that the time budget holds on this
 # machine, and per NETWORK_PASSES passes over the painting, at most MAX_AUTO_MEMBERS
@@ -99,7 +106,8 @@ class TrainConfig:
       network; 3 minutes two, 5 minutes three); else one. A network validated worse
       than the starting model is left out. Measured on brightfield cells: see
       docs/benchmarks.md ("An ensemble instead of one network").
-    - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32),
+    - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32;
+      the environment variable ``NAPARI_UNET_PRECISION``, when set, replaces "auto" by its value),
       "fp32" or "bf16".
     """
 
@@ -146,6 +154,12 @@ class TrainConfig:
         if self.minutes is not None and not (isinstance(self.minutes, int | float)
                                              and math.isfinite(self.minutes) and self.minutes > 0):
             raise ValueError(f"TrainConfig.minutes must be a number > 0 (or None), got {self.minutes!r}")
+        forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+        if self.precision == "auto" and forced not in ("", "auto"):
+            if forced not in PRECISIONS:
+                raise ValueError(f"the environment variable {PRECISION_ENV} must be one of "
+                                 f"{PRECISIONS} (or unset), got {forced!r}")
+            object.__setattr__(self, "precision", forced)  # frozen: set once, here
         for name, allowed in (("optimizer", OPTIMIZERS), ("sampling", SAMPLING), ("loss", LOSSES),
                               ("precision", PRECISIONS), ("keep", KEEPS)):
             if getattr(self, name) not in allowed:
