@@ -29,6 +29,7 @@ from napari.layers import Labels
 from ._common import level0
 from ._corrections import ROLE, layer_key
 from ._edits import Change, LabelsEdits
+from ._training import carry_runtime_errors
 
 PREVIEW_COLOR = "yellow"
 
@@ -80,6 +81,7 @@ class LiveSession:
         self.on_event, self.on_model, self.on_done = on_event, on_model, on_done
         self.on_notice = on_notice or (lambda text: None)
         self.ended_by: str | None = None  # why the session ended, when not by Stop
+        self.kept: Any = None  # the model this session returned
         self.worker = create_worker(
             _live_job, image, self.inbox, base, background_label=background_label, lr=lr,
             strength=strength, device=device, seed=seed, rgb=self.rgb,
@@ -185,6 +187,7 @@ class LiveSession:
 
     def _returned(self, model: Any) -> None:
         if model is not None:
+            self.kept = model
             self.on_model(model)
 
     def _finished(self) -> None:
@@ -217,6 +220,7 @@ def outline_in_one_colour(layer: Labels, color: str) -> None:
     layer.contour = 2
 
 
+@carry_runtime_errors
 def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None, lr: float | None,
               strength: float, device: str, seed: int, rgb: bool, preview_every: float) -> Any:
     """Worker generator: load the base model if needed, then train live until Stop."""
@@ -261,16 +265,13 @@ class LiveControls:
         self.live.changed.connect(self._toggled)
         self.new_labels.changed.connect(self.add_labels_layer)
         self._last: Any = None
-        self._scribbles_before: bool | None = None
 
     def add_labels_layer(self) -> Any:
         """An empty Labels layer on the chosen image, selected, in paint mode; returns it."""
-        from napari.utils.notifications import show_error
-
         w = self.owner
         name = w.image.value
         if not name or name not in w.viewer.layers:
-            show_error("Choose the image to paint on first.")
+            w.report_error("Choose the image to paint on first.")
             return None
         img = w.viewer.layers[name]
         data = level0(img.data)
@@ -294,22 +295,20 @@ class LiveControls:
             self.stop()
 
     def start(self) -> LiveSession | None:
-        from napari.utils.notifications import show_error
-
         from ._jobs import user_message
 
         w = self.owner
         if w.running:
-            show_error("A fine-tuning is running: stop it before going live.")
+            w.report_error("A fine-tuning is running: stop it before going live.")
             self.live.value = False
             return None
         name = w.base_model.value
         if not name or name not in w.registry:
-            show_error("Choose a base model first.")
+            w.report_error("Choose a base model first.")
             self.live.value = False
             return None
         if not w.image.value or not w.labels.value:
-            show_error("Choose an image and the Labels layer painted on it (or add a new one).")
+            w.report_error("Choose an image and the Labels layer painted on it (or add a new one).")
             self.live.value = False
             return None
         from ._corrections import CORRECTED
@@ -324,16 +323,13 @@ class LiveControls:
                 on_event=self._event, on_model=w._on_returned, on_done=self._done,
                 corrections=corrections, on_notice=self._notice)
         except (ValueError, KeyError) as exc:
-            message = f"Cannot go live: {user_message(exc)}"
-            show_error(message)
-            w.status.setText(message)  # stays until the next action
+            w.report_error(f"Cannot go live: {user_message(exc)}")  # stays in the status
             self.live.value = False
             return None  # nothing of the widget's settings was changed
-        self._scribbles_before = None
-        if corrections is None and not w.scribbles.value:
+        if corrections is None:
             # live: unpainted is unknown, background is what is painted with the background
-            # label; the box is ticked while Live runs and given back as it was afterwards
-            self._scribbles_before = w.scribbles.value
+            # label. Ticked only once Live runs, and left ticked: the painting is scribbles,
+            # and a Train on it afterwards must not take the unpainted rest for background
             w.scribbles.value = True
         self.session.worker.errored.connect(self._failed)
         w.plot.clear(0)
@@ -366,12 +362,10 @@ class LiveControls:
             self._last = ev
 
     def _failed(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
+        from ._training import why
 
-        from ._jobs import user_message
-
-        message = f"Live training failed: {user_message(exc)}"
-        show_error(message)
+        message = f"Live training failed: {why(exc)}"
+        self.owner.report_error(message)
         if self.session is not None:
             self.session.ended_by = message[0].lower() + message[1:]
 
@@ -380,22 +374,22 @@ class LiveControls:
 
     def _done(self) -> None:
         w = self.owner
-        ended_by = None if self.session is None else self.session.ended_by
-        self.session = None
+        session, self.session = self.session, None
         if self.live.value:
             self.live.value = False
-        if self._scribbles_before is not None:
-            w.scribbles.value = self._scribbles_before
-            self._scribbles_before = None
         for c in (w.train_button, w.base_model, w.image, w.labels, w.device, self.new_labels):
             c.enabled = True
         w.model_ready()
-        text = f"Live: {ended_by}." if ended_by else ""
-        if w.model is not None and w._summary:
-            text = (text + "\n" if text else "") + \
-                f"Model '{w.model_name}' ready; Save writes it to a file.\n{w._summary}"
-        if text:
-            w.status.setText(text)
+        lines = []
+        if session is not None and session.ended_by:
+            lines.append(f"Live: {session.ended_by}.")
+        if session is not None and session.kept is not None and session.kept is w.model:
+            lines.append(w.ready_text())  # this session's model, not an earlier run's
+        elif session is not None and not session.ended_by:
+            lines.append("Live stopped before anything could be learnt: no model kept.")
+        if lines and not (session is not None and session.ended_by and
+                          session.ended_by.startswith("live training failed")):
+            w.status.setText("\n".join(lines))
 
     def cleanup(self) -> None:
         """The widget closes: stop training, and let nothing of the worker reach the widget."""
