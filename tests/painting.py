@@ -76,6 +76,21 @@ def fill(viewer, layer, y: float, x: float, label: int) -> None:
     settle()
 
 
+def polygon(viewer, layer, vertices: Sequence[tuple[float, float]], label: int) -> None:
+    """napari's polygon tool: a click at each vertex ((y, x) of ``layer``), Enter to close it."""
+    _activate(viewer, layer, "polygon")
+    layer.selected_label = int(label)
+    canvas = canvas_of(viewer)
+    for y, x in vertices:
+        p = to_canvas(viewer, layer, y, x)
+        QTest.mouseMove(canvas, p)
+        settle(1)
+        QTest.mouseClick(canvas, LEFT, NONE, p)
+        settle(1)
+    QTest.keyClick(canvas, Qt.Key.Key_Return)
+    settle()
+
+
 def undo(viewer, layer) -> None:
     """Ctrl+Z on the canvas with ``layer`` active."""
     viewer.layers.selection.active = layer

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from painting import fill, redo, settle, stroke, undo
+from painting import fill, polygon, redo, settle, stroke, undo
 
 from napari_unet._widgets._edits import LabelsEdits, changed_box
 
@@ -58,6 +58,10 @@ def test_brush_eraser_fill_undo_and_redo_all_reach_the_follower(painted, qtbot):
     qtbot.waitUntil(lambda: np.array_equal(mirror, layer.data), timeout=5000)
     redo(viewer, layer)
     np.testing.assert_array_equal(layer.data, painted_now)
+    qtbot.waitUntil(lambda: np.array_equal(mirror, layer.data), timeout=5000)
+
+    polygon(viewer, layer, [(60, 20), (60, 60), (85, 40)], 8)
+    assert (layer.data == 8).sum() > 200 and layer.data[70, 40] == 8, "the polygon was drawn"
     qtbot.waitUntil(lambda: np.array_equal(mirror, layer.data), timeout=5000)
 
 
