@@ -104,6 +104,10 @@ def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, tiny_model_path, n
     ft.device.value = "cpu"
     ft.train()
     qtbot.waitUntil(lambda: ft.progress_bar.value() >= 2, timeout=TIMEOUT)
+    # the painting removed while it trains: seen and said, training goes on with its copy
+    viewer.layers.remove(lab)
+    qtbot.waitUntil(lambda: "'painted' was removed during training" in ft.status.text()
+                    and "step" in ft.status.text(), timeout=TIMEOUT)
     click(qtbot, ft.stop_button)
     qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
     assert ft.model is not None

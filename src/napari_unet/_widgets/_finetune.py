@@ -74,6 +74,7 @@ class FineTuneWidget(QWidget):
         self.last_error = ""  # the last error said, kept in the status line until the next action
         self._run: dict[str, Any] = {}  # what the running Train learns from: its model's name
         self._network = 0  # which network of an ensemble trains (the plot marks the next one)
+        self._notes: list[str] = []
 
         self.image = ComboBox(choices=self._images, label="Image",
                               tooltip="Image layer to learn from")
@@ -171,8 +172,20 @@ class FineTuneWidget(QWidget):
     def _layers_changed(self, event: Any = None) -> None:
         if event is not None and getattr(event, "type", "") == "inserted":
             event.value.events.name.connect(self._layers_changed)
+        if event is not None and getattr(event, "type", "") == "removed" and self.running:
+            self._removed_while_training(event.value)
         for w in (self.image, self.labels, self.region):
             w.reset_choices()
+
+    def _removed_while_training(self, layer: Any) -> None:
+        """A layer of the running fine-tune was removed: the run goes on with its copies of the
+        data (taken at the start), and says so in the status until the run ends."""
+        used = {n for pair in self._pair_names() for n in pair[:2]}
+        if getattr(layer, "name", None) in used:
+            note = (f"'{layer.name}' was removed during training: training goes on with the "
+                    f"copy taken at the start")
+            self._notes.append(note)
+            show_warning(note)
 
     def _models_changed(self) -> None:
         self.base_model.reset_choices()
@@ -280,6 +293,7 @@ class FineTuneWidget(QWidget):
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
         self._progress = progress(total=total, desc=f"U-Net fine-tuning ({name})")
+        self._notes: list[str] = []  # said in the status while this run lasts
         self.status.setText(f"Preparing {len(pairs)} pair(s)…")
         self._set_running(True)
         self.worker.start()
@@ -351,7 +365,7 @@ class FineTuneWidget(QWidget):
             text += f", {ev.eta_s:.0f} s left"
         if ev.validation:
             text += f"\n{ev.validation}"
-        self.status.setText(text)
+        self.status.setText("\n".join([text, *self._notes]))
         # last: napari's progress bar may process events re-entrantly (see the Segment widget)
         if self._progress is not None:
             self._progress.update(done - self._progress.n)
