@@ -66,7 +66,6 @@ def percentiles(values: np.ndarray, qs: list[float] | tuple[float, ...]) -> list
 # 2**60 (a camera's 0..235 counts on top) turned into one or two grey values, and the shipped
 # nuclei model found 3 objects where the same image without the offset has 10 (0 on other crops).
 # Subtracting the minimum in integers first keeps every grey value.
-_FLOAT_BITS = {4: 24, 8: 53}  # integer itemsize -> mantissa bits of the float it is normalised in
 _FEW_LEVELS = 64  # fewer grey levels than this surviving the float conversion: refused
 
 
