@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install everything a fresh Debian machine (2 cores, no GPU, no display) lacks, then run the tests
-# under a virtual X server. This is the README's test command; CI runs it through .ci/run.
+# under a virtual X server. This is the README's test command; CI runs it through .ci/run, in fresh
+# venvs (PYTHON=/path/to/venv/bin/python; default: python3). Arguments go to pytest (files, -k, -x).
+# NAPARI_UNET_PRECISION=fp32 (with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) runs the
+# suite as a CPU without AVX-512 or bf16 would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +24,8 @@ fi
 PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>/dev/null \
   || $PY -m pip install -q --disable-pip-version-check torch --index-url https://download.pytorch.org/whl/cpu
-# the export extra (bioimageio.spec/core, onnx, onnxruntime) too: its tests skip without it, CI runs them.
+# testing brings the gui extra (napari with PyQt6, as a user's install); the export extra
+# (bioimageio.spec/core, onnx, onnxruntime) too: its tests skip without it, CI runs them.
 # Pinning the torch just installed on the same command line keeps pip from swapping it for another build.
 TORCH=$($PY -c 'import torch; print(torch.__version__.split("+")[0])')
 $PY -m pip install -q --disable-pip-version-check -e ".[testing,export]" "torch==$TORCH"
