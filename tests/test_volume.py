@@ -164,9 +164,9 @@ def test_segment_widget_makes_3d_objects_of_a_z_stack(make_napari_viewer, qtbot,
     w.device.value = "cpu"
     w.images.value = ["cho"]
     errors = []
-    from napari_unet._widgets import _segment
+    from napari_unet._widgets import _common
 
-    monkeypatch.setattr(_segment, "show_error", errors.append)
+    monkeypatch.setattr(_common, "show_error", errors.append)  # where widgets say errors
     w.output.value = "semantic"
     w.volume.value = True
     assert w.run() is None and errors and "instances" in errors[-1]

@@ -171,7 +171,7 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     the model it keeps segments the volume in the Segment widget as one 3D labels layer."""
     from qtpy.QtCore import Qt
 
-    from napari_unet._widgets import _finetune
+    from napari_unet._widgets import _common, _finetune
 
     img, silver = _cho()
     painted = np.zeros_like(silver)
@@ -183,7 +183,7 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     _d, seg = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     _d, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     errors = []
-    monkeypatch.setattr(_finetune, "show_error", errors.append)
+    monkeypatch.setattr(_common, "show_error", errors.append)  # where widgets say errors
     ft.base_model.value = "nuclei"
     ft.device.value = "cpu"
     ft.steps.value = 3
