@@ -13,7 +13,7 @@ wide), interior 2:
 Three classes because with only background / object + connected components, packed cells that touch
 merge into one component: the boundary class is what separates them (the U-Net's "boundary" mode).
 
-Targets come from :func:`napari_unet.core.annotations.labels_to_target` (mode "boundary"): the
+Targets come from :func:`napari_unet.core.train.annotations.labels_to_target` (mode "boundary"): the
 targets the U-Net fine-tune trains on, so both read an annotation the same way (painted objects are
 known even outside a mask; a painted object is whole: its edge is boundary, also next to unknown).
 """
@@ -30,7 +30,7 @@ from skimage.measure import label as cc_label
 from skimage.segmentation import watershed
 from sklearn.ensemble import RandomForestClassifier
 
-from napari_unet.core.annotations import labels_to_target
+from napari_unet.core.train.annotations import labels_to_target
 
 MIN_SIZE = 10  # px, for seeds and for final objects
 

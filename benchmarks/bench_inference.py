@@ -36,10 +36,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from napari_unet.core.io import load_model  # noqa: E402
-from napari_unet.core.model import UNet, UNetConfig  # noqa: E402
-from napari_unet.core.normalize import Normalization  # noqa: E402
-from napari_unet.core.tiling import auto_tile_size, mirror_index, plan_tiles, predict_image  # noqa: E402
+from napari_unet.core.modelfile.files import load_model  # noqa: E402
+from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
+from napari_unet.core.predict.normalize import Normalization  # noqa: E402
+from napari_unet.core.predict.predict2d import (  # noqa: E402
+    auto_tile_size,
+    mirror_index,
+    plan_tiles,
+    predict_image,
+)
 
 DATA = ROOT.parent / "shared" / "data" / "nuclei-widefield" / "image.tif"
 SHIPPED = ROOT / "src" / "napari_unet" / "models" / "nuclei.safetensors"

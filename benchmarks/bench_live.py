@@ -42,11 +42,11 @@ sys.path.insert(0, str(HERE))
 from _forest import features, probabilities_to_instances  # noqa: E402
 
 from napari_unet._synthetic import rod_colony  # noqa: E402
-from napari_unet.core.annotations import labels_to_target  # noqa: E402
 from napari_unet.core.events import PreviewDone  # noqa: E402
-from napari_unet.core.io import load_model  # noqa: E402
 from napari_unet.core.metrics import match_instances  # noqa: E402
+from napari_unet.core.modelfile.files import load_model  # noqa: E402
 from napari_unet.core.train import LiveInbox, live_train  # noqa: E402
+from napari_unet.core.train.annotations import labels_to_target  # noqa: E402
 
 SHARED = HERE.parent.parent / "shared" / "data"
 BG = 1  # background label of the scribbles; objects get ids from 2

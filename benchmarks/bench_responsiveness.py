@@ -89,8 +89,8 @@ def model_path(tmp: Path) -> tuple[str, str]:
         return str(shipped["nuclei"]), "shipped nuclei model"
     import torch
 
-    from napari_unet.core.io import UNetModel, save_model
-    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile.files import UNetModel, save_model
+    from napari_unet.core.network.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     net = UNet(UNetConfig(depth=4, base_channels=16, padding="valid"))
@@ -264,7 +264,7 @@ def main() -> int:
         seg_yielded(ev)
 
     seg._on_yielded = spy
-    from napari_unet._widgets import _jobs
+    from napari_unet._widgets import _segment_jobs as _jobs
 
     reserve = _jobs.usable_cores
     for policy in ("all cores", "one core kept for the viewer"):

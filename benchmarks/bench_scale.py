@@ -34,8 +34,8 @@ WORK = Path(os.environ.get("BENCH_SCALE_DIR", "/tmp/napari_unet_bench_scale"))
 def _model():
     import torch
 
-    from napari_unet.core.io import UNetModel
-    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile.files import UNetModel
+    from napari_unet.core.network.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     return UNetModel(UNet(UNetConfig(depth=4, base_channels=16, padding="valid", num_classes=2)), name="bench")

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_unet.core.annotations import labels_to_target
-from napari_unet.core.augment import elastic_deform
-from napari_unet.core.weights import class_balance, weight_map
+from napari_unet.core.train.annotations import labels_to_target
+from napari_unet.core.train.augment import elastic_deform
+from napari_unet.core.train.weight_map import class_balance, weight_map
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "data" / "touching-cells-huh7"
@@ -154,8 +154,8 @@ def bench_weights(repeat: int) -> list[tuple[str, float, str]]:
 def bench_training(steps: int) -> list[tuple[str, float, str]]:
     import tifffile
 
-    from napari_unet.core.io import UNetModel
-    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile.files import UNetModel
+    from napari_unet.core.network.unet import UNet, UNetConfig
     from napari_unet.core.train import TrainConfig, train
 
     img = tifffile.imread(DATA / "t20_image.tif")

@@ -11,7 +11,7 @@ segmentation as reference: silver labels, a dim nucleus unlabelled). Per time po
   a user does next in napari or scikit-image;
 - **linked across z** (ours): ``segment(..., volume=True)``, i.e. :func:`stitch_planes`;
 - **3D U-Net fine-tuned from 2 painted slices** (ours): the shipped model lifted to 3D
-  (:mod:`napari_unet.core.lift`) and fine-tuned on slices 1 and 3 of time point 0 (the silver
+  (:mod:`napari_unet.core.network.lift`) and fine-tuned on slices 1 and 3 of time point 0 (the silver
   labels of those two slices stand for what a user paints), then ``segment`` of each volume;
 - **2D fine-tuned on the same slices, linked across z**: the same two painted slices through the
   2D fine-tuning (``train``, same number of steps), then linking: what the 3D network is up against;
@@ -47,10 +47,10 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_unet.core.events import run_to_end
-from napari_unet.core.io import load_model
 from napari_unet.core.metrics import match_instances
+from napari_unet.core.modelfile.files import load_model
+from napari_unet.core.postprocess.linking import stitch_planes
 from napari_unet.core.segment import segment_image
-from napari_unet.core.volume import stitch_planes
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "nuclei3d-cho"
@@ -60,7 +60,7 @@ SPACING = (1.0, 0.202, 0.202)  # Fluo-N3DH-CHO's voxel size (um, Z Y X)
 
 def _train_3d(img: np.ndarray, ref: np.ndarray, model, steps: int, spacing=None):
     from napari_unet.core.train import TrainConfig
-    from napari_unet.core.train.volume import fine_tune_volume
+    from napari_unet.core.train.loop3d import fine_tune_volume
 
     painted = np.zeros_like(ref[0])
     painted[SLICES] = ref[0][SLICES]
@@ -84,9 +84,9 @@ def _train_2d(img: np.ndarray, ref: np.ndarray, model, steps: int):
 def _scratch(model):
     """The lifted 3D architecture of ``model`` with random weights (seed 0): a 3D U-Net from
     scratch, normalised and post-processed as the lifted one."""
-    from napari_unet.core.io import UNetModel
-    from napari_unet.core.lift import lifted_config
-    from napari_unet.core.model import UNet
+    from napari_unet.core.modelfile.files import UNetModel
+    from napari_unet.core.network.lift import lifted_config
+    from napari_unet.core.network.unet import UNet
 
     torch.manual_seed(0)
     return UNetModel(UNet(lifted_config(model.config)), model.normalization, model.postprocessing,
@@ -95,8 +95,8 @@ def _scratch(model):
 
 PEAK = """
 import gc, sys, threading, time, numpy as np, tifffile
-from napari_unet.core.io import load_model
-from napari_unet.core.lift import lift_model
+from napari_unet.core.modelfile.files import load_model
+from napari_unet.core.network.lift import lift_model
 from napari_unet.core.segment import segment_image
 PAGE = 4096
 def rss():  # resident memory now (not the peak so far): /proc/self/statm, second field

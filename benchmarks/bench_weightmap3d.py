@@ -26,11 +26,11 @@ import tifffile
 import torch
 
 from napari_unet.core.events import run_to_end
-from napari_unet.core.io import load_model
 from napari_unet.core.metrics import match_instances
+from napari_unet.core.modelfile.files import load_model
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train import TrainConfig
-from napari_unet.core.train.volume import fine_tune_volume, slice_targets
+from napari_unet.core.train.loop3d import fine_tune_volume, slice_targets
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "nuclei3d-cho"

@@ -20,8 +20,7 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_unet.core.augment import Augmentation, augment
-from napari_unet.core.io import load_model
+from napari_unet.core.modelfile.files import load_model
 from napari_unet.core.train import (
     TrainConfig,
     postprocessing_for,
@@ -29,6 +28,7 @@ from napari_unet.core.train import (
     sample_batch,
     widen_head,
 )
+from napari_unet.core.train.augment import Augmentation, augment
 from napari_unet.core.train.loss import training_loss
 from napari_unet.core.train.network import (
     AveragedWeights,

@@ -76,8 +76,8 @@ def main() -> int:
     if "nuclei" not in seg.registry:
         import torch
 
-        from napari_unet.core.io import UNetModel, save_model
-        from napari_unet.core.model import UNet, UNetConfig
+        from napari_unet.core.modelfile.files import UNetModel, save_model
+        from napari_unet.core.network.unet import UNet, UNetConfig
 
         torch.manual_seed(0)
         net = UNet(UNetConfig(depth=3, base_channels=8, padding="valid", dropout=0.0))

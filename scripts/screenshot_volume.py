@@ -84,7 +84,7 @@ def main() -> int:
     ft.device.value = "cpu"
     ft.volume.value = True
     if args.start == "new":
-        from napari_unet._widgets._training import VOLUME_STARTS
+        from napari_unet._widgets._train_jobs import VOLUME_STARTS
 
         ft.volume_start.value = VOLUME_STARTS[1]
     ft.steps.value = args.steps

@@ -34,12 +34,12 @@ import tifffile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_unet.core.annotations import labels_to_target  # noqa: E402
-from napari_unet.core.augment import Augmentation  # noqa: E402
-from napari_unet.core.io import save_model  # noqa: E402
 from napari_unet.core.metrics import evaluate  # noqa: E402
+from napari_unet.core.modelfile.files import save_model  # noqa: E402
 from napari_unet.core.segment import segment_image  # noqa: E402
 from napari_unet.core.train import TrainConfig, default_architecture, train  # noqa: E402
+from napari_unet.core.train.annotations import labels_to_target  # noqa: E402
+from napari_unet.core.train.augment import Augmentation  # noqa: E402
 
 SEEDS = {"nuclei": 20150518, "em": 20150519, "nuclei3d": 20160617}
 LICENSES = {
@@ -207,9 +207,9 @@ def train_nuclei3d(data: Path, out_dir: Path, steps: int, device: str) -> dict:
     every slice of nuclei3d-cho time points 0-9 (the challenge's automatic labels: silver);
     scored as 3D instances (F1@0.5 over voxels) on time points 10-19, never trained on."""
     from napari_unet.core.events import run_to_end
-    from napari_unet.core.io import load_model
     from napari_unet.core.metrics import match_instances
-    from napari_unet.core.train.volume import fine_tune_volume
+    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.train.loop3d import fine_tune_volume
 
     stack = _read(data, "nuclei3d-cho/stack.tif")
     silver = _read(data, "nuclei3d-cho/stack_silver_labels.tif").astype(np.int32)
@@ -251,7 +251,7 @@ def train_nuclei3d(data: Path, out_dir: Path, steps: int, device: str) -> dict:
 
 
 def lift_model_of(model):
-    from napari_unet.core.lift import lift_model
+    from napari_unet.core.network.lift import lift_model
 
     return lift_model(model)
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --score: store the scores in the model file's provenance (weights untouched)")
     args = p.parse_args(argv)
     if args.score:
-        from napari_unet.core.io import load_model
+        from napari_unet.core.modelfile.files import load_model
 
         model = load_model(args.score)
         for kind in args.models:

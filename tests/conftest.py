@@ -16,8 +16,8 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-channel, 2-class U-Net of depth 2 with 4 base channels, saved as a model file."""
     import torch
 
-    from napari_unet.core.io import UNetModel, save_model
-    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile.files import UNetModel, save_model
+    from napari_unet.core.network.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     model = UNetModel(UNet(UNetConfig(depth=2, base_channels=4)), name="tiny")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from napari_unet.core.augment import (
+from napari_unet.core.train.augment import (
     Augmentation,
     augment,
     elastic_deform,

@@ -19,11 +19,11 @@ from napari_unet.batch import (
     segment_files,
     segment_to_zarr,
 )
-from napari_unet.cli import main
+from napari_unet.cli.main import main
 from napari_unet.core.events import ItemDone, TileDone
-from napari_unet.core.io import Postprocessing, UNetModel, save_model
-from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.postprocess import instances_from_semantic
+from napari_unet.core.modelfile.files import Postprocessing, UNetModel, save_model
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.postprocess.instances import instances_from_semantic
 from napari_unet.core.segment import segment_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -217,7 +217,7 @@ def test_zarr_in_zarr_out_equals_in_memory(tmp_path, hela, output):
     events, dest = run(segment_to_zarr(src, model, tmp_path / "out.zarr", output_type=output,
                                        tile_size=TILE, block_size=100, device="cpu"))
     got = zarr.open_array(store=str(dest), mode="r")
-    from napari_unet.core.blocks import block_grid
+    from napari_unet.core.predict.blocks import block_grid
 
     grid = block_grid(model.config, hela.shape[-2:], TILE, 100)
     assert all(b % k == 0 for b, k in zip(grid.block, grid.plan.keep, strict=True))

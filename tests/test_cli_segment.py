@@ -8,9 +8,9 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet.cli import main
-from napari_unet.core.io import UNetModel, load_model, save_model
-from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.cli.main import main
+from napari_unet.core.modelfile.files import UNetModel, load_model, save_model
+from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.segment import segment_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet._cli_train import DEFAULT_BASE, add_train, base_model_name
-from napari_unet.cli import main
-from napari_unet.core.io import load_model
+from napari_unet.cli.main import main
+from napari_unet.cli.train import DEFAULT_BASE, add_train, base_model_name
+from napari_unet.core.modelfile.files import load_model
 
 DATA = Path(__file__).parent / "data" / "touching-cells-huh7"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.core.corrections import CorrectionTracker
+from napari_unet.core.train.corrections import CorrectionTracker
 
 
 def _seg() -> np.ndarray:

@@ -14,9 +14,9 @@ zarr = pytest.importorskip("zarr")
 import torch  # noqa: E402
 
 from napari_unet.batch import segment_to_zarr  # noqa: E402
-from napari_unet.cli import main  # noqa: E402
-from napari_unet.core.io import Postprocessing, UNetModel, save_model  # noqa: E402
-from napari_unet.core.model import UNet, UNetConfig  # noqa: E402
+from napari_unet.cli.main import main  # noqa: E402
+from napari_unet.core.modelfile.files import Postprocessing, UNetModel, save_model  # noqa: E402
+from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
 from napari_unet.core.segment import segment_image  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -99,7 +99,7 @@ def test_cli_scheduler_address(client, stack_file, tmp_path, capsys):
             "--tile-size", str(TILE), "--chunk", "112", "--scheduler", client.scheduler.address, "-q"]
     assert main(args) == 0
     got = zarr.open_array(store=str(out / "hela_semantic.zarr"), mode="r")
-    from napari_unet.core.blocks import block_grid
+    from napari_unet.core.predict.blocks import block_grid
 
     grid = block_grid(tiny_model().config, got.shape[-2:], TILE, 112)
     assert got.chunks == (1,) + grid.block

@@ -11,12 +11,18 @@ from fake_clock import use_fake_clock
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from napari_unet.cli import main
-from napari_unet.core.ensemble import UNetEnsemble
-from napari_unet.core.io import ModelFileError, UNetModel, load_model, read_header, save_model
-from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.cli.main import main
+from napari_unet.core.modelfile.files import (
+    ModelFileError,
+    UNetModel,
+    load_model,
+    read_header,
+    save_model,
+)
+from napari_unet.core.network.ensemble import UNetEnsemble
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.predict2d import predict_image
 from napari_unet.core.segment import segment_image
-from napari_unet.core.tiling import predict_image
 from napari_unet.core.train import TrainConfig, prepare_data, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,7 @@ pytest.importorskip("bioimageio.spec")
 pytest.importorskip("onnx")
 
 from napari_unet.core.events import run_to_end  # noqa: E402
-from napari_unet.core.io import ModelFileError, load_model  # noqa: E402
+from napari_unet.core.modelfile.files import ModelFileError, load_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,7 @@ def test_bioimageio_core_blockwise_prediction_equals_ours(packages, nuclei_image
     pytest.importorskip("bioimageio.core")
     from bioimageio.core import create_prediction_pipeline, load_model_description, predict
 
-    from napari_unet.core.tiling import predict_image
+    from napari_unet.core.predict.predict2d import predict_image
 
     img = nuclei_image[:304, 100:404]  # a valid sample size (208 + 6 * 16)
     pipeline = create_prediction_pipeline(load_model_description(str(packages["nuclei"])),
@@ -130,8 +130,8 @@ def _rewrite(src: Path, dst: Path, edit_rdf=None, drop=(), replace=None) -> Path
 
 
 def test_package_without_our_file_loads_our_architecture_without_code(packages, tmp_path, nuclei_image):
-    from napari_unet.core.model import UNet
-    from napari_unet.core.tiling import predict_image
+    from napari_unet.core.network.unet import UNet
+    from napari_unet.core.predict.predict2d import predict_image
 
     def strip(rdf):
         del rdf["config"]["napari_unet"]
@@ -244,9 +244,9 @@ def test_foreign_package_runs_through_our_tiler(tmp_path, nuclei_image, weights)
     if weights == "onnx":
         pytest.importorskip("onnxruntime")
     from napari_unet.core.exchange.runtime import ExternalNet
-    from napari_unet.core.normalize import Normalization
+    from napari_unet.core.predict.normalize import Normalization
+    from napari_unet.core.predict.predict2d import predict_image
     from napari_unet.core.segment import segment_image
-    from napari_unet.core.tiling import predict_image
 
     model = load_model(_foreign_package(tmp_path / "foreign", weights=weights))
     # the package has no clip step: its normalisation is used as it says, unclipped
@@ -265,7 +265,7 @@ def test_foreign_package_runs_through_our_tiler(tmp_path, nuclei_image, weights)
     assert np.abs(probs[1] - p).max() <= 1e-5
     assert segment_image(img, model, device="cpu", tile_size=64).max() > 3
     # a network from elsewhere is segmented with, not exported or fine-tuned as ours
-    from napari_unet.cli import main
+    from napari_unet.cli.main import main
 
     assert main(["export", str(tmp_path / "foreign" / "package.zip"), "--format", "torchscript",
                  "-o", str(tmp_path / "again.pt")]) == 2

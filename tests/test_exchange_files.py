@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.io import load_model
-from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.modelfile.files import load_model
+from napari_unet.core.network.unet import UNet, UNetConfig
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_export_leaves_the_model_as_it_was(nuclei, tmp_path):
 def test_onnxruntime_backend_through_the_tiler_equals_torch(nuclei, nuclei_image):
     pytest.importorskip("onnxruntime")
     from napari_unet.core.exchange.runtime import onnxruntime_model
+    from napari_unet.core.predict.predict2d import predict_image
     from napari_unet.core.segment import segment_image
-    from napari_unet.core.tiling import predict_image
 
     onnx_model = onnxruntime_model(nuclei)
     img = nuclei_image[:200, :260]

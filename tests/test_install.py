@@ -167,8 +167,8 @@ def test_the_fp32_path_can_be_forced_by_the_environment(monkeypatch):
 def test_a_training_under_the_forced_fp32_path_records_it(monkeypatch):
     import torch
 
-    from napari_unet.core.io import UNetModel
-    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile.files import UNetModel
+    from napari_unet.core.network.unet import UNet, UNetConfig
     from napari_unet.core.train import TrainConfig, train_model
 
     monkeypatch.setenv("NAPARI_UNET_PRECISION", "fp32")

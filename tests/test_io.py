@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.io import (
+from napari_unet.core.modelfile.files import (
     ModelFileError,
     Postprocessing,
     UNetModel,
@@ -15,8 +15,8 @@ from napari_unet.core.io import (
     read_header,
     save_model,
 )
-from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.normalize import Normalization
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import Normalization
 
 
 def _model(**kw):

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from skimage.metrics import adapted_rand_error
 
-from napari_unet.cli import main
+from napari_unet.cli.main import main
 from napari_unet.core.metrics import (
     evaluate,
     foreground_iou,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.network.unet import UNet, UNetConfig
 
 
 def test_paper_geometry_572_to_388():

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.cli import main
-from napari_unet.core.annotations import AnnotationError, labels_to_target
-from napari_unet.core.model import UNetConfig
-from napari_unet.core.normalize import Normalization
+from napari_unet.cli.main import main
+from napari_unet.core.network.unet import UNetConfig
+from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.train import prepare_data
+from napari_unet.core.train.annotations import AnnotationError, labels_to_target
 
 CFG = UNetConfig(depth=2, base_channels=4)
 IMG = np.random.default_rng(0).integers(0, 200, (32, 32)).astype(np.uint8)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from napari_unet._synthetic import rod_colony
-from napari_unet.core.io import UNetModel
-from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.train import TrainConfig, train, train_model, training_summary
 from napari_unet.core.train import plateau as plateau_module
 from napari_unet.core.train.plateau import FLOOR, MIN_PASSES, Plateau

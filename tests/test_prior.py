@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from napari_unet.core.events import run_to_end
-from napari_unet.core.io import Postprocessing, UNetModel, load_model, save_model
-from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.prior import MAX_ODDS_SHIFT, adapt_background_prior, estimate_background_prior
+from napari_unet.core.modelfile.files import Postprocessing, UNetModel, load_model, save_model
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.postprocess.prior import (
+    MAX_ODDS_SHIFT,
+    adapt_background_prior,
+    estimate_background_prior,
+)
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train import TrainConfig, train_model, training_summary
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.io import UNetModel, load_model
-from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.normalize import CLIP, Normalization, percentiles
+from napari_unet.core.modelfile.files import UNetModel, load_model
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import CLIP, Normalization, percentiles
+from napari_unet.core.predict.predict2d import predict_image
 from napari_unet.core.segment import segment_image
-from napari_unet.core.tiling import predict_image
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_zero_padding_tiled_equals_whole_image_on_real_data(nuclei_model, nuclei
 
 # ------------------------------------------------------------------ model files
 def test_a_model_file_with_nan_weights_is_refused_at_load(tmp_path):
-    from napari_unet.core.io import ModelFileError, save_model
+    from napari_unet.core.modelfile.files import ModelFileError, save_model
 
     m = _tiny()
     with torch.no_grad():
@@ -228,9 +228,9 @@ def test_zero_padding_is_not_silent(tmp_path, capsys, make_napari_viewer, qtbot,
     a widget warning), mirror padding says nothing; a model trained with zero context would not."""
     import tifffile
 
-    from napari_unet.cli import main
-    from napari_unet.core.io import load_model
-    from napari_unet.core.tiling import zero_padding_note
+    from napari_unet.cli.main import main
+    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.predict.predict2d import zero_padding_note
 
     src = tmp_path / "img.tif"
     tifffile.imwrite(src, nuclei_image[:128, :128])

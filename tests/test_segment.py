@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.io import Postprocessing, UNetModel
-from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.postprocess import instances, instances_from_semantic, semantic_labels
+from napari_unet.core.modelfile.files import Postprocessing, UNetModel
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.postprocess.instances import (
+    instances,
+    instances_from_semantic,
+    semantic_labels,
+)
+from napari_unet.core.predict.predict2d import predict_image
 from napari_unet.core.segment import segment, segment_image
-from napari_unet.core.tiling import predict_image
 
 
 def _model(classes=2, post=None):
@@ -113,7 +117,7 @@ def _packed_probabilities():
 
 
 def test_seeded_watershed_separates_packed_objects():
-    from napari_unet.core.postprocess import seeded_instances
+    from napari_unet.core.postprocess.instances import seeded_instances
 
     p = _packed_probabilities()
     post = Postprocessing((2,), (1,), min_size=1, split="seeded", min_seed_size=4)
@@ -144,7 +148,7 @@ def test_segment_uses_the_models_seeded_postprocessing():
     import tempfile
     from pathlib import Path
 
-    from napari_unet.core.io import load_model, save_model
+    from napari_unet.core.modelfile.files import load_model, save_model
 
     path = save_model(m, Path(tempfile.mkdtemp()) / "m")
     assert load_model(path).postprocessing == post

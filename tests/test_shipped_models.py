@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.core.annotations import labels_to_target
-from napari_unet.core.io import load_model, read_header, shipped_models
 from napari_unet.core.metrics import evaluate
+from napari_unet.core.modelfile.files import load_model, read_header, shipped_models
 from napari_unet.core.segment import segment_image
+from napari_unet.core.train.annotations import labels_to_target
 
 DATA = Path(__file__).parent / "data"
 

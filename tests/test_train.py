@@ -10,13 +10,11 @@ import torch
 from fake_clock import use_fake_clock
 
 from napari_unet._synthetic import rod_colony
-from napari_unet.cli import main
-from napari_unet.core.annotations import AnnotationError
-from napari_unet.core.augment import Augmentation
+from napari_unet.cli.main import main
 from napari_unet.core.events import StepDone
-from napari_unet.core.io import UNetModel, load_model, save_model
-from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.normalize import Normalization
+from napari_unet.core.modelfile.files import UNetModel, load_model, save_model
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.train import (
     TrainConfig,
     prepare_data,
@@ -25,6 +23,8 @@ from napari_unet.core.train import (
     validate,
     weighted_loss,
 )
+from napari_unet.core.train.annotations import AnnotationError
+from napari_unet.core.train.augment import Augmentation
 
 DATA = Path(__file__).parent / "data" / "touching-cells-huh7"
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core import geometry
-from napari_unet.core.io import UNetModel, load_model, save_model
-from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.normalize import CLIP, Normalization
-from napari_unet.core.padding import mirror_index
-from napari_unet.core.tiling import predict_image
-from napari_unet.core.tiling3d import plan_volume, predict_volume, predict_volume_image
+from napari_unet.core.modelfile.files import UNetModel, load_model, save_model
+from napari_unet.core.network import geometry
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import CLIP, Normalization
+from napari_unet.core.predict.padding import mirror_index
+from napari_unet.core.predict.predict2d import predict_image
+from napari_unet.core.predict.predict3d import plan_volume, predict_volume, predict_volume_image
 
 
 def _net3d(padding="valid", depth=2, z_pooling=(False, True), seed=0, classes=2, z_convolution=()):
@@ -186,7 +186,7 @@ def test_3d_model_writes_zarr_volume_by_volume_equal_to_memory(tmp_path, monkeyp
     import tifffile
     import zarr
 
-    from napari_unet.cli import main
+    from napari_unet.cli.main import main
     from napari_unet.core.segment import segment_image
 
     rng = np.random.default_rng(5)

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_unet.core.metrics import match_instances
-from napari_unet.core.volume import stitch_planes
+from napari_unet.core.postprocess.linking import stitch_planes
 
 DATA = Path(__file__).parent / "data"
 
@@ -109,7 +109,7 @@ def _cho():
 
 
 def test_segment_volume_links_real_nuclei_across_z():
-    from napari_unet.core.io import load_model
+    from napari_unet.core.modelfile.files import load_model
     from napari_unet.core.segment import segment_image
 
     img, silver = _cho()
@@ -128,7 +128,7 @@ def test_segment_volume_links_real_nuclei_across_z():
 
 
 def test_cli_volume_writes_3d_instances(tmp_path):
-    from napari_unet.cli import main
+    from napari_unet.cli.main import main
 
     img, _ = _cho()
     src = tmp_path / "vol.tif"
@@ -153,7 +153,7 @@ def test_segment_widget_makes_3d_objects_of_a_z_stack(make_napari_viewer, qtbot,
     """The Segment widget's '3D objects across z' on a real confocal stack in a real viewer."""
     from qtpy.QtCore import Qt
 
-    from napari_unet.core.io import load_model
+    from napari_unet.core.modelfile.files import load_model
     from napari_unet.core.segment import segment_image
 
     img, _ = _cho()
@@ -183,8 +183,8 @@ def test_3d_instances_grow_and_split_by_physical_distance():
     """With the voxel size of a layer's scale, a voxel of the grow class joins the object that is
     nearest in space, not in voxel steps; the watershed split in physical units still separates two
     touching ellipsoids; isotropic spacing is the default; a wrong spacing is a message."""
-    from napari_unet.core.io import Postprocessing
-    from napari_unet.core.postprocess import instances_from_semantic
+    from napari_unet.core.modelfile.files import Postprocessing
+    from napari_unet.core.postprocess.instances import instances_from_semantic
 
     sem = np.full((5, 21, 21), 2, np.uint8)  # grow class everywhere ...
     sem[0, 10, 10] = 1  # ... object A two planes below the probe

@@ -7,18 +7,18 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet.core.annotations import AnnotationError
 from napari_unet.core.events import StepDone
-from napari_unet.core.io import load_model, save_model
-from napari_unet.core.lift import lift_model, lift_network, lifted_config
 from napari_unet.core.metrics import match_instances
-from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.normalize import Normalization
+from napari_unet.core.modelfile.files import load_model, save_model
+from napari_unet.core.network.lift import lift_model, lift_network, lifted_config
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.predict.predict2d import predict_image
+from napari_unet.core.predict.predict3d import predict_volume_image
 from napari_unet.core.segment import segment_image
-from napari_unet.core.tiling import predict_image
-from napari_unet.core.tiling3d import predict_volume_image
 from napari_unet.core.train import TrainConfig
-from napari_unet.core.train.volume import fine_tune_volume, painted_slices
+from napari_unet.core.train.annotations import AnnotationError
+from napari_unet.core.train.loop3d import fine_tune_volume, painted_slices
 
 DATA = Path(__file__).parent / "data" / "nuclei3d-cho"
 
@@ -100,7 +100,7 @@ def test_painted_slices_and_bad_paintings():
 
 
 def _tiny_model():
-    from napari_unet.core.io import UNetModel
+    from napari_unet.core.modelfile.files import UNetModel
 
     torch.manual_seed(0)
     return UNetModel(UNet(UNetConfig(depth=2, base_channels=4)), name="tiny")
@@ -212,8 +212,8 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu",
                                                           spacing=(5.0, 1.0, 1.0)))
     # '3D start': a new 3D U-Net whose pooling follows the image layer's scale
-    from napari_unet._widgets._training import VOLUME_STARTS, new_volume_note
-    from napari_unet.core.train.volume import volume_architecture
+    from napari_unet._widgets._train_jobs import VOLUME_STARTS, new_volume_note
+    from napari_unet.core.train.loop3d import volume_architecture
 
     ft.volume.value = False
     assert not ft.volume_start.enabled  # a 3D start means nothing for 2D training
@@ -265,7 +265,7 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
 
 def test_cli_train_volume_then_segment_the_volume(tmp_path, capsys, monkeypatch):
     """`train --volume` on real files fine-tunes a 3D model; `segment` with it writes 3D instances."""
-    from napari_unet.cli import main
+    from napari_unet.cli.main import main
 
     img, silver, painted = _cho_crop(160)
     tifffile.imwrite(tmp_path / "vol.tif", img)
@@ -331,7 +331,7 @@ def test_a_3d_model_as_base_of_2d_or_live_training_is_a_message():
     """A 3D model picked as the base of 2D fine-tuning or Live is refused with what to do instead,
     before any step (it used to fail inside the network)."""
     from napari_unet.core.events import run_to_end
-    from napari_unet.core.lift import lift_model
+    from napari_unet.core.network.lift import lift_model
     from napari_unet.core.train import LiveInbox, TrainConfig, train
     from napari_unet.core.train.live import live_train
 
@@ -375,7 +375,7 @@ def test_several_volumes_train_one_3d_model_from_all_their_painted_slices():
 def test_a_new_3d_unet_pools_z_only_where_the_voxel_size_allows():
     """volume_architecture: nnU-Net's rule from the voxel size: a level pools (and convolves along)
     z once the voxel there is less than twice as deep as wide; before that Y and X only."""
-    from napari_unet.core.train.volume import new_volume_model, volume_architecture
+    from napari_unet.core.train.loop3d import new_volume_model, volume_architecture
 
     cho = volume_architecture((1.0, 0.2, 0.2))  # confocal nuclei: 5 times as deep as wide
     assert cho.dims == 3 and cho.depth == 3
@@ -396,8 +396,8 @@ def test_a_new_3d_unet_pools_z_only_where_the_voxel_size_allows():
 
 
 def _weights_2d(lab2d):
-    from napari_unet.core.annotations import labels_to_target
-    from napari_unet.core.weights import weight_map
+    from napari_unet.core.train.annotations import labels_to_target
+    from napari_unet.core.train.weight_map import weight_map
 
     t = labels_to_target(lab2d, mode="binary")
     return weight_map(t.target, t.objects, 2, w0=10.0, sigma=5.0, balance=False)
@@ -407,7 +407,7 @@ def test_the_weight_map_is_3d_across_consecutive_painted_slices():
     """An isolated painted slice has the paper's 2D map; on consecutive painted slices an object
     of the slice above makes a gap in this slice a gap between two objects (eq. 2 in 3D), by the
     voxel's proportions; the same object painted with other ids on each slice is one object."""
-    from napari_unet.core.train.volume import painted_runs, slice_targets
+    from napari_unet.core.train.loop3d import painted_runs, slice_targets
 
     assert painted_runs([5, 1, 2, 7, 8, 9]) == [[1, 2], [5], [7, 8, 9]]
     lab = np.zeros((6, 40, 60), np.uint16)
@@ -435,7 +435,7 @@ def test_a_new_3d_unet_learns_from_two_painted_slices_with_the_pooling_of_the_sc
     """From scratch (random weights, pooling from the voxel size) on two painted slices of a real
     volume: the 3D instances on the other slices go from nothing to most nuclei."""
     from napari_unet.core.events import run_to_end
-    from napari_unet.core.train.volume import new_volume_model
+    from napari_unet.core.train.loop3d import new_volume_model
 
     img, silver, painted = _cho_crop(192)
     others = [0, 2, 4]
@@ -464,7 +464,7 @@ def test_elastic_deformation_in_3d_for_near_isotropic_voxels():
     """elastic_3d moves voxels across planes (an in-plane field cannot), labels with the image,
     in proportion to the voxel (deep voxels barely move in z) and to the patch's depth. fine_tune_volume picks it from the
     voxel size."""
-    from napari_unet.core.augment import elastic_3d
+    from napari_unet.core.train.augment import elastic_3d
 
     d, h, w = 24, 40, 44
     planes = torch.arange(d, dtype=torch.int16)[None, :, None, None].expand(2, d, h, w).contiguous()

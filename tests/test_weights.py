@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_unet.core.annotations import AnnotationError, labels_to_target, split_planes
 from napari_unet.core.train import TrainConfig
-from napari_unet.core.weights import border_term, class_balance, nearest_two_distances, weight_map
+from napari_unet.core.train.annotations import AnnotationError, labels_to_target, split_planes
+from napari_unet.core.train.weight_map import (
+    border_term,
+    class_balance,
+    nearest_two_distances,
+    weight_map,
+)
 
 
 # ---------------------------------------------------------------------------- reference
@@ -215,8 +220,8 @@ def test_annotation_errors():
 
 
 def test_only_one_class_painted_is_an_error():
-    from napari_unet.core.model import UNetConfig
-    from napari_unet.core.normalize import Normalization
+    from napari_unet.core.network.unet import UNetConfig
+    from napari_unet.core.predict.normalize import Normalization
     from napari_unet.core.train import prepare_data
 
     img = np.random.default_rng(0).random((32, 32)).astype(np.float32)

@@ -60,7 +60,7 @@ def test_plugin_menu_and_samples_do_not_import_torch():
         import sys
         import napari_unet
         import napari_unet._widgets._segment, napari_unet._widgets._finetune
-        import napari_unet._widgets._state, napari_unet._widgets._jobs, napari_unet._widgets._training
+        import napari_unet._widgets._state, napari_unet._widgets._segment_jobs, napari_unet._widgets._train_jobs
         import napari_unet._sample_data as s
         import npe2
         pm = npe2.PluginManager.instance()
@@ -131,7 +131,7 @@ def test_segment_real_image_end_to_end(make_napari_viewer, qtbot, tiny_model_pat
     assert w.progress_bar.value() == w.progress_bar.maximum() > 0  # a finished job shows a full bar
     # napari's progress bar processes events re-entrantly, so a progress event can be handled after
     # the job's `finished`: it must not overwrite the final status
-    from napari_unet._widgets._jobs import JobProgress
+    from napari_unet._widgets._segment_jobs import JobProgress
 
     w._on_yielded(JobProgress(0, 1, "nuclei", 1, 1, 0, 1, "cpu"))
     assert w.status.text() == said
@@ -166,7 +166,7 @@ def test_semantic_and_probability_outputs(make_napari_viewer, qtbot, tiny_model_
     np.testing.assert_array_equal(prob.data.argmax(0), sem.data)
 
     # the Advanced box's test-time augmentation check box: the 8-orientation average
-    from napari_unet.core.io import load_model
+    from napari_unet.core.modelfile.files import load_model
     from napari_unet.core.segment import segment_image
 
     plain = prob.data.copy()
@@ -224,7 +224,7 @@ def test_batch_over_two_layers_and_a_stack(make_napari_viewer, qtbot, tiny_model
     assert isinstance(rs, Labels) and rs.data.shape == (3, 128, 160)
     assert tuple(rs.scale) == (2.0, 0.5, 0.5) and tuple(rs.translate) == (1, 2, 3)
     # each plane of the stack equals that plane segmented on its own
-    from napari_unet.core.io import load_model
+    from napari_unet.core.modelfile.files import load_model
     from napari_unet.core.segment import segment_image
 
     model = load_model(tiny_model_path)
@@ -298,8 +298,8 @@ def _blind_model(path: Path) -> Path:
     """A tiny model whose output bias always wins for the background: it finds nothing."""
     import torch
 
-    from napari_unet.core.io import UNetModel, save_model
-    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile.files import UNetModel, save_model
+    from napari_unet.core.network.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     net = UNet(UNetConfig(depth=2, base_channels=4))
@@ -485,9 +485,9 @@ def test_finetune_messages_name_the_layers_and_no_region_on_the_whole_frame(
 
 
 def test_core_errors_about_the_painting_can_name_the_layers():
-    from napari_unet._widgets._jobs import user_message
     from napari_unet._widgets._pairs import pair_names
-    from napari_unet.core.annotations import AnnotationError
+    from napari_unet._widgets._segment_jobs import user_message
+    from napari_unet.core.train.annotations import AnnotationError
 
     exc = AnnotationError("the image has 3 channel(s) but the model reads 1", pair=1, pairs=2)
     assert user_message(exc) == "image 2 of 2: the image has 3 channel(s) but the model reads 1"

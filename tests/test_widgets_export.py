@@ -18,7 +18,7 @@ def test_export_button_writes_a_package_that_opens_again(make_napari_viewer, qtb
                                                          nuclei_image, tmp_path, notifications):
     pytest.importorskip("bioimageio.spec")
     pytest.importorskip("onnx")
-    from napari_unet.core.io import load_model
+    from napari_unet.core.modelfile.files import load_model
 
     viewer = make_napari_viewer()
     viewer.add_image(nuclei_image, name="nuclei")
@@ -75,11 +75,11 @@ def test_open_model_file_refuses_a_broken_package_with_a_message(make_napari_vie
 def test_a_network_from_another_program_is_not_fine_tuned():
     import threading
 
-    from napari_unet._widgets._training import _train_job
+    from napari_unet._widgets._train_jobs import _train_job
     from napari_unet.core.exchange.portable import scripted
     from napari_unet.core.exchange.runtime import ExternalNet
-    from napari_unet.core.io import UNetModel
-    from napari_unet.core.model import UNet, UNetConfig
+    from napari_unet.core.modelfile.files import UNetModel
+    from napari_unet.core.network.unet import UNet, UNetConfig
 
     cfg = UNetConfig(depth=2, base_channels=4)
     foreign = UNetModel(ExternalNet(cfg, scripted(UNet(cfg))), name="foreign")

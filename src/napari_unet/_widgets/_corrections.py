@@ -1,6 +1,6 @@
 """Corrections of segmented layers: the segmentation as it was, kept for every Labels layer.
 
-One :class:`~napari_unet.core.corrections.CorrectionTracker` per Labels layer of the viewer, made
+One :class:`~napari_unet.core.train.corrections.CorrectionTracker` per Labels layer of the viewer, made
 when the layer appears (or the Fine-tune widget opens) and made anew when the layer's data is
 replaced (a new segmentation): it keeps a copy of the labels as they were, and what differs from
 it when the user fine-tunes is what was corrected, however it was changed (brush, eraser, fill,
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels
 
-from ._common import level0
+from napari_unet._widgets._common import level0
 
 CORRECTED = "(corrected objects)"
 ROLE = "napari_unet_role"  # a layer's metadata key: the plugin's own layers say what they are
@@ -65,7 +65,7 @@ class CorrectionTracking:
 
     def _keep(self, layer: Any) -> None:
         """The layer's labels as they are now become its original."""
-        from ..core.corrections import CorrectionTracker
+        from napari_unet.core.train.corrections import CorrectionTracker
 
         data = level0(layer.data)
         if isinstance(data, np.ndarray) and data.ndim in (2, 3):

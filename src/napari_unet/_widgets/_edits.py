@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import level0
+from napari_unet._widgets._common import level0
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from magicgui.widgets import PushButton
 from napari.utils.notifications import show_info
 
-from ._training import carry_runtime_errors, why
+from napari_unet._widgets._train_jobs import carry_runtime_errors, why
 
 FILTERS = {"bioimage.io model package (*.zip)": "bioimageio", "TorchScript (*.pt)": "torchscript",
            "ONNX (*.onnx)": "onnx"}
@@ -105,11 +105,11 @@ class ExportControl:
 def _export_job(model: Any, path: str, fmt: str, sample: np.ndarray | None) -> Any:
     """Worker generator: write ``model`` in ``fmt``; returns the written path (as a string)."""
     if fmt == "bioimageio":
-        from ..core.exchange.bioimageio import export_bioimageio
+        from napari_unet.core.exchange.bioimageio import export_bioimageio
 
         return str((yield from export_bioimageio(model, path, sample=sample)))
-    from ..core.exchange import ExportStep
-    from ..core.exchange.portable import export_onnx, export_torchscript
+    from napari_unet.core.exchange import ExportStep
+    from napari_unet.core.exchange.portable import export_onnx, export_torchscript
 
     suffix = ".pt" if fmt == "torchscript" else ".onnx"
     if not path.lower().endswith(suffix):

@@ -33,17 +33,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import layer_names, show_failure, warm_up_labels
-from ._corrections import CORRECTED, CorrectionTracking
-from ._export import ExportControl
-from ._jobs import user_message
-from ._live import LiveControls
-from ._pairs import WHOLE, collect_pairs, pair_names
-from ._plot import LossPlot
-from ._sample_preview import SamplePreview
-from ._state import registry_for
-from ._train_settings import add_training_settings
-from ._training import (
+from napari_unet._widgets._common import layer_names, show_failure, warm_up_labels
+from napari_unet._widgets._corrections import CORRECTED, CorrectionTracking
+from napari_unet._widgets._export import ExportControl
+from napari_unet._widgets._live import LiveControls
+from napari_unet._widgets._pairs import WHOLE, collect_pairs, pair_names
+from napari_unet._widgets._plot import LossPlot
+from napari_unet._widgets._sample_preview import SamplePreview
+from napari_unet._widgets._segment_jobs import user_message
+from napari_unet._widgets._state import registry_for
+from napari_unet._widgets._train_jobs import (
     VOLUME_STARTS,
     TrainingPair,
     _train_job,
@@ -53,6 +52,7 @@ from ._training import (
     volume_spacing,
     why,
 )
+from napari_unet._widgets._train_settings import add_training_settings
 
 
 class FineTuneWidget(QWidget):
@@ -403,7 +403,7 @@ class FineTuneWidget(QWidget):
         (never replacing another), current in the Segment widget; Save and Export… enabled."""
         if model is None:
             return
-        from ..core.train import training_summary
+        from napari_unet.core.train import training_summary
 
         prov = model.provenance or {}
         name, root = self._model_name(model)
@@ -441,7 +441,7 @@ class FineTuneWidget(QWidget):
         if self.model is None:
             self.report_error("Nothing to save yet: fine-tune a model first.")
             return None
-        from ..core.io import save_model
+        from napari_unet.core.modelfile.files import save_model
 
         try:
             written = save_model(self.model, path)

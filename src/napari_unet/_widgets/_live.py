@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels
 
-from ._common import level0
-from ._corrections import ROLE, layer_key
-from ._edits import Change, LabelsEdits
-from ._training import carry_runtime_errors
+from napari_unet._widgets._common import level0
+from napari_unet._widgets._corrections import ROLE, layer_key
+from napari_unet._widgets._edits import Change, LabelsEdits
+from napari_unet._widgets._train_jobs import carry_runtime_errors
 
 PREVIEW_COLOR = "yellow"
 
@@ -56,7 +56,7 @@ class LiveSession:
                  corrections: Any = None, on_notice: Any = None) -> None:
         from napari.qt.threading import create_worker
 
-        from ..core.train import LiveInbox
+        from napari_unet.core.train import LiveInbox
 
         self.viewer = viewer
         self.image_layer = viewer.layers[image_name]
@@ -146,7 +146,7 @@ class LiveSession:
 
     # ---------------------------------------------------------------- core -> viewer
     def _yielded(self, ev: Any) -> None:
-        from ..core.events import PreviewDone
+        from napari_unet.core.events import PreviewDone
 
         if isinstance(ev, PreviewDone):
             self._show_preview(ev)
@@ -224,10 +224,10 @@ def outline_in_one_colour(layer: Labels, color: str) -> None:
 def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None, lr: float | None,
               strength: float, device: str, seed: int, rgb: bool, preview_every: float) -> Any:
     """Worker generator: load the base model if needed, then train live until Stop."""
-    from ..core.io import UNetModel, load_model
-    from ..core.train import live_train
-    from ..core.train.live import live_config
-    from ._training import augmentation_for
+    from napari_unet._widgets._train_jobs import augmentation_for
+    from napari_unet.core.modelfile.files import UNetModel, load_model
+    from napari_unet.core.train import live_train
+    from napari_unet.core.train.live import live_config
 
     model = base if isinstance(base, UNetModel) else load_model(base)
     # lr None: live training's own measured rate and recipe (core.train.live), not Fine-tune's
@@ -295,7 +295,7 @@ class LiveControls:
             self.stop()
 
     def start(self) -> LiveSession | None:
-        from ._jobs import user_message
+        from napari_unet._widgets._segment_jobs import user_message
 
         w = self.owner
         if w.running:
@@ -311,7 +311,7 @@ class LiveControls:
             w.report_error("Choose an image and the Labels layer painted on it (or add a new one).")
             self.live.value = False
             return None
-        from ._corrections import CORRECTED
+        from napari_unet._widgets._corrections import CORRECTED
 
         corrections = w.corrections if w.region.value == CORRECTED else None
         try:
@@ -344,7 +344,7 @@ class LiveControls:
             self.session.stop()
 
     def _event(self, ev: Any) -> None:
-        from ..core.events import LiveWaiting, PreviewDone, StepDone
+        from napari_unet.core.events import LiveWaiting, PreviewDone, StepDone
 
         w, s = self.owner, self.session
         if isinstance(ev, LiveWaiting):
@@ -362,7 +362,7 @@ class LiveControls:
             self._last = ev
 
     def _failed(self, exc: BaseException) -> None:
-        from ._training import why
+        from napari_unet._widgets._train_jobs import why
 
         message = f"Live training failed: {why(exc)}"
         self.owner.report_error(message)

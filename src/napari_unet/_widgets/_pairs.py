@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 from napari.layers import Shapes
 
-from ._common import level0
-from ._corrections import CORRECTED
-from ._training import TrainingPair
+from napari_unet._widgets._common import level0
+from napari_unet._widgets._corrections import CORRECTED
+from napari_unet._widgets._train_jobs import TrainingPair
 
 WHOLE = "(whole frame)"
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_error
 
-from ._common import put_layer
-from ._jobs import user_message
+from napari_unet._widgets._common import put_layer
+from napari_unet._widgets._segment_jobs import user_message
 
 
 class SamplePreview:
@@ -33,7 +33,7 @@ class SamplePreview:
             return None
         from napari.qt.threading import create_worker
 
-        from ._training import preview_sample
+        from napari_unet._widgets._train_jobs import preview_sample
 
         plane = int(w.viewer.dims.current_step[0]) if pair.labels.ndim == 3 else None
         self._source = pair.name

@@ -25,8 +25,15 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from ._common import layer_names, level0, put_layer, show_failure, unwrapped, warm_up_labels
-from ._jobs import (
+from napari_unet._widgets._common import (
+    layer_names,
+    level0,
+    put_layer,
+    show_failure,
+    unwrapped,
+    warm_up_labels,
+)
+from napari_unet._widgets._segment_jobs import (
     JobFailed,
     JobProgress,
     JobResult,
@@ -37,7 +44,7 @@ from ._jobs import (
     spatial_metadata,
     user_message,
 )
-from ._state import registry_for
+from napari_unet._widgets._state import registry_for
 
 OUTPUT_TYPES = ("instances", "semantic", "probabilities")
 PADDINGS = ("mirror", "zero")
@@ -53,7 +60,9 @@ class SegmentWidget(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from ..core.device import available_devices  # torch: when the widget opens, not on import
+        from napari_unet.core.device import (
+            available_devices,  # torch: when the widget opens, not on import
+        )
 
         self.viewer = viewer
         self.registry = registry_for(viewer)
@@ -248,7 +257,7 @@ class SegmentWidget(QWidget):
 
         tile = int(self.tile_size.value) or None
         if self.padding.value == "zero":
-            from ..core.padding import zero_padding_note
+            from napari_unet.core.predict.padding import zero_padding_note
 
             note = zero_padding_note(entry.model)  # None until a file model is loaded
             if note:

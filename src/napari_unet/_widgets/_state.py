@@ -25,7 +25,7 @@ class ModelEntry:
     """One available model: ``kind`` is "shipped", "file" or "session" (fine-tuned here).
 
     ``path`` is where its file is (None for an unsaved session model); ``model`` the loaded
-    :class:`~napari_unet.core.io.UNetModel`, or None until first used; ``root`` for a session
+    :class:`~napari_unet.core.modelfile.files.UNetModel`, or None until first used; ``root`` for a session
     model: the shipped or opened model its chain of fine-tunings started from (names say it).
     """
 
@@ -44,7 +44,7 @@ DEFAULT_MODEL = "nuclei"
 
 
 def shipped_model_files() -> dict[str, Path]:
-    """Name -> file of the shipped models (same rule as ``core.io.shipped_models``, without torch)."""
+    """Name -> file of the shipped models (same rule as ``core.modelfile.files.shipped_models``, without torch)."""
     d = Path(str(resources.files("napari_unet") / "models"))
     if not d.is_dir():
         return {}
@@ -109,16 +109,18 @@ class ModelRegistry:
         """Add a model file (its header is checked now; the weights are loaded on first use).
 
         Returns the entry's name (the file name without suffix; made unique). A file already in the
-        registry is not added twice. Raises ``core.io.ModelFileError`` for a file that is not a model.
+        registry is not added twice. Raises ``core.modelfile.files.ModelFileError`` for a file that is not a model.
         """
-        from ..core.io import read_header  # imports torch: only when the user opens a file
+        from napari_unet.core.modelfile.files import (
+            read_header,  # imports torch: only when the user opens a file
+        )
 
         path = str(Path(path).expanduser().resolve())
         for entry in self._entries.values():
             if entry.path and os.path.abspath(entry.path) == path:
                 return entry.name
         if path.lower().endswith(".zip"):  # a bioimage.io package: can napari-unet run it?
-            from ..core.exchange.package_import import inspect_package
+            from napari_unet.core.exchange.package_import import inspect_package
 
             inspect_package(path)
         else:

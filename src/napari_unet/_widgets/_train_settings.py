@@ -8,13 +8,15 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, FloatSlider, FloatSpinBox, SpinBox
 
-from ._training import VOLUME_STARTS
+from napari_unet._widgets._train_jobs import VOLUME_STARTS
 
 
 def add_training_settings(w: Any) -> list[Any]:
     """Create the settings on the widget ``w`` (its ``_models`` gives the base-model choices);
     returns them in the order they are shown."""
-    from ..core.device import available_devices  # torch: when the widget opens, not on import
+    from napari_unet.core.device import (
+        available_devices,  # torch: when the widget opens, not on import
+    )
 
     w.scribbles = CheckBox(
         value=False, text="Background painted as scribbles",

@@ -23,10 +23,9 @@ tasks and what a worker caches). Every public name is importable from ``napari_u
 
 from __future__ import annotations
 
-from .arrays import ArrayDone, segment_arrays
-from .files import segment_files
-from .instances import _compact, _Edges, _merge_labels, _PlainGrid, instances_to_zarr  # noqa: F401
-from .io import (  # noqa: F401
+from napari_unet.batch.arrays import ArrayDone, segment_arrays
+from napari_unet.batch.files import segment_files
+from napari_unet.batch.images import (  # noqa: F401
     IMAGE_SUFFIXES,
     ImageReadError,
     OutputBusyError,
@@ -42,8 +41,15 @@ from .io import (  # noqa: F401
     read_tiff,
     write_image,
 )
-from .workers import _WORKER_CACHE, MODEL_LOADS, _Job, _run, _worker_net, _zopen  # noqa: F401
-from .zarr_blocks import segment_to_zarr
+from napari_unet.batch.instances import (  # noqa: F401
+    _compact,
+    _Edges,
+    _merge_labels,
+    _PlainGrid,
+    instances_to_zarr,
+)
+from napari_unet.batch.workers import _WORKER_CACHE, MODEL_LOADS, _Job, _run, _worker_net, _zopen  # noqa: F401
+from napari_unet.batch.zarr_blocks import segment_to_zarr
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.events import ItemDone, TileDone, relay
+from napari_unet.core.events import ItemDone, TileDone, relay
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,9 @@ def segment_arrays(
     """
     from dataclasses import replace
 
-    from ..core.device import resolve_device
-    from ..core.segment import segment
-    from ..core.tiling import auto_tile_size, infer_layout, plan_tiles
+    from napari_unet.core.device import resolve_device
+    from napari_unet.core.predict.predict2d import auto_tile_size, infer_layout, plan_tiles
+    from napari_unet.core.segment import segment
 
     kw = dict(segment_kwargs)
     dev = resolve_device(kw.pop("device", "auto"))

@@ -10,9 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from ..core.events import ItemDone, TileDone
-from .io import _is_zarr_path, expand_inputs, is_complete, output_path_for, read_image, write_image
-from .zarr_blocks import segment_to_zarr
+from napari_unet.batch.images import (
+    _is_zarr_path,
+    expand_inputs,
+    is_complete,
+    output_path_for,
+    read_image,
+    write_image,
+)
+from napari_unet.batch.zarr_blocks import segment_to_zarr
+from napari_unet.core.events import ItemDone, TileDone
 
 
 def segment_files(
@@ -40,7 +47,7 @@ def segment_files(
     inputs are reported (status "failed") and the run goes on; a result that would replace an input
     is refused. Returns {input: output path, or "error: ..."}.
     """
-    from ..core.segment import segment
+    from napari_unet.core.segment import segment
 
     files, problems = expand_inputs(paths)
     out = Path(output)

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.events import TileDone
-from .io import _commit, _partial_path, output_lock
-from .workers import _run, _zopen
+from napari_unet.batch.images import _commit, _partial_path, output_lock
+from napari_unet.batch.workers import _run, _zopen
+from napari_unet.core.events import TileDone
 
 
 @dataclass(frozen=True)
@@ -170,13 +170,13 @@ def instances_to_zarr(
     """Instance labels of a semantic map (..., Y, X) of class ids, block by block, into the zarr
     array ``output`` (uint32, ids restart at 1 per plane), written atomically.
 
-    Equals :func:`~napari_unet.core.postprocess.instances_from_semantic` on each whole plane up to
+    Equals :func:`~napari_unet.core.postprocess.instances.instances_from_semantic` on each whole plane up to
     a renumbering of the ids (``split="components"`` only). ``semantic`` is a zarr array path, or
     any array (copied to a scratch zarr first). Yields TileDone per block and pass.
     """
     import zarr
 
-    from ..core.io import Postprocessing, make_parent
+    from napari_unet.core.modelfile.files import Postprocessing, make_parent
 
     post = postprocessing or Postprocessing()
     if post.split != "components":

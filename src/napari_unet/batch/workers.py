@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import read_image
+from napari_unet.batch.images import read_image
 
 _WORKER_CACHE: dict[Any, Any] = {}
 MODEL_LOADS: list[str] = []  # job tokens for which this process prepared a network (tests read it)
@@ -26,8 +26,8 @@ class _Job:
     padding: str
     device: str
     batch_size: int
-    grid: Any  # core.blocks.BlockGrid
-    layout: Any  # core.tiling.Layout
+    grid: Any  # core.predict.blocks.BlockGrid
+    layout: Any  # core.predict.predict2d.Layout
     stats: dict[tuple[int, ...], np.ndarray]
     planes: list[tuple[int, ...]]
     tta: bool = False
@@ -55,8 +55,8 @@ def _worker_net(job: _Job, model: Any) -> Any:
     if key not in _WORKER_CACHE:
         import torch
 
-        from ..core.blocks import inference_net
-        from ..core.device import resolve_device
+        from napari_unet.core.device import resolve_device
+        from napari_unet.core.predict.blocks import inference_net
 
         _for_job(job)
         try:

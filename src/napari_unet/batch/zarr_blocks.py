@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from ..core.events import TileDone
-from .instances import _instances
-from .io import _commit, _partial_path, output_lock, read_image
-from .workers import _Job, _open_source, _run, _worker_net, _zopen
+from napari_unet.batch.images import _commit, _partial_path, output_lock, read_image
+from napari_unet.batch.instances import _instances
+from napari_unet.batch.workers import _Job, _open_source, _run, _worker_net, _zopen
+from napari_unet.core.events import TileDone
 
 
 def _task_predict(job: _Job, model: Any, pi: int, i: int, out_path: str, output: str) -> int:
-    from ..core.blocks import predict_block
+    from napari_unet.core.predict.blocks import predict_block
 
     net = _worker_net(job, model)
     plane = job.planes[pi]
@@ -71,12 +71,12 @@ def segment_to_zarr(
     """
     import zarr
 
-    from ..core.blocks import block_grid, plane_stats
-    from ..core.checks import as_image
-    from ..core.device import resolve_device
-    from ..core.io import Postprocessing, UNetModel, make_parent
-    from ..core.segment import OUTPUT_TYPES
-    from ..core.tiling import PADDING_MODES, auto_tile_size, infer_layout
+    from napari_unet.core.device import resolve_device
+    from napari_unet.core.modelfile.files import Postprocessing, UNetModel, make_parent
+    from napari_unet.core.predict.blocks import block_grid, plane_stats
+    from napari_unet.core.predict.checks import as_image
+    from napari_unet.core.predict.predict2d import PADDING_MODES, auto_tile_size, infer_layout
+    from napari_unet.core.segment import OUTPUT_TYPES
 
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -86,7 +86,7 @@ def segment_to_zarr(
                              "--scheduler (zarr output works without them)")
         if tta:
             raise ValueError("test-time augmentation (tta) is for 2D models: switch it off")
-        from .volumes import volumes_to_zarr
+        from napari_unet.batch.zarr_volumes import volumes_to_zarr
 
         return (yield from volumes_to_zarr(image, model, output, output_type=output_type, axes=axes,
                                            tile_size=tile_size, padding=padding, device=device,
@@ -94,7 +94,7 @@ def segment_to_zarr(
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     post = model.postprocessing if isinstance(model, UNetModel) else Postprocessing()
-    from ..core.postprocess import NEEDS_PROBABILITIES
+    from napari_unet.core.postprocess.instances import NEEDS_PROBABILITIES
 
     if output_type == "instances" and post.split in NEEDS_PROBABILITIES:
         raise ValueError("this model separates instances by a watershed over the whole plane, which "
@@ -130,7 +130,7 @@ def segment_to_zarr(
     planes = list(np.ndindex(*plane_shape)) if plane_shape else [()]
     norm = getattr(model, "normalization", None)
     if norm is None:
-        from ..core.normalize import Normalization
+        from napari_unet.core.predict.normalize import Normalization
 
         norm = Normalization()
     stats = {pl: plane_stats(arr, layout, pl, norm, padding) for pl in planes}

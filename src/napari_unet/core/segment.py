@@ -13,15 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import as_image
-from .device import resolve_device
-from .events import TileDone, relay, run_to_end
-from .io import UNetModel
-from .model import UNet
-from .normalize import Normalization, without_integer_offset
-from .postprocess import NEEDS_PROBABILITIES, instances_from_semantic, semantic_labels
-from .prior import adapt_background_prior
-from .tiling import auto_tile_size, infer_layout, plan_tiles, predict
+from napari_unet.core.device import resolve_device
+from napari_unet.core.events import TileDone, relay, run_to_end
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.unet import UNet
+from napari_unet.core.postprocess.instances import (
+    NEEDS_PROBABILITIES,
+    instances_from_semantic,
+    semantic_labels,
+)
+from napari_unet.core.postprocess.prior import adapt_background_prior
+from napari_unet.core.predict.checks import as_image
+from napari_unet.core.predict.normalize import Normalization, without_integer_offset
+from napari_unet.core.predict.predict2d import auto_tile_size, infer_layout, plan_tiles, predict
 
 OUTPUT_TYPES = ("instances", "semantic", "probabilities")
 
@@ -49,23 +53,23 @@ def segment(
     volume: bool = False,
     spacing: tuple[float, float, float] | None = None,
 ) -> Generator[TileDone, None, Any]:
-    """Segment ``image`` (see :func:`~napari_unet.core.tiling.predict` for shapes and options).
+    """Segment ``image`` (see :func:`~napari_unet.core.predict.predict2d.predict` for shapes and options).
 
     output: "instances" -> uint16/uint32 labels (*planes, Y, X), touching objects separated, ids
     restarting at 1 in each plane; "semantic" -> uint8 class ids; "probabilities" -> float32
     (*planes, classes, Y, X). ``tta``: average over the 8 flips/rotations of each tile (8x the
-    compute, see :func:`~napari_unet.core.tiling.predict`). A model whose post-processing records
+    compute, see :func:`~napari_unet.core.predict.predict2d.predict`). A model whose post-processing records
     the background share it was trained on has each plane's probabilities re-weighted to that
-    plane's own share first (:mod:`~napari_unet.core.prior`; all three outputs). Yields TileDone
+    plane's own share first (:mod:`~napari_unet.core.postprocess.prior`; all three outputs). Yields TileDone
     over all tiles of all planes; returns the output.
     ``volume``: the planes are the z-slices of one (Z, Y, X) volume: instances are 3D objects,
-    linked across z by :func:`~napari_unet.core.volume.stitch_planes` (one id per object).
+    linked across z by :func:`~napari_unet.core.postprocess.linking.stitch_planes` (one id per object).
     ``spacing``: the (z, y, x) voxel size (a layer's scale) for a 3D U-Net's 3D instances (the
     growing and watershed distances, :func:`~.postprocess.instances_from_semantic`); linking
     planes by overlap needs none.
     A 32- or 64-bit integer image whose values lie beyond float precision (a uint64 image above
     2**53) is read minus its offset, computed in integers
-    (:func:`~napari_unet.core.normalize.without_integer_offset`): it segments as the same image
+    (:func:`~napari_unet.core.predict.normalize.without_integer_offset`): it segments as the same image
     without the offset. The input is never modified.
     """
     if output not in OUTPUT_TYPES:
@@ -131,7 +135,7 @@ def segment(
             out = np.zeros(oshape, dtype)
         out[pidx] = result
     if volume:
-        from .volume import stitch_planes
+        from napari_unet.core.postprocess.linking import stitch_planes
 
         out = stitch_planes(out)
     if output == "instances" and isinstance(out, np.ndarray) and out.dtype == np.uint32 and out.max() < 65535:
@@ -147,7 +151,7 @@ def segment_volumes(image: Any, model: UNetModel | UNet, *, output: str = "insta
     """:func:`segment` with a 3D U-Net: each (Z, Y, X) volume (a (T, Z, Y, X) stack: each time
     point) is predicted as a whole by exact 3D overlap-tiles (:mod:`~.tiling3d`); instances are
     3D objects (one id per object in each volume), in the layout of plane-by-plane output."""
-    from .tiling3d import predict_volume
+    from napari_unet.core.predict.predict3d import predict_volume
 
     if tta:
         raise ValueError("test-time augmentation (tta) is for 2D models; a 3D model predicts "

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..io import ModelFileError
+from napari_unet.core.modelfile.files import ModelFileError
 
 EXTRA_HINT = 'install the export extra: pip install "napari-unet[export]"'
 

@@ -26,11 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import model as model_module
-from ..io import SUFFIX, UNetModel, save_model
-from ..normalize import CLIP, Normalization
-from . import ExchangeError, ExportStep, require
-from .portable import ONNX_OPSET, export_onnx, export_torchscript, package_geometry
+import napari_unet.core.network.unet as model_module
+from napari_unet.core.exchange import ExchangeError, ExportStep, require
+from napari_unet.core.exchange.portable import (
+    ONNX_OPSET,
+    export_onnx,
+    export_torchscript,
+    package_geometry,
+)
+from napari_unet.core.modelfile.files import SUFFIX, UNetModel, save_model
+from napari_unet.core.predict.normalize import CLIP, Normalization
 
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
 PAPER = ("Ronneberger O., Fischer P., Brox T. (2015) U-Net: Convolutional Networks for Biomedical Image "
@@ -62,7 +67,7 @@ class PackagedUNet(UNet):
 
 
 def architecture_source() -> str:
-    """The package's architecture file: our ``core/model.py`` as it is, plus ``PackagedUNet``."""
+    """The package's architecture file: our ``core/network/unet.py`` as it is, plus ``PackagedUNet``."""
     return inspect.getsource(model_module) + _ARCH_TAIL
 
 
@@ -76,7 +81,7 @@ def default_sample(model: UNetModel) -> np.ndarray:
     """A real image for the test tensors and cover: the shipped sample matching the model."""
     import tifffile
 
-    from ..._sample_data import sample_path
+    from napari_unet._sample_data import sample_path
 
     key = "em" if model.name == "em" or "electron" in model.description.lower() else "nuclei"
     return tifffile.imread(sample_path(key))
@@ -93,7 +98,7 @@ def _test_crop(sample: np.ndarray, in_channels: int, size: int) -> np.ndarray:
     if a.ndim != 3 or a.shape[0] != in_channels:
         raise ExchangeError(f"the sample image (shape {np.asarray(sample).shape}) must be 2D (Y, X) or "
                             f"(C, Y, X) with the model's {in_channels} channel(s)")
-    from ..padding import mirror_index
+    from napari_unet.core.predict.padding import mirror_index
 
     h, w = a.shape[-2:]
     y0, x0 = (h - size) // 2, (w - size) // 2
@@ -206,7 +211,7 @@ def export_bioimageio(
     require("onnx", "bioimage.io export (ONNX weights)")
     from bioimageio.spec.model import v0_5 as v
 
-    from ..tiling import predict_image
+    from napari_unet.core.predict.predict2d import predict_image
 
     if isinstance(model, UNetModel) and model.members > 1:
         raise ExchangeError(f"this model averages {model.members} networks (an ensemble) and a "

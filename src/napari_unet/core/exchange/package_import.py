@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from ..io import ModelFileError, Postprocessing, UNetModel, load_model
-from ..model import UNet, UNetConfig
-from ..normalize import CLIP, Normalization
-from . import require
-from .bioimageio import ARCH_CALLABLE, CONFIG_KEY
-from .portable import package_geometry
-from .runtime import ExternalGeometry, ExternalNet, onnx_session
+from napari_unet.core.exchange import require
+from napari_unet.core.exchange.bioimageio import ARCH_CALLABLE, CONFIG_KEY
+from napari_unet.core.exchange.portable import package_geometry
+from napari_unet.core.exchange.runtime import ExternalGeometry, ExternalNet, onnx_session
+from napari_unet.core.modelfile.files import ModelFileError, Postprocessing, UNetModel, load_model
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import CLIP, Normalization
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 
@@ -282,7 +282,7 @@ def load_package(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     else:
         model = _load_external(path, plan)
     if str(device) != "cpu":
-        from ..device import resolve_device
+        from napari_unet.core.device import resolve_device
 
         model.net.to(resolve_device(device))
     model.source = str(path)

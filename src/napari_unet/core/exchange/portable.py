@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..ensemble import UNetEnsemble
-from ..io import UNetModel, atomic_write
-from ..model import UNet, UNetConfig
-from . import ExchangeError, require
+from napari_unet.core.exchange import ExchangeError, require
+from napari_unet.core.modelfile.files import UNetModel, atomic_write
+from napari_unet.core.network.ensemble import UNetEnsemble
+from napari_unet.core.network.unet import UNet, UNetConfig
 
 ONNX_OPSET = 17
 

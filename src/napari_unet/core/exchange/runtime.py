@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model import UNetConfig
-from . import ExchangeError, require
+from napari_unet.core.exchange import ExchangeError, require
+from napari_unet.core.network.unet import UNetConfig
 
 OUTPUT_KINDS = ("logits", "probabilities", "sigmoid", "probability")
 
@@ -161,8 +161,8 @@ def onnxruntime_model(model: Any, threads: int | None = None) -> Any:
     import os
     import tempfile
 
-    from ..io import UNetModel
-    from .portable import export_onnx
+    from napari_unet.core.exchange.portable import export_onnx
+    from napari_unet.core.modelfile.files import UNetModel
 
     for module in ("onnx", "onnxruntime"):
         require(module, "the onnxruntime backend")

@@ -1,7 +1,7 @@
 """Fine-tune (or train from scratch) a U-Net on painted labels.
 
 :func:`train` is a generator: it yields a :class:`~napari_unet.core.events.StepDone` after every
-optimisation step and returns the trained :class:`~napari_unet.core.io.UNetModel`;
+optimisation step and returns the trained :class:`~napari_unet.core.modelfile.files.UNetModel`;
 :func:`train_model` runs it to the end. The package's files say what they hold:
 
 - :mod:`.config`: :class:`TrainConfig` and its measured defaults, the from-scratch architecture;
@@ -17,15 +17,21 @@ optimisation step and returns the trained :class:`~napari_unet.core.io.UNetModel
 - :mod:`.report`: the provenance stored in the model file and the one-line summary.
 """
 
-from .config import TrainConfig, default_architecture, postprocessing_for
-from .data import TrainingData, choose_mode, prepare_data, sample_batch, touching_fraction
-from .live import LiveInbox, live_config, live_train
-from .loop import train_network
-from .loss import dice_loss, training_loss, weighted_loss
-from .members import train, train_model
-from .network import widen_head
-from .report import training_summary
-from .validation import ValScore, validate
+from napari_unet.core.train.config import TrainConfig, default_architecture, postprocessing_for
+from napari_unet.core.train.data import (
+    TrainingData,
+    choose_mode,
+    prepare_data,
+    sample_batch,
+    touching_fraction,
+)
+from napari_unet.core.train.live import LiveInbox, live_config, live_train
+from napari_unet.core.train.loop import train_network
+from napari_unet.core.train.loss import dice_loss, training_loss, weighted_loss
+from napari_unet.core.train.members import train, train_model
+from napari_unet.core.train.network import widen_head
+from napari_unet.core.train.report import training_summary
+from napari_unet.core.train.validation import ValScore, validate
 
 __all__ = [
     "TrainConfig",

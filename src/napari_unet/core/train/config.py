@@ -25,11 +25,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..annotations import CLASS_NAMES, check_mode, num_classes_for
-from ..augment import Augmentation
-from ..io import Postprocessing
-from ..model import UNetConfig
-from ..weights import SIGMA, W0
+from napari_unet.core.modelfile.files import Postprocessing
+from napari_unet.core.network.unet import UNetConfig
+from napari_unet.core.train.annotations import CLASS_NAMES, check_mode, num_classes_for
+from napari_unet.core.train.augment import Augmentation
+from napari_unet.core.train.weight_map import SIGMA, W0
 
 OPTIMIZERS = ("adam", "sgd")
 SAMPLING = ("pixels", "images")
@@ -91,12 +91,12 @@ class TrainConfig:
       rate decays to its floor over a quarter of the time spent so far, then training stops and
       says so (:mod:`.plateau`; 0 = off: the budget is the only end).
     - ``prior_adaptation``: record the painting's background share in the model, so that
-      segmenting re-weights each plane to its own share (EM, :mod:`napari_unet.core.prior`): how
+      segmenting re-weights each plane to its own share (EM, :mod:`napari_unet.core.postprocess.prior`): how
       much background a user painted is not how much the next images hold. Measured on
       brightfield cells (train on frames with a wide scratch, 71 % background; score on later
       frames with 42 % and 20 %): foreground IoU 0.648 -> 0.783 with the same weights.
     - ``members``: how many networks are fine-tuned, one after the other, and averaged (their
-      softmax means: :mod:`napari_unet.core.ensemble`); the budget (``minutes`` or ``steps``) is
+      softmax means: :mod:`napari_unet.core.network.ensemble`); the budget (``minutes`` or ``steps``) is
       shared by them, a network that ends early leaving its time to the next, and each holds back
       its own objects for validation (``holdback_seed``), so that together they learn all of the
       painting. None (default): with a time budget and a painting that can be validated, one

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..annotations import (
+from napari_unet.core.network.unet import UNetConfig
+from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.train.annotations import (
     IGNORE,
     AnnotationError,
     NothingAnnotated,
@@ -23,11 +25,9 @@ from ..annotations import (
     num_classes_for,
     split_planes,
 )
-from ..model import UNetConfig
-from ..normalize import Normalization
-from ..weights import weight_map
-from .config import TrainConfig
-from .validation import Holdback, choose_holdback
+from napari_unet.core.train.config import TrainConfig
+from napari_unet.core.train.validation import Holdback, choose_holdback
+from napari_unet.core.train.weight_map import weight_map
 
 
 @dataclass

@@ -29,16 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from ..annotations import AnnotationError, split_planes
-from ..events import LiveWaiting, PreviewDone, StepDone
-from ..io import UNetModel
-from ..normalize import Normalization
-from ..postprocess import instances_from_semantic, semantic_labels
-from ..prior import adapt_background_prior
-from .config import TrainConfig, default_architecture
-from .data import as_list, patch_sizes, prepare_data
-from .network import widened_config
-from .validation import predict_probabilities
+from napari_unet.core.events import LiveWaiting, PreviewDone, StepDone
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.postprocess.instances import instances_from_semantic, semantic_labels
+from napari_unet.core.postprocess.prior import adapt_background_prior
+from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.train.annotations import AnnotationError, split_planes
+from napari_unet.core.train.config import TrainConfig, default_architecture
+from napari_unet.core.train.data import as_list, patch_sizes, prepare_data
+from napari_unet.core.train.network import widened_config
+from napari_unet.core.train.validation import predict_probabilities
 
 LIVE_WARMUP_STEPS = 20  # linear warm-up of the learning rate, then constant (no end to decay to)
 # Adam's rate of a live run when the config leaves it open: on bench_live's rods (a stroke every
@@ -270,8 +270,8 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
     ``config``: None is :func:`live_config` (``lr`` None is ``LIVE_LR``); its
     ``prior_adaptation`` is ignored: live models record no background prior. Returns the model
     (None when stopped before anything could be trained on)."""
-    from .loop import train_network  # the loop imports this module
-    from .network import _should_stop, refuse_3d, resolve_mode
+    from napari_unet.core.train.loop import train_network  # the loop imports this module
+    from napari_unet.core.train.network import _should_stop, refuse_3d, resolve_mode
 
     refuse_3d(model)
 

@@ -30,18 +30,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..annotations import num_classes_for
-from ..augment import augment
-from ..device import resolve_device
-from ..events import StepDone
-from ..io import Postprocessing, UNetModel
-from ..model import UNet, UNetConfig
-from ..normalize import Normalization
-from .config import PROBE_STEPS, TrainConfig, default_architecture, postprocessing_for
-from .data import as_list, prepare_data, sample_batch
-from .live import LIVE_WARMUP_STEPS, LiveData, LivePreview
-from .loss import training_loss
-from .network import (
+from napari_unet.core.device import resolve_device
+from napari_unet.core.events import StepDone
+from napari_unet.core.modelfile.files import Postprocessing, UNetModel
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.train.annotations import num_classes_for
+from napari_unet.core.train.augment import augment
+from napari_unet.core.train.config import (
+    PROBE_STEPS,
+    TrainConfig,
+    default_architecture,
+    postprocessing_for,
+)
+from napari_unet.core.train.data import as_list, prepare_data, sample_batch
+from napari_unet.core.train.live import LIVE_WARMUP_STEPS, LiveData, LivePreview
+from napari_unet.core.train.loss import training_loss
+from napari_unet.core.train.network import (
     AveragedWeights,
     TorchRng,
     _center_crop,
@@ -56,9 +61,9 @@ from .network import (
     widen_head,
     widened_config,
 )
-from .plateau import Plateau
-from .report import _provenance
-from .validation import ValScore, validate
+from napari_unet.core.train.plateau import Plateau
+from napari_unet.core.train.report import _provenance
+from napari_unet.core.train.validation import ValScore, validate
 
 
 def train_network(

@@ -1,5 +1,5 @@
 """Fine-tuning an ensemble: :func:`train` trains the networks one after the other on the same
-painting and returns their average (:class:`~napari_unet.core.ensemble.UNetEnsemble`).
+painting and returns their average (:class:`~napari_unet.core.network.ensemble.UNetEnsemble`).
 
 Why: on two painted frames, what a long budget adds to one network is memorising them (on
 brightfield cells a 5-minute run scored foreground IoU 0.78 on later frames, a 2-minute run 0.80),
@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from ..ensemble import UNetEnsemble
-from ..events import StepDone, run_to_end
-from ..io import UNetModel
-from .config import TrainConfig
-from .loop import train_network
-from .network import _should_stop
+from napari_unet.core.events import StepDone, run_to_end
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.ensemble import UNetEnsemble
+from napari_unet.core.train.config import TrainConfig
+from napari_unet.core.train.loop import train_network
+from napari_unet.core.train.network import _should_stop
 
 
 def _learnt(prov: dict[str, Any], margin: float, stopped: bool) -> bool:

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ..annotations import check_mode
-from ..ensemble import members_of
-from ..io import UNetModel
-from ..model import UNet, UNetConfig
-from .data import choose_mode
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.ensemble import members_of
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.train.annotations import check_mode
+from napari_unet.core.train.data import choose_mode
 
 
 def widened_config(cfg: UNetConfig) -> UNetConfig:

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from ..geometry import pooled_levels
-from ..io import UNetModel
-from .config import TrainConfig
-from .validation import ValScore
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.geometry import pooled_levels
+from napari_unet.core.train.config import TrainConfig
+from napari_unet.core.train.validation import ValScore
 
 
 def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: TrainConfig,

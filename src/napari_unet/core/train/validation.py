@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from ..io import Postprocessing
-from ..metrics import match_instances
-from ..model import UNet
-from ..postprocess import instances_from_semantic, semantic_labels
+from napari_unet.core.metrics import match_instances
+from napari_unet.core.modelfile.files import Postprocessing
+from napari_unet.core.network.unet import UNet
+from napari_unet.core.postprocess.instances import instances_from_semantic, semantic_labels
 
 
 @dataclass
@@ -145,7 +145,7 @@ def score_holdback(probabilities: np.ndarray, hb: Holdback, post: Postprocessing
                    ) -> tuple[int, int, int, int, int]:
     """(intersection, union, tp, n_pred, n_gt) of the instances that ``post`` makes of
     ``probabilities`` (K, h, w) on one held-back block, as a user gets them (as predicted: the
-    background-prior adaptation of :mod:`~napari_unet.core.prior` is a whole-plane figure, and a
+    background-prior adaptation of :mod:`~napari_unet.core.postprocess.prior` is a whole-plane figure, and a
     block drawn around held-back objects is not a plane the user segments). Predicted objects
     lying mostly outside the scored mask (on objects cut by the block's edge, or unknown pixels)
     are not counted."""

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import as_image, check_tile_size
-from .device import free_memory_bytes, resolve_device
-from .events import TileDone, relay, run_to_end
-from .io import UNetModel
-from .layout import Layout, infer_layout  # noqa: F401 - Layout: importable from here as before
-from .model import UNet, UNetConfig
-from .normalize import Normalization
-from .padding import mirror_index, zero_context, zero_padding_note  # noqa: F401 - importable here
-from .planes import _NONFINITE, PlaneReader, _check_finite  # noqa: F401 - importable here
+from napari_unet.core.device import free_memory_bytes, resolve_device
+from napari_unet.core.events import TileDone, relay, run_to_end
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.checks import as_image, check_tile_size
+from napari_unet.core.predict.layout import Layout, infer_layout  # noqa: F401 - Layout: importable from here as before
+from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.predict.padding import mirror_index, zero_context, zero_padding_note  # noqa: F401 - importable here
+from napari_unet.core.predict.planes import _NONFINITE, PlaneReader, _check_finite  # noqa: F401 - importable here
 
 PADDING_MODES = ("mirror", "zero")
 OUTPUTS = ("probabilities", "semantic")
@@ -106,7 +106,7 @@ def plan_tiles(config: UNetConfig, image_shape: tuple[int, int], tile_size: int 
 
     The tile size is lowered to the nearest valid size (every 2x2 pooling on an even size) and to what
     covers the image; tile steps are multiples of the pooling grid. Sizes below the model's smallest
-    tile (:func:`~napari_unet.core.checks.smallest_tile`) are refused with a message.
+    tile (:func:`~napari_unet.core.predict.checks.smallest_tile`) are refused with a message.
     """
     h, w = (int(s) for s in image_shape)
     if h < 1 or w < 1:
@@ -251,13 +251,13 @@ def predict(
     ----------
     image: array-like (numpy, memmap, dask, zarr, a torch tensor, nested lists) of shape (Y, X),
         (C, Y, X), (Y, X, 3|4), or with leading plane axes (Z, T, ...). Any integer, boolean or
-        float dtype; NaN/inf and axes of length 0 are rejected (:func:`~napari_unet.core.checks.as_image`).
+        float dtype; NaN/inf and axes of length 0 are rejected (:func:`~napari_unet.core.predict.checks.as_image`).
     model: a :class:`UNetModel` (its normalisation is used) or a bare :class:`UNet`.
     output: "probabilities" -> float32 (*planes, classes, Y, X) softmax; "semantic" -> uint8
         (*planes, Y, X) argmax, written tile by tile (no full probability map is held).
     tile_size: network input tile size in pixels (int or (h, w)); lowered to the nearest valid
         size; None chooses it from the device's free memory; below the model's smallest tile
-        (:func:`~napari_unet.core.checks.smallest_tile`) a ValueError.
+        (:func:`~napari_unet.core.predict.checks.smallest_tile`) a ValueError.
     padding: "mirror" (paper) or "zero" context beyond the image border ("zero": the plane's
         median intensity, see :func:`zero_context`).
     device: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps".

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import UNetConfig
+from napari_unet.core.network.unet import UNetConfig
 
 
 def as_image(image: Any, name: str = "image") -> Any:

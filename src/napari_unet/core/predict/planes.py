@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .normalize import Normalization
-from .padding import mirror_index, zero_context
+from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.predict.padding import mirror_index, zero_context
 
 
 class PlaneReader:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .io import Postprocessing
+from napari_unet.core.modelfile.files import Postprocessing
 
 SPLITS = ("components", "watershed", "seeded")
 NEEDS_PROBABILITIES = ("watershed", "seeded")  # splits that read probabilities, not only classes

@@ -38,7 +38,7 @@ def carry_runtime_errors(job: Callable[..., Generator[Any, Any, Any]]) -> Callab
 def why(exc: BaseException, names: Any = None) -> str:
     """The sentence for the user about a worker's error (a :class:`JobError` says its cause);
     ``names``: the pairs' names for the core's painting errors (see ``_jobs.user_message``)."""
-    from ._jobs import user_message
+    from napari_unet._widgets._segment_jobs import user_message
 
     if isinstance(exc, JobError) and exc.__cause__ is not None:
         exc = exc.__cause__
@@ -65,7 +65,7 @@ def augmentation_for(strength: float) -> Any:
     """Augmentation settings for a strength in [0, 2]: 1 is the paper's elastic deformation (3x3
     grid, 10 px standard deviation) with flips, 90-degree turns and 10% intensity jitter; 0 is off;
     the displacement and the jitter scale with the strength."""
-    from ..core.augment import Augmentation
+    from napari_unet.core.train.augment import Augmentation
 
     s = float(strength)
     if s <= 0:
@@ -94,7 +94,7 @@ def start_training(
     ``minutes``: a time budget (training ends at it or after ``steps``).
     ``seed``: same pairs, settings and seed -> same model on the CPU (None: a fresh draw).
     ``members``: networks of the ensemble (None: automatic, see TrainConfig.members)."""
-    from ..core.train import TrainConfig, train
+    from napari_unet.core.train import TrainConfig, train
 
     rgb = {p.rgb for p in pairs}
     if len(rgb) > 1:
@@ -133,9 +133,9 @@ def preview_sample(
     """
     import torch
 
-    from ..core.annotations import labels_to_target
-    from ..core.augment import augment
-    from ..core.weights import weight_map
+    from napari_unet.core.train.annotations import labels_to_target
+    from napari_unet.core.train.augment import augment
+    from napari_unet.core.train.weight_map import weight_map
 
     image = np.asarray(pair.image)
     labels = pair.labels
@@ -171,7 +171,7 @@ def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps:
                stop: threading.Event, seed: int | None = None, minutes: float | None = None,
                members: int | None = None) -> Any:
     """Worker generator: load the base model if needed, then train (the Fine-tune widget's Train)."""
-    from ..core.io import UNetModel, load_model
+    from napari_unet.core.modelfile.files import UNetModel, load_model
 
     if not isinstance(model, UNetModel):
         model = load_model(model)
@@ -195,8 +195,8 @@ VOLUME_STARTS = ("base model", "new 3D U-Net (pooling from the voxel size)")
 def new_volume_note(spacing: tuple[float, ...]) -> str:
     """What a new 3D U-Net for the layer's voxel size will pool (said when training starts, so a
     layer without its scale is noticed)."""
-    from ..core.geometry import pooled_levels
-    from ..core.train.volume import volume_architecture
+    from napari_unet.core.network.geometry import pooled_levels
+    from napari_unet.core.train.loop3d import volume_architecture
 
     cfg = volume_architecture(spacing)
     pooled = pooled_levels(cfg.z_pooling) or "none"
@@ -244,9 +244,9 @@ def _train_volume_job(pairs: list[TrainingPair], model: Any, model_name: str, *,
     needed, then fine-tune it (lifted to 3D) on the painted z-slices of each of the volumes
     (core/train/volume.py);
     ``model=None``: a new 3D U-Net whose pooling follows ``spacing`` (the layer's scale)."""
-    from ..core.io import UNetModel, load_model
-    from ..core.train import TrainConfig
-    from ..core.train.volume import fine_tune_volume
+    from napari_unet.core.modelfile.files import UNetModel, load_model
+    from napari_unet.core.train import TrainConfig
+    from napari_unet.core.train.loop3d import fine_tune_volume
 
     if model is not None and not isinstance(model, UNetModel):
         model = load_model(model)

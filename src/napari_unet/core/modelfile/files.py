@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from .ensemble import UNetEnsemble, n_members
-from .model import UNet, UNetConfig
-from .normalize import Normalization
+from napari_unet.core.network.ensemble import UNetEnsemble, n_members
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import Normalization
 
 FORMAT = "napari-unet"
 FORMAT_VERSION = 1
@@ -48,7 +48,7 @@ class Postprocessing:
     pixels where background has probability < 0.5: what the network knows about borders
     separates packed objects). ``background_prior``: the share of background among the pixels
     the model was trained on; when set, each plane's probabilities are re-weighted to that plane's
-    own background share, estimated by EM (:mod:`napari_unet.core.prior`) before anything else
+    own background share, estimated by EM (:mod:`napari_unet.core.postprocess.prior`) before anything else
     (None: used as predicted; the shipped models).
     """
 
@@ -219,7 +219,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
 
     path = resolve_model_path(name_or_path)
     if path.suffix.lower() == ".zip":  # a bioimage.io model package
-        from .exchange.package_import import load_package
+        from napari_unet.core.exchange.package_import import load_package
 
         return load_package(path, device)
     header = read_header(path)
@@ -249,7 +249,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         raise ModelFileError(f"{str(path)!r}: the weights do not match its architecture: {exc}") from None
     net.eval()
     if str(device) != "cpu":
-        from .device import resolve_device
+        from napari_unet.core.device import resolve_device
 
         net.to(resolve_device(device))
     return UNetModel(

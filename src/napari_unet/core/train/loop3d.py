@@ -9,10 +9,10 @@ Everything else is ignored by the loss. Patches are 3D: their output covers pain
 input reads the planes above and below (mirrored beyond the volume's faces, as in inference).
 Augmentation: flips, rotations by 90 degrees and intensity jitter in the plane; the elastic
 deformation is the same in-plane field on every plane for strongly anisotropic voxels (z spacing
-at least twice the Y/X one, or unknown) and a 3D field (:func:`~napari_unet.core.augment.elastic_3d`)
+at least twice the Y/X one, or unknown) and a 3D field (:func:`~napari_unet.core.train.augment.elastic_3d`)
 for near-isotropic ones.
 
-The start: a 2D model lifted to 3D (:mod:`~napari_unet.core.lift`: it equals the 2D model on
+The start: a 2D model lifted to 3D (:mod:`~napari_unet.core.network.lift`: it equals the 2D model on
 every plane, and fine-tuning adds what the neighbouring planes say), a 3D model, or a new 3D U-Net
 whose levels pool z only where the voxel size allows (:func:`volume_architecture`).
 :func:`fine_tune_volume` is a generator of :class:`~napari_unet.core.events.StepDone` returning
@@ -29,23 +29,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..annotations import IGNORE, AnnotationError, labels_to_target
-from ..augment import augment, elastic_3d
-from ..checks import as_image
-from ..device import resolve_device
-from ..events import StepDone
-from ..geometry import anisotropic_z_pooling, pooled_levels, voxel_size
-from ..io import UNetModel
-from ..lift import lift_model
-from ..model import UNet, UNetConfig
-from ..normalize import Normalization
-from ..padding import mirror_index
-from ..tiling3d import VolumeReader
-from ..volume import stitch_planes
-from ..weights import border_term
-from .config import TrainConfig, postprocessing_for
-from .loss import training_loss
-from .network import TorchRng, _should_stop, schedule
+from napari_unet.core.device import resolve_device
+from napari_unet.core.events import StepDone
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.geometry import anisotropic_z_pooling, pooled_levels, voxel_size
+from napari_unet.core.network.lift import lift_model
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.postprocess.linking import stitch_planes
+from napari_unet.core.predict.checks import as_image
+from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.predict.padding import mirror_index
+from napari_unet.core.predict.predict3d import VolumeReader
+from napari_unet.core.train.annotations import IGNORE, AnnotationError, labels_to_target
+from napari_unet.core.train.augment import augment, elastic_3d
+from napari_unet.core.train.config import TrainConfig, postprocessing_for
+from napari_unet.core.train.loss import training_loss
+from napari_unet.core.train.network import TorchRng, _should_stop, schedule
+from napari_unet.core.train.weight_map import border_term
 
 VOLUME_GRAD_CLIP = 1.0  # the step's gradient norm (live training diverged without a clip)
 
@@ -54,7 +54,7 @@ def volume_architecture(spacing: tuple[float, float, float], *, depth: int = 3,
                         base_channels: int = 16, padding: str = "valid") -> UNetConfig:
     """A 3D U-Net (Cicek et al. 2016) for voxels of size ``spacing`` (Z, Y, X, any unit, the
     layer's scale): a level pools z only once the voxel there is no longer strongly anisotropic
-    (:func:`~napari_unet.core.geometry.anisotropic_z_pooling`, nnU-Net's rule), and convolves
+    (:func:`~napari_unet.core.network.geometry.anisotropic_z_pooling`, nnU-Net's rule), and convolves
     3x3x3 from there on (1x3x3 before: z neighbours 5 pixels away say little to a 3x3 filter).
     Confocal nuclei at 1.0 x 0.2 x 0.2 um and depth 3: pools z on level 3 only, 3x3x3 on level 3
     and the bottom. Depth 3, not the 2D models' 4: a valid 3D network needs its halo in z too."""

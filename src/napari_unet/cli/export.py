@@ -35,9 +35,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .cli import CLIError, drive
-    from .core.exchange import ExchangeError
-    from .core.io import ModelFileError, load_model
+    from napari_unet.cli.main import CLIError, drive
+    from napari_unet.core.exchange import ExchangeError
+    from napari_unet.core.modelfile.files import ModelFileError, load_model
 
     try:
         model = load_model(args.model)
@@ -48,18 +48,18 @@ def run_export(args: argparse.Namespace) -> int:
         out = out.with_name(out.name + SUFFIXES[args.format])
     try:
         if args.format == "bioimageio":
-            from .core.exchange.bioimageio import export_bioimageio
+            from napari_unet.core.exchange.bioimageio import export_bioimageio
 
             sample = _read_sample(args.sample) if args.sample else None
             gen = export_bioimageio(model, out, sample=sample,
                                     authors=tuple(args.author or ("napari-unet developers",)))
             path = drive(gen, "export", args.quiet)
         elif args.format == "torchscript":
-            from .core.exchange.portable import export_torchscript
+            from napari_unet.core.exchange.portable import export_torchscript
 
             path = export_torchscript(model, out)
         else:
-            from .core.exchange.portable import export_onnx
+            from napari_unet.core.exchange.portable import export_onnx
 
             path = export_onnx(model, out)
     except ExchangeError as exc:
@@ -72,7 +72,7 @@ def run_export(args: argparse.Namespace) -> int:
 def _read_sample(path: str) -> Any:
     import tifffile
 
-    from .cli import CLIError
+    from napari_unet.cli.main import CLIError
 
     try:
         return tifffile.imread(path)
@@ -94,7 +94,7 @@ def add_backend_option(p: argparse.ArgumentParser) -> None:
 
 def apply_backend(args: argparse.Namespace, model: Any, device: Any) -> Any:
     """The model to segment with: ``model`` itself, or run by onnxruntime for ``--backend onnxruntime``."""
-    from .cli import CLIError
+    from napari_unet.cli.main import CLIError
 
     if getattr(args, "backend", "torch") == "torch":
         return model
@@ -103,8 +103,8 @@ def apply_backend(args: argparse.Namespace, model: Any, device: Any) -> Any:
     if args.workers is not None or args.scheduler is not None:
         raise CLIError("--backend onnxruntime runs in this process; it cannot be combined with "
                        "--workers or --scheduler")
-    from .core.exchange import ExchangeError
-    from .core.exchange.runtime import onnxruntime_model
+    from napari_unet.core.exchange import ExchangeError
+    from napari_unet.core.exchange.runtime import onnxruntime_model
 
     try:
         return onnxruntime_model(model)

@@ -4,7 +4,7 @@
 
 ``w_c`` balances the class frequencies of the annotated pixels; ``d1``/``d2`` are the distances (pixels)
 to the nearest and second-nearest object. The border term is what makes the thin background lines
-between touching objects (see :mod:`napari_unet.core.annotations`) count in the loss.
+between touching objects (see :mod:`napari_unet.core.train.annotations`) count in the loss.
 
 Only annotated ("known") pixels get a weight; unknown pixels get 0 and contribute nothing to the loss.
 

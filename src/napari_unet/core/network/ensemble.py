@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .model import UNet, UNetConfig
+from napari_unet.core.network.unet import UNet, UNetConfig
 
 
 class UNetEnsemble(nn.Module):

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.events import TileDone
-from .io import _commit, _partial_path, output_lock, read_image
+from napari_unet.batch.images import _commit, _partial_path, output_lock, read_image
+from napari_unet.core.events import TileDone
 
 
 def volumes_to_zarr(
@@ -39,10 +39,10 @@ def volumes_to_zarr(
     when complete. Instances are uint32 (ids 1..n per volume). Yields TileDone; returns the path."""
     import zarr
 
-    from ..core.checks import as_image
-    from ..core.io import make_parent
-    from ..core.segment import OUTPUT_TYPES, segment
-    from ..core.tiling3d import volume_axes
+    from napari_unet.core.modelfile.files import make_parent
+    from napari_unet.core.predict.checks import as_image
+    from napari_unet.core.predict.predict3d import volume_axes
+    from napari_unet.core.segment import OUTPUT_TYPES, segment
 
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")

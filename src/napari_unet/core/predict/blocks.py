@@ -3,9 +3,9 @@
 Large images and distributed jobs cut each plane into blocks (the chunks of a zarr output) and predict
 each block on its own: in another process, on another machine, or one after the other to keep memory
 bounded. A block reads its own context (the halo of its overlap tiles) from the source through
-:class:`~napari_unet.core.tiling.PlaneReader`, with normalisation statistics computed once for the whole
+:class:`~napari_unet.core.predict.predict2d.PlaneReader`, with normalisation statistics computed once for the whole
 plane and handed in. Block origins are multiples of the tile step, which is a multiple of the pooling
-grid, and the tiles have the same input size as in :func:`~napari_unet.core.tiling.predict`: every
+grid, and the tiles have the same input size as in :func:`~napari_unet.core.predict.predict2d.predict`: every
 output pixel is computed from the same input window on the same pooling grid, so the blocks put
 together equal the whole-plane prediction.
 """
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import UNetModel
-from .model import UNet, UNetConfig
-from .normalize import Normalization
-from .tiling import (
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.predict.predict2d import (
     Layout,
     PlaneReader,
     TilePlan,
@@ -71,7 +71,7 @@ def block_grid(config: UNetConfig, image_shape: tuple[int, int], tile_size: int 
                block_size: int | tuple[int, int] = 1024) -> BlockGrid:
     """Cut an (h, w) plane into blocks of about ``block_size`` pixels, rounded to the tile step.
 
-    ``tile_size`` is the network input tile, as in :func:`~napari_unet.core.tiling.plan_tiles`
+    ``tile_size`` is the network input tile, as in :func:`~napari_unet.core.predict.predict2d.plan_tiles`
     (pass the same value to the whole-image call to get the same result).
     """
     if config.dims == 3:

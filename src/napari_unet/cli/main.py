@@ -105,17 +105,17 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                          help="run the blocks on the dask.distributed scheduler at this address "
                          "(e.g. tcp://10.0.0.1:8786); inputs and outputs must be on a shared file system")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    from ._cli_export import add_backend_option
+    from napari_unet.cli.export import add_backend_option
 
     add_backend_option(p)
     p.set_defaults(func=_run_segment)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from .batch import expand_inputs, segment_files
-    from .core.device import resolve_device
-    from .core.events import ItemDone, relay
-    from .core.io import ModelFileError, load_model
+    from napari_unet.batch import expand_inputs, segment_files
+    from napari_unet.core.device import resolve_device
+    from napari_unet.core.events import ItemDone, relay
+    from napari_unet.core.modelfile.files import ModelFileError, load_model
 
     try:
         device = resolve_device(args.device)
@@ -126,7 +126,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
     if args.chunk < 1:
         raise CLIError(f"--chunk must be positive, got {args.chunk}")
-    from ._cli_export import apply_backend
+    from napari_unet.cli.export import apply_backend
 
     model = apply_backend(args, model, device)
     out = Path(args.output)
@@ -159,7 +159,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         return ev
 
     if args.padding == "zero":
-        from .core.padding import zero_padding_note
+        from napari_unet.core.predict.padding import zero_padding_note
 
         note = zero_padding_note(model)
         if note:
@@ -253,7 +253,7 @@ def _read_array(path: str, what: str) -> Any:
                     )
                 node = node[arrays[0]]
             return np.asarray(node[...])
-        from .batch import read_tiff
+        from napari_unet.batch import read_tiff
 
         return read_tiff(path)
     except CLIError:
@@ -290,11 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_segment(sub)
-    from ._cli_train import add_train
+    from napari_unet.cli.train import add_train
 
     add_train(sub)
     _add_evaluate(sub)
-    from ._cli_export import add_export
+    from napari_unet.cli.export import add_export
 
     add_export(sub)
     return parser
@@ -314,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # `python -m napari_unet.cli`: run the package's module, so that errors raised by helper
-    # modules (napari_unet.cli.CLIError) are the class main() catches
-    from napari_unet.cli import main as _main
+    # `python -m napari_unet.cli.main`: run the package's module, so that errors raised by helper
+    # modules (napari_unet.cli.main.CLIError) are the class main() catches
+    from napari_unet.cli.main import main as _main
 
     sys.exit(_main())

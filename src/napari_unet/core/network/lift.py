@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .io import UNetModel
-from .model import UNet, UNetConfig
+from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.network.unet import UNet, UNetConfig
 
 
 def lifted_config(cfg: UNetConfig, z_blocks: int = 1) -> UNetConfig:

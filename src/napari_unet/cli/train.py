@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .cli import CLIError, drive
+from napari_unet.cli.main import CLIError, drive
 
 # ---------------------------------------------------------------------------- train
 DEFAULT_BASE = "nuclei"  # the start of a 2D training without --base-model
@@ -130,7 +130,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def _read_tiffs(paths: Sequence[str], what: str) -> list[Any]:
     import os
 
-    from .batch import ImageReadError, read_tiff
+    from napari_unet.batch import ImageReadError, read_tiff
 
     out = []
     for path in paths:
@@ -160,11 +160,11 @@ def _run_train(args: argparse.Namespace) -> int:
     labels = _read_tiffs(args.labels, "labels")
     masks = _read_tiffs(args.masks, "mask") if args.masks else None
 
-    from .core.annotations import AnnotationError
-    from .core.augment import Augmentation
-    from .core.device import resolve_device
-    from .core.io import ModelFileError, load_model, save_model
-    from .core.train import TrainConfig, train, training_summary
+    from napari_unet.core.device import resolve_device
+    from napari_unet.core.modelfile.files import ModelFileError, load_model, save_model
+    from napari_unet.core.train import TrainConfig, train, training_summary
+    from napari_unet.core.train.annotations import AnnotationError
+    from napari_unet.core.train.augment import Augmentation
 
     try:
         device = resolve_device(args.device)
@@ -219,13 +219,13 @@ def _run_train_volume(args: argparse.Namespace) -> int:
     images, labels = _read_tiffs(args.images, "image"), _read_tiffs(args.labels, "labels")
     several = len(images) > 1
 
-    from .core.annotations import AnnotationError
-    from .core.augment import Augmentation
-    from .core.device import resolve_device
-    from .core.geometry import pooled_levels
-    from .core.io import ModelFileError, load_model, save_model
-    from .core.train import TrainConfig
-    from .core.train.volume import fine_tune_volume
+    from napari_unet.core.device import resolve_device
+    from napari_unet.core.modelfile.files import ModelFileError, load_model, save_model
+    from napari_unet.core.network.geometry import pooled_levels
+    from napari_unet.core.train import TrainConfig
+    from napari_unet.core.train.annotations import AnnotationError
+    from napari_unet.core.train.augment import Augmentation
+    from napari_unet.core.train.loop3d import fine_tune_volume
 
     try:
         device = resolve_device(args.device)

@@ -42,7 +42,7 @@ class UNetConfig:
         3x3x3 convolutions, 2x2x2 poolings, input (N, C, Z, Y, X)).
     z_pooling: 3D only: per level, whether its pooling (and up-convolution) also halves z; False
         pools only Y and X (levels where the voxel is strongly anisotropic, see
-        :func:`~napari_unet.core.geometry.anisotropic_z_pooling`). Default: every level pools z.
+        :func:`~napari_unet.core.network.geometry.anisotropic_z_pooling`). Default: every level pools z.
     z_convolution: 3D only: per level, then for the bottom block, whether its convolutions are
         3x3x3 (True, Cicek et al.) or in-plane 1x3x3 (False, nnU-Net's anisotropic levels: a 2D
         U-Net lifted to 3D). Default: all 3x3x3.
@@ -139,7 +139,7 @@ class UNetConfig:
         """3D: the geometry along z (its grid, halo, valid sizes): a :class:`~.geometry.Axis`."""
         # imported here: this file is also the architecture file of bioimage.io packages, where
         # it must stand alone (2D models never ask for z)
-        from .geometry import Axis
+        from napari_unet.core.network.geometry import Axis
 
         return Axis(self.z_pools, self.z_convolution, self.padding == "valid")
 

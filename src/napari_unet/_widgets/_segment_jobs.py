@@ -68,7 +68,7 @@ def user_message(exc: BaseException, names: Any = None) -> str:
     """The sentence shown to the user for an exception raised by the core. ``names``: what the
     user calls the core's inputs, one per (image, labels) pair (``_pairs.pair_names``): an error
     about the painting (``AnnotationError``) names its pair by it instead of "image 2 of 3"."""
-    from ..core.annotations import AnnotationError  # numpy only: no torch
+    from napari_unet.core.train.annotations import AnnotationError  # numpy only: no torch
 
     if isinstance(exc, AnnotationError) and names:
         exc = exc.named(list(names))
@@ -127,7 +127,7 @@ def segment_jobs(
     ``model`` is a loaded UNetModel or the path of a model file (loaded here, then reported with
     :class:`ModelLoaded` so the caller can cache it).
     """
-    from ..core.io import UNetModel, load_model
+    from napari_unet.core.modelfile.files import UNetModel, load_model
 
     if not isinstance(model, UNetModel):
         model = load_model(model)
@@ -140,9 +140,9 @@ def segment_jobs(
 def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int | None,
                  padding: str, device: str, tta: bool = False, volume: bool = False
                  ) -> Generator[Any, None, int]:
-    from ..core.events import relay
-    from ..core.segment import segment, summarize
-    from ..core.tiling import infer_layout
+    from napari_unet.core.events import relay
+    from napari_unet.core.predict.predict2d import infer_layout
+    from napari_unet.core.segment import segment, summarize
 
     ok = 0
     for i, job in enumerate(jobs):

@@ -99,7 +99,7 @@ def _unreadable(p: Path, reason: str) -> ImageReadError:
 def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:
     """Write ``data`` as TIFF (or zarr for a ``.zarr`` path) atomically: temporary name, then rename.
     A zarr output is locked while it is written (:func:`output_lock`)."""
-    from ..core.io import atomic_write, make_parent
+    from napari_unet.core.modelfile.files import atomic_write, make_parent
 
     p = Path(path)
     make_parent(p)
