@@ -37,8 +37,8 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 from napari_unet.core.modelfile.files import load_model  # noqa: E402
+from napari_unet.core.modelfile.normalization import Normalization  # noqa: E402
 from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
-from napari_unet.core.predict.normalize import Normalization  # noqa: E402
 from napari_unet.core.predict.predict2d import (  # noqa: E402
     auto_tile_size,
     mirror_index,

@@ -383,7 +383,7 @@ def test_a_uint64_image_above_2_53_segments_as_it_would_without_its_offset(nucle
     """uint64 values 2**60 + a camera's counts: float64 holds them 256 apart, and the image became
     one or two grey values (3 of 10 nuclei, 0 on other crops). The minimum is now subtracted in
     integers first."""
-    from napari_unet.core.predict.normalize import integer_offset
+    from napari_unet.core.modelfile.normalization import integer_offset
 
     want = segment_image(nuclei_crop.astype(np.uint64), nuclei_model, device="cpu")
     assert want.max() >= 5  # the unshifted crop has its nuclei
@@ -417,7 +417,7 @@ def test_a_uint64_image_above_2_53_segments_as_it_would_without_its_offset(nucle
 def test_paths_that_cannot_subtract_the_offset_refuse_with_a_message(nuclei_crop):
     """The normalisation's statistics (every path: tiles, training, Live, zarr blocks) refuse an
     integer image whose contrast floats would lose, instead of giving 0 objects without a word."""
-    from napari_unet.core.predict.normalize import Normalization
+    from napari_unet.core.modelfile.normalization import Normalization
     from napari_unet.core.train import prepare_data
 
     img = nuclei_crop.astype(np.uint64) + np.uint64(2**60)

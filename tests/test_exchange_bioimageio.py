@@ -244,7 +244,7 @@ def test_foreign_package_runs_through_our_tiler(tmp_path, nuclei_image, weights)
     if weights == "onnx":
         pytest.importorskip("onnxruntime")
     from napari_unet.core.exchange.runtime import ExternalNet
-    from napari_unet.core.predict.normalize import Normalization
+    from napari_unet.core.modelfile.normalization import Normalization
     from napari_unet.core.predict.predict2d import predict_image
     from napari_unet.core.segment import segment_image
 

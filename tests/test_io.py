@@ -15,8 +15,8 @@ from napari_unet.core.modelfile.files import (
     read_header,
     save_model,
 )
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import Normalization
 
 
 def _model(**kw):

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 
 from napari_unet.cli.main import main
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNetConfig
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.train import prepare_data
 from napari_unet.core.train.annotations import AnnotationError, labels_to_target
 

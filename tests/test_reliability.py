@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_unet.core.modelfile.files import UNetModel, load_model
+from napari_unet.core.modelfile.normalization import CLIP, Normalization, percentiles
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import CLIP, Normalization, percentiles
 from napari_unet.core.predict.predict2d import predict_image
 from napari_unet.core.segment import segment_image
 

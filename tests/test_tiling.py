@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from napari_unet.core.device import resolve_device
 from napari_unet.core.events import TileDone
 from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.modelfile.normalization import CLIP, Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.checks import smallest_tile
-from napari_unet.core.predict.normalize import CLIP, Normalization
 from napari_unet.core.predict.predict2d import (
     infer_layout,
     mirror_index,
@@ -318,7 +318,7 @@ def test_cuda_matches_cpu():
 def test_counting_percentiles_equal_numpy():
     """Integer images get their normalisation percentiles by counting values: the same float64
     numbers as np.percentile (bitwise), for every integer dtype, ranges and edge quantiles."""
-    from napari_unet.core.predict.normalize import percentiles
+    from napari_unet.core.modelfile.normalization import percentiles
 
     rng = np.random.default_rng(0)
     for dt in (np.uint8, np.uint16, np.int16, np.int32, np.int64, np.uint32, bool):

@@ -13,8 +13,8 @@ from napari_unet._synthetic import rod_colony
 from napari_unet.cli.main import main
 from napari_unet.core.events import StepDone
 from napari_unet.core.modelfile.files import UNetModel, load_model, save_model
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.train import (
     TrainConfig,
     prepare_data,

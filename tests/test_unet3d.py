@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from napari_unet.core.modelfile.files import UNetModel, load_model, save_model
+from napari_unet.core.modelfile.normalization import CLIP, Normalization
 from napari_unet.core.network import geometry
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import CLIP, Normalization
 from napari_unet.core.predict.padding import mirror_index
 from napari_unet.core.predict.predict2d import predict_image
 from napari_unet.core.predict.predict3d import plan_volume, predict_volume, predict_volume_image

@@ -10,9 +10,9 @@ import torch
 from napari_unet.core.events import StepDone
 from napari_unet.core.metrics import match_instances
 from napari_unet.core.modelfile.files import load_model, save_model
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.lift import lift_model, lift_network, lifted_config
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.predict.predict2d import predict_image
 from napari_unet.core.predict.predict3d import predict_volume_image
 from napari_unet.core.segment import segment_image

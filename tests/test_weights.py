@@ -220,8 +220,8 @@ def test_annotation_errors():
 
 
 def test_only_one_class_painted_is_an_error():
+    from napari_unet.core.modelfile.normalization import Normalization
     from napari_unet.core.network.unet import UNetConfig
-    from napari_unet.core.predict.normalize import Normalization
     from napari_unet.core.train import prepare_data
 
     img = np.random.default_rng(0).random((32, 32)).astype(np.float32)

@@ -130,7 +130,7 @@ def segment_to_zarr(
     planes = list(np.ndindex(*plane_shape)) if plane_shape else [()]
     norm = getattr(model, "normalization", None)
     if norm is None:
-        from napari_unet.core.predict.normalize import Normalization
+        from napari_unet.core.modelfile.normalization import Normalization
 
         norm = Normalization()
     stats = {pl: plane_stats(arr, layout, pl, norm, padding) for pl in planes}

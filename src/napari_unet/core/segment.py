@@ -16,6 +16,7 @@ import torch
 from napari_unet.core.device import resolve_device
 from napari_unet.core.events import TileDone, relay, run_to_end
 from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.modelfile.normalization import Normalization, without_integer_offset
 from napari_unet.core.network.unet import UNet
 from napari_unet.core.postprocess.instances import (
     NEEDS_PROBABILITIES,
@@ -24,7 +25,6 @@ from napari_unet.core.postprocess.instances import (
 )
 from napari_unet.core.postprocess.prior import adapt_background_prior
 from napari_unet.core.predict.checks import as_image
-from napari_unet.core.predict.normalize import Normalization, without_integer_offset
 from napari_unet.core.predict.predict2d import auto_tile_size, infer_layout, plan_tiles, predict
 
 OUTPUT_TYPES = ("instances", "semantic", "probabilities")
@@ -69,7 +69,7 @@ def segment(
     planes by overlap needs none.
     A 32- or 64-bit integer image whose values lie beyond float precision (a uint64 image above
     2**53) is read minus its offset, computed in integers
-    (:func:`~napari_unet.core.predict.normalize.without_integer_offset`): it segments as the same image
+    (:func:`~napari_unet.core.modelfile.normalization.without_integer_offset`): it segments as the same image
     without the offset. The input is never modified.
     """
     if output not in OUTPUT_TYPES:

@@ -35,7 +35,7 @@ from napari_unet.core.exchange.portable import (
     package_geometry,
 )
 from napari_unet.core.modelfile.files import SUFFIX, UNetModel, save_model
-from napari_unet.core.predict.normalize import CLIP, Normalization
+from napari_unet.core.modelfile.normalization import CLIP, Normalization
 
 PAPER_DOI = "10.1007/978-3-319-24574-4_28"
 PAPER = ("Ronneberger O., Fischer P., Brox T. (2015) U-Net: Convolutional Networks for Biomedical Image "

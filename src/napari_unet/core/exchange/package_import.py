@@ -30,8 +30,8 @@ from napari_unet.core.exchange.bioimageio import ARCH_CALLABLE, CONFIG_KEY
 from napari_unet.core.exchange.portable import package_geometry
 from napari_unet.core.exchange.runtime import ExternalGeometry, ExternalNet, onnx_session
 from napari_unet.core.modelfile.files import ModelFileError, Postprocessing, UNetModel, load_model
+from napari_unet.core.modelfile.normalization import CLIP, Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import CLIP, Normalization
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.ensemble import UNetEnsemble, n_members
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import Normalization
 
 FORMAT = "napari-unet"
 FORMAT_VERSION = 1

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.predict.predict2d import (
     Layout,
     PlaneReader,

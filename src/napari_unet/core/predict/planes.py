@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.predict.normalize import Normalization
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.predict.padding import mirror_index, zero_context
 
 

@@ -26,10 +26,10 @@ import torch
 from napari_unet.core.device import free_memory_bytes, resolve_device
 from napari_unet.core.events import TileDone, relay, run_to_end
 from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.checks import as_image, check_tile_size
 from napari_unet.core.predict.layout import Layout, infer_layout  # noqa: F401 - Layout: importable from here as before
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.predict.padding import mirror_index, zero_context, zero_padding_note  # noqa: F401 - importable here
 from napari_unet.core.predict.planes import _NONFINITE, PlaneReader, _check_finite  # noqa: F401 - importable here
 

@@ -24,10 +24,10 @@ import napari_unet.core.network.geometry as geometry
 from napari_unet.core.device import free_memory_bytes, resolve_device
 from napari_unet.core.events import TileDone, run_to_end
 from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.checks import as_image
 from napari_unet.core.predict.layout import infer_layout
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.predict.padding import mirror_index, zero_context
 from napari_unet.core.predict.predict2d import OUTPUTS, PADDING_MODES, _inference_net
 

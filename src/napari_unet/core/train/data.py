@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNetConfig
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.train.annotations import (
     IGNORE,
     AnnotationError,

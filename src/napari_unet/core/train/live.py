@@ -31,9 +31,9 @@ import numpy as np
 
 from napari_unet.core.events import LiveWaiting, PreviewDone, StepDone
 from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.postprocess.instances import instances_from_semantic, semantic_labels
 from napari_unet.core.postprocess.prior import adapt_background_prior
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.train.annotations import AnnotationError, split_planes
 from napari_unet.core.train.config import TrainConfig, default_architecture
 from napari_unet.core.train.data import as_list, patch_sizes, prepare_data

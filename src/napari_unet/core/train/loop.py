@@ -33,8 +33,8 @@ import torch
 from napari_unet.core.device import resolve_device
 from napari_unet.core.events import StepDone
 from napari_unet.core.modelfile.files import Postprocessing, UNetModel
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.train.annotations import num_classes_for
 from napari_unet.core.train.augment import augment
 from napari_unet.core.train.config import (

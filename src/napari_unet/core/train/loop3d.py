@@ -32,12 +32,12 @@ import torch
 from napari_unet.core.device import resolve_device
 from napari_unet.core.events import StepDone
 from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.geometry import anisotropic_z_pooling, pooled_levels, voxel_size
 from napari_unet.core.network.lift import lift_model
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.postprocess.linking import stitch_planes
 from napari_unet.core.predict.checks import as_image
-from napari_unet.core.predict.normalize import Normalization
 from napari_unet.core.predict.padding import mirror_index
 from napari_unet.core.predict.predict3d import VolumeReader
 from napari_unet.core.train.annotations import IGNORE, AnnotationError, labels_to_target
