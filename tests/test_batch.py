@@ -26,9 +26,7 @@ from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.postprocess.instances import instances_from_semantic
 from napari_unet.core.segment import segment_image
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+DATA = Path(__file__).parent / "data"
 TILE = 96
 
 
@@ -60,12 +58,13 @@ def tiny_model(post: Postprocessing | None = None, classes: int = 3, seed: int =
 
 @pytest.fixture(scope="module")
 def hela() -> np.ndarray:
-    return tifffile.imread(DATA / "hela-stack" / "stack.tif")[:2, 100:228, 200:360]
+    """Frames 0-1, rows 100-228, columns 200-360 of the HeLa stack (tests/data/README.md)."""
+    return tifffile.imread(DATA / "hela-stack" / "t0-1_y100-228_x200-360_image.tif")
 
 
 @pytest.fixture(scope="module")
-def nuclei() -> np.ndarray:
-    return tifffile.imread(DATA / "nuclei-dsb2018" / "image.tif")[:128, :150]
+def nuclei(nuclei_image) -> np.ndarray:
+    return nuclei_image[:128, :150]
 
 
 @pytest.fixture

@@ -19,9 +19,7 @@ from napari_unet.core.modelfile.files import Postprocessing, UNetModel, save_mod
 from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
 from napari_unet.core.segment import segment_image  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+DATA = Path(__file__).parent / "data"
 TILE = 96
 
 
@@ -58,9 +56,10 @@ def client():
 
 @pytest.fixture(scope="module")
 def stack_file(tmp_path_factory) -> Path:
-    """A real crop of the HeLa stack (2 frames), compressed as users' files are."""
+    """A real crop of the HeLa stack (frames 0-1, rows 300-460, columns 500-680), compressed as
+    users' files are."""
     path = tmp_path_factory.mktemp("data") / "hela.tif"
-    tifffile.imwrite(path, tifffile.imread(DATA / "hela-stack" / "stack.tif")[:2, 300:460, 500:680],
+    tifffile.imwrite(path, tifffile.imread(DATA / "hela-stack" / "t0-1_y300-460_x500-680_image.tif"),
                      compression="zlib")
     return path
 
