@@ -1,13 +1,12 @@
 """An ensemble of U-Nets of one architecture: the mean of their softmax probabilities.
 
-Fine-tuned on two painted frames, one network is a draw: the same recipe with another seed gave
-brightfield cells instance F1 0.18 or 0.50 on frames not trained on. The mean of a few networks'
+Fine-tuned on a few painted frames, one network is a draw: the same recipe with another seed
+scores far better or far worse on frames not trained on. The mean of a few networks'
 probabilities (Lakshminarayanan et al., NeurIPS 2017, "deep ensembles"; nnU-Net predicts with the
-ensemble of its five cross-validation models) removes the draw: the three pairs of those networks
-scored F1 0.42-0.49, foreground IoU 0.81-0.82, every pair above each of its members' worse figure.
-Averaging the *weights* instead (a "model soup") does not work here: fine-tuning at Adam's 2e-3
-takes the members into different basins (the soups of those networks scored IoU 0.69-0.75,
-F1 0.00-0.18).
+ensemble of its five cross-validation models) removes the draw: a pair scores above the worse of
+its two networks. Averaging the *weights* instead (a "model soup") does not work here:
+fine-tuning at Adam's 2e-3 takes the members into different basins, and the soup scores below
+its members. The measured figures: docs/benchmarks.md, "An ensemble instead of one network".
 
 :class:`UNetEnsemble` is a drop-in network for the tiler: ``forward`` returns ``log(mean softmax)``,
 so that the softmax every consumer applies gives the members' mean probabilities exactly, and the

@@ -41,18 +41,19 @@ from napari_unet.core.train.network import widened_config
 from napari_unet.core.train.validation import predict_probabilities
 
 LIVE_WARMUP_STEPS = 20  # linear warm-up of the learning rate, then constant (no end to decay to)
-# Adam's rate of a live run when the config leaves it open: on bench_live's rods (a stroke every
-# 5 s) F1 on the unpainted rest at 90 s was 0.27 / 0.11 / 0.35 / 0.95 for 5e-4 / 1e-3 / 2e-3 / 5e-3
+# Adam's rate of a live run when the config leaves it open: the highest rate tried, which scored
+# best on the unpainted rest in bench_live (figures: docs/benchmarks.md, "Figures moved out of
+# the code")
 LIVE_LR = 5e-3
 
 
-# What a live step trains (docs/benchmarks.md, "what a Live step trains"): patches of 128 (2.4x
-# the steps of 256 in the same time), half of them centred on painted background (a sparse
-# painting's background was otherwise rarely seen: on brightfield the whole image became one
-# object), background weighed against all objects together, and the contracting path frozen
-# (the base's features kept; a step takes half the time), and each step's gradient norm clipped
-# to LIVE_GRAD_CLIP: without it brightfield runs diverged (loss 0.7 -> 2.7, or to 85, the network
-# then predicting one class everywhere); with it F1 at 60 s rose from 0.01 to 0.17 (3 plans)
+# What a live step trains (docs/benchmarks.md, "What a Live step trains" and "Why the brightfield
+# Live run failed before the clip"): small patches (more steps in the same time), half of them
+# centred on painted background (a sparse painting's background is otherwise rarely seen, and the
+# whole image can become one object), background weighed against all objects together, the
+# contracting path frozen (the base's features kept; a step takes less time), and each step's
+# gradient norm clipped to LIVE_GRAD_CLIP (without it brightfield runs diverged, the network then
+# predicting one class everywhere)
 LIVE_PATCH = 128
 LIVE_GRAD_CLIP = 1.0
 

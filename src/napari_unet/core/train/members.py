@@ -1,14 +1,14 @@
 """Fine-tuning an ensemble: :func:`train` trains the networks one after the other on the same
 painting and returns their average (:class:`~napari_unet.core.network.ensemble.UNetEnsemble`).
 
-Why: on two painted frames, what a long budget adds to one network is memorising them (on
-brightfield cells a 5-minute run scored foreground IoU 0.78 on later frames, a 2-minute run 0.80),
-and one fine-tuned network is a draw (three 2-minute runs: instance F1 0.43 / 0.18 / 0.50). Spent
-on three networks of the size that learns the painting and averaged, the 5-minute budget scored
-F1 0.48, IoU 0.81-0.82 (two benchmark runs of three, every run above a random forest's 0.34 /
-0.79; docs/benchmarks.md, "An ensemble instead of one network"). Cutting a 2-minute budget in two networks of one minute traded F1 for
-IoU (0.38 / 0.81 against 0.44 / 0.80), so a network gets at least
-:data:`~.config.NETWORK_STEPS` steps (:meth:`~.config.TrainConfig.members_for`).
+Why: on a few painted frames, what a long budget adds to one network is memorising them, and one
+fine-tuned network is a draw (the same recipe with another seed scores far better or far worse on
+frames not trained on). Spending a long budget on several networks of the size that learns the
+painting, and averaging them, removes the draw and keeps what memorising loses; a budget cut
+into networks too short to learn the painting trades instance F1 for IoU, so a network gets at
+least :data:`~.config.NETWORK_STEPS` steps (:meth:`~.config.TrainConfig.members_for`). The
+measured figures: docs/benchmarks.md, "An ensemble instead of one network" and "Figures moved
+out of the code".
 
 How: the budget (``minutes`` or ``steps``) is shared: each network gets what is left divided by
 the networks still to come, so one that ends early (its painting learnt) leaves its time to the

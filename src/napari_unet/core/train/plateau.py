@@ -1,10 +1,9 @@
 """Ending the schedule when the painting is learnt (early stopping on the validation loss).
 
 Two painted frames are learnt long before a generous time budget is spent, and what comes after
-is memorising them: on brightfield cells (two frames painted, two later frames scored) the loss
-on the held-back objects reached its minimum after about a third of a 5-minute run and then rose
-steadily, and the frames not trained on lost foreground IoU with it (0.79 after 2 minutes, 0.69
-after 5). So the validation loss (cross-entropy of background against objects on the held-back
+is memorising them: the loss on the held-back objects reaches its minimum early and then rises,
+and the frames not trained on lose foreground IoU with it (the figures: docs/benchmarks.md,
+"Ending when the painting is learnt"). So the validation loss (cross-entropy of background against objects on the held-back
 pixels: smooth, where instance F1 on a dozen objects jumps) is watched. When it has not reached
 a new minimum for ``patience`` validations, training goes back to the weights of that minimum,
 the learning rate decays from where it is to the schedule's floor over a quarter of the time
