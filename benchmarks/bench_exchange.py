@@ -28,8 +28,9 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 from napari_unet._sample_data import sample_path  # noqa: E402
+from napari_unet.core.exchange.opening import load_model  # noqa: E402
 from napari_unet.core.exchange.runtime import onnxruntime_model  # noqa: E402
-from napari_unet.core.modelfile.files import UNetModel, load_model  # noqa: E402
+from napari_unet.core.modelfile.files import UNetModel  # noqa: E402
 from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
 from napari_unet.core.predict.predict2d import auto_tile_size, mirror_index, predict_image  # noqa: E402
 

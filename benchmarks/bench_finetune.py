@@ -42,8 +42,8 @@ sys.path.insert(0, str(HERE))
 from _forest import fit_forest, predict_instances  # noqa: E402
 
 from napari_unet._synthetic import rod_colony  # noqa: E402
+from napari_unet.core.exchange.opening import load_model  # noqa: E402
 from napari_unet.core.metrics import foreground_iou, instance_f1  # noqa: E402
-from napari_unet.core.modelfile.files import load_model  # noqa: E402
 from napari_unet.core.segment import segment_image  # noqa: E402
 from napari_unet.core.train import TrainConfig, train  # noqa: E402
 

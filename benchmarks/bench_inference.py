@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-from napari_unet.core.modelfile.files import load_model  # noqa: E402
+from napari_unet.core.exchange.opening import load_model  # noqa: E402
 from napari_unet.core.modelfile.normalization import Normalization  # noqa: E402
 from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
 from napari_unet.core.predict.predict2d import (  # noqa: E402

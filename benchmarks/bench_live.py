@@ -43,8 +43,8 @@ from _forest import features, probabilities_to_instances  # noqa: E402
 
 from napari_unet._synthetic import rod_colony  # noqa: E402
 from napari_unet.core.events import PreviewDone  # noqa: E402
+from napari_unet.core.exchange.opening import load_model  # noqa: E402
 from napari_unet.core.metrics import match_instances  # noqa: E402
-from napari_unet.core.modelfile.files import load_model  # noqa: E402
 from napari_unet.core.train import LiveInbox, live_train  # noqa: E402
 from napari_unet.core.train.annotations import labels_to_target  # noqa: E402
 

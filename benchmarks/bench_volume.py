@@ -47,8 +47,8 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_unet.core.events import run_to_end
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.metrics import match_instances
-from napari_unet.core.modelfile.files import load_model
 from napari_unet.core.postprocess.linking import stitch_planes
 from napari_unet.core.segment import segment_image
 
@@ -95,7 +95,7 @@ def _scratch(model):
 
 PEAK = """
 import gc, sys, threading, time, numpy as np, tifffile
-from napari_unet.core.modelfile.files import load_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.network.lift import lift_model
 from napari_unet.core.segment import segment_image
 PAGE = 4096

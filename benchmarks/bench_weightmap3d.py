@@ -26,8 +26,8 @@ import tifffile
 import torch
 
 from napari_unet.core.events import run_to_end
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.metrics import match_instances
-from napari_unet.core.modelfile.files import load_model
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train import TrainConfig
 from napari_unet.core.train.loop3d import fine_tune_volume, slice_targets

@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_unet.core.modelfile.files import load_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.train import (
     TrainConfig,
     postprocessing_for,

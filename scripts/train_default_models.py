@@ -207,8 +207,8 @@ def train_nuclei3d(data: Path, out_dir: Path, steps: int, device: str) -> dict:
     every slice of nuclei3d-cho time points 0-9 (the challenge's automatic labels: silver);
     scored as 3D instances (F1@0.5 over voxels) on time points 10-19, never trained on."""
     from napari_unet.core.events import run_to_end
+    from napari_unet.core.exchange.opening import load_model
     from napari_unet.core.metrics import match_instances
-    from napari_unet.core.modelfile.files import load_model
     from napari_unet.core.train.loop3d import fine_tune_volume
 
     stack = _read(data, "nuclei3d-cho/stack.tif")
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --score: store the scores in the model file's provenance (weights untouched)")
     args = p.parse_args(argv)
     if args.score:
-        from napari_unet.core.modelfile.files import load_model
+        from napari_unet.core.exchange.opening import load_model
 
         model = load_model(args.score)
         for kind in args.models:

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_unet.cli.main import main
-from napari_unet.core.modelfile.files import ModelFileError, UNetModel, load_model, save_model
+from napari_unet.core.modelfile.files import ModelFileError, UNetModel, save_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.checks import smallest_tile
 from napari_unet.core.predict.predict2d import predict_image

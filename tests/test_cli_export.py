@@ -16,7 +16,7 @@ def test_export_torchscript_of_a_shipped_model(tmp_path, capsys):
     assert main(["export", "nuclei", "--format", "torchscript", "--output", str(tmp_path / "nuclei")]) == 0
     path = tmp_path / "nuclei.pt"  # suffix added
     assert f"wrote {path}" in capsys.readouterr().out
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
 
     x = torch.randn(1, 1, 188, 188)
     with torch.no_grad():
@@ -29,7 +29,7 @@ def test_export_onnx_of_a_model_file(tiny_model_path, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from napari_unet.core.exchange.runtime import onnx_session
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
 
     out = tmp_path / "tiny.onnx"
     assert main(["export", str(tiny_model_path), "--format", "onnx", "-o", str(out), "-q"]) == 0
@@ -57,7 +57,7 @@ def test_export_bioimageio_package_offline(tiny_model_path, tmp_path, monkeypatc
         names = set(z.namelist())
     assert {"rdf.yaml", "weights.pt", "weights.onnx", "weights_torchscript.pt", "unet_architecture.py",
             "test_input.npy", "test_output.npy", "cover.png", "README.md", "tiny.safetensors"} <= names
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
 
     back = load_model(out)
     orig = load_model(tiny_model_path)

@@ -9,7 +9,8 @@ import tifffile
 import torch
 
 from napari_unet.cli.main import main
-from napari_unet.core.modelfile.files import UNetModel, load_model, save_model
+from napari_unet.core.modelfile.files import UNetModel, save_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.segment import segment_image
 

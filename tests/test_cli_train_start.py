@@ -13,7 +13,7 @@ import tifffile
 
 from napari_unet.cli.main import main
 from napari_unet.cli.train import DEFAULT_BASE, add_train, base_model_name
-from napari_unet.core.modelfile.files import load_model
+from napari_unet.core.exchange.opening import load_model
 
 DATA = Path(__file__).parent / "data" / "touching-cells-huh7"
 

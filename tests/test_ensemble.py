@@ -12,10 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from napari_unet.cli.main import main
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.modelfile.files import (
     ModelFileError,
     UNetModel,
-    load_model,
     read_header,
     save_model,
 )

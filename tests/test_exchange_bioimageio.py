@@ -18,7 +18,8 @@ pytest.importorskip("bioimageio.spec")
 pytest.importorskip("onnx")
 
 from napari_unet.core.events import run_to_end  # noqa: E402
-from napari_unet.core.modelfile.files import ModelFileError, load_model  # noqa: E402
+from napari_unet.core.exchange.opening import load_model  # noqa: E402
+from napari_unet.core.modelfile.files import ModelFileError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

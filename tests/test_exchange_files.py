@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.modelfile.files import load_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.network.unet import UNet, UNetConfig
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.modelfile.files import (
     ModelFileError,
     Postprocessing,
     UNetModel,
-    load_model,
     read_header,
     save_model,
 )

@@ -8,7 +8,7 @@ import torch
 
 from napari_unet._synthetic import rod_colony
 from napari_unet.core.events import LiveWaiting, PreviewDone, StepDone, run_to_end
-from napari_unet.core.modelfile.files import load_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train import LiveInbox, TrainConfig, live_train, prepare_data, sample_batch
 from napari_unet.core.train.live import LiveData, live_config

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from napari_unet.core.events import run_to_end
-from napari_unet.core.modelfile.files import Postprocessing, UNetModel, load_model, save_model
+from napari_unet.core.modelfile.files import Postprocessing, UNetModel, save_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.postprocess.prior import (
     MAX_ODDS_SHIFT,

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.modelfile.files import UNetModel, load_model
+from napari_unet.core.modelfile.files import UNetModel
+
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.modelfile.normalization import CLIP, Normalization, percentiles
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.predict2d import predict_image
@@ -229,7 +231,7 @@ def test_zero_padding_is_not_silent(tmp_path, capsys, make_napari_viewer, qtbot,
     import tifffile
 
     from napari_unet.cli.main import main
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
     from napari_unet.core.predict.predict2d import zero_padding_note
 
     src = tmp_path / "img.tif"

@@ -148,7 +148,9 @@ def test_segment_uses_the_models_seeded_postprocessing():
     import tempfile
     from pathlib import Path
 
-    from napari_unet.core.modelfile.files import load_model, save_model
+    from napari_unet.core.modelfile.files import save_model
+
+    from napari_unet.core.exchange.opening import load_model
 
     path = save_model(m, Path(tempfile.mkdtemp()) / "m")
     assert load_model(path).postprocessing == post

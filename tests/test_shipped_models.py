@@ -8,7 +8,8 @@ import pytest
 import tifffile
 
 from napari_unet.core.metrics import evaluate
-from napari_unet.core.modelfile.files import load_model, read_header, shipped_models
+from napari_unet.core.modelfile.files import read_header, shipped_models
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train.annotations import labels_to_target
 

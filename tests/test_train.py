@@ -12,7 +12,8 @@ from fake_clock import use_fake_clock
 from napari_unet._synthetic import rod_colony
 from napari_unet.cli.main import main
 from napari_unet.core.events import StepDone
-from napari_unet.core.modelfile.files import UNetModel, load_model, save_model
+from napari_unet.core.modelfile.files import UNetModel, save_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.train import (

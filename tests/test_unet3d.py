@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.modelfile.files import UNetModel, load_model, save_model
+from napari_unet.core.modelfile.files import UNetModel, save_model
+
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.modelfile.normalization import CLIP, Normalization
 from napari_unet.core.network import geometry
 from napari_unet.core.network.unet import UNet, UNetConfig

@@ -109,7 +109,7 @@ def _cho():
 
 
 def test_segment_volume_links_real_nuclei_across_z():
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
     from napari_unet.core.segment import segment_image
 
     img, silver = _cho()
@@ -153,7 +153,7 @@ def test_segment_widget_makes_3d_objects_of_a_z_stack(make_napari_viewer, qtbot,
     """The Segment widget's '3D objects across z' on a real confocal stack in a real viewer."""
     from qtpy.QtCore import Qt
 
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
     from napari_unet.core.segment import segment_image
 
     img, _ = _cho()

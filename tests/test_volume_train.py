@@ -9,7 +9,8 @@ import torch
 
 from napari_unet.core.events import StepDone
 from napari_unet.core.metrics import match_instances
-from napari_unet.core.modelfile.files import load_model, save_model
+from napari_unet.core.modelfile.files import save_model
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.lift import lift_model, lift_network, lifted_config
 from napari_unet.core.network.unet import UNet, UNetConfig

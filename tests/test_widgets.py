@@ -166,7 +166,7 @@ def test_semantic_and_probability_outputs(make_napari_viewer, qtbot, tiny_model_
     np.testing.assert_array_equal(prob.data.argmax(0), sem.data)
 
     # the Advanced box's test-time augmentation check box: the 8-orientation average
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
     from napari_unet.core.segment import segment_image
 
     plain = prob.data.copy()
@@ -224,7 +224,7 @@ def test_batch_over_two_layers_and_a_stack(make_napari_viewer, qtbot, tiny_model
     assert isinstance(rs, Labels) and rs.data.shape == (3, 128, 160)
     assert tuple(rs.scale) == (2.0, 0.5, 0.5) and tuple(rs.translate) == (1, 2, 3)
     # each plane of the stack equals that plane segmented on its own
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
     from napari_unet.core.segment import segment_image
 
     model = load_model(tiny_model_path)

@@ -52,7 +52,8 @@ def test_a_model_file_that_fails_to_load_when_the_job_starts(make_napari_viewer,
                                                             damage, words):
     """Files in the model list are loaded in the worker: one that changed on disk since it was
     opened fails there, with a notification; the buttons come back and nothing is added."""
-    from napari_unet.core.modelfile.files import load_model, save_model
+    from napari_unet.core.modelfile.files import save_model
+    from napari_unet.core.exchange.opening import load_model
 
     path = tmp_path / "model.safetensors"
     path.write_bytes(tiny_model_path.read_bytes())

@@ -18,7 +18,7 @@ def test_export_button_writes_a_package_that_opens_again(make_napari_viewer, qtb
                                                          nuclei_image, tmp_path, notifications):
     pytest.importorskip("bioimageio.spec")
     pytest.importorskip("onnx")
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
 
     viewer = make_napari_viewer()
     viewer.add_image(nuclei_image, name="nuclei")

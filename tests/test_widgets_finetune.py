@@ -67,7 +67,7 @@ def test_finetune_from_painted_layer_then_segment(make_napari_viewer, qtbot, tin
     np.testing.assert_array_equal(viewer.layers["painted"].data, labels_before)
     np.testing.assert_array_equal(viewer.layers["nuclei"].data, image_before)
     # Save writes a model file that loads back to the same network
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
 
     path = ft.save(str(tmp_path / "ft.safetensors"))
     loaded = load_model(path)
@@ -192,7 +192,7 @@ def test_an_ensemble_of_networks_from_the_networks_field(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: not seg.running, timeout=TIMEOUT)
     out = viewer.layers["nuclei instances"]
     assert isinstance(out, Labels) and out.data.shape == (512, 512)
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
 
     loaded = load_model(ft.save(str(tmp_path / "two.safetensors")))
     assert loaded.members == 2
@@ -340,7 +340,7 @@ def test_train_live_and_corrections_models_have_names_of_their_own(
 
 def test_save_and_export_are_enabled_after_a_live_model(make_napari_viewer, qtbot, tiny_model_path,
                                                         nuclei_image):
-    from napari_unet.core.modelfile.files import load_model
+    from napari_unet.core.exchange.opening import load_model
 
     viewer = make_napari_viewer()
     viewer.add_image(nuclei_image, name="cells")

@@ -37,7 +37,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     from napari_unet.cli.main import CLIError, drive
     from napari_unet.core.exchange import ExchangeError
-    from napari_unet.core.modelfile.files import ModelFileError, load_model
+    from napari_unet.core.exchange.opening import load_model
+    from napari_unet.core.modelfile.files import ModelFileError
 
     try:
         model = load_model(args.model)

@@ -115,7 +115,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     from napari_unet.batch import expand_inputs, segment_files
     from napari_unet.core.device import resolve_device
     from napari_unet.core.events import ItemDone, relay
-    from napari_unet.core.modelfile.files import ModelFileError, load_model
+    from napari_unet.core.exchange.opening import load_model
+    from napari_unet.core.modelfile.files import ModelFileError
 
     try:
         device = resolve_device(args.device)

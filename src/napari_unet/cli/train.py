@@ -161,7 +161,8 @@ def _run_train(args: argparse.Namespace) -> int:
     masks = _read_tiffs(args.masks, "mask") if args.masks else None
 
     from napari_unet.core.device import resolve_device
-    from napari_unet.core.modelfile.files import ModelFileError, load_model, save_model
+    from napari_unet.core.exchange.opening import load_model
+    from napari_unet.core.modelfile.files import ModelFileError, save_model
     from napari_unet.core.train import TrainConfig, train, training_summary
     from napari_unet.core.train.annotations import AnnotationError
     from napari_unet.core.train.augment import Augmentation
@@ -220,7 +221,8 @@ def _run_train_volume(args: argparse.Namespace) -> int:
     several = len(images) > 1
 
     from napari_unet.core.device import resolve_device
-    from napari_unet.core.modelfile.files import ModelFileError, load_model, save_model
+    from napari_unet.core.exchange.opening import load_model
+    from napari_unet.core.modelfile.files import ModelFileError, save_model
     from napari_unet.core.network.geometry import pooled_levels
     from napari_unet.core.train import TrainConfig
     from napari_unet.core.train.annotations import AnnotationError

@@ -29,7 +29,7 @@ from napari_unet.core.exchange import require
 from napari_unet.core.exchange.bioimageio import ARCH_CALLABLE, CONFIG_KEY
 from napari_unet.core.exchange.portable import package_geometry
 from napari_unet.core.exchange.runtime import ExternalGeometry, ExternalNet, onnx_session
-from napari_unet.core.modelfile.files import ModelFileError, Postprocessing, UNetModel, load_model
+from napari_unet.core.modelfile.files import ModelFileError, Postprocessing, UNetModel, read_model
 from napari_unet.core.modelfile.normalization import CLIP, Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
 
@@ -300,7 +300,7 @@ def _load_own(path: Path, plan: PackagePlan) -> UNetModel:
     with tempfile.TemporaryDirectory(prefix="napari-unet-package-") as tmp:
         f = Path(tmp) / Path(plan.member).name
         f.write_bytes(data)
-        model = load_model(f)
+        model = read_model(f)
     return model
 
 

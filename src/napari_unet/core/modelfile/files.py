@@ -208,20 +208,38 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     return header
 
 
-def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> UNetModel:
-    """Load a shipped model by name (see :func:`shipped_models`), a model file by path, or a
-    bioimage.io model package (``.zip``, see :mod:`napari_unet.core.exchange.package_import`).
+def read_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> UNetModel:
+    """Read a napari-unet model file, or a shipped model by name (see :func:`shipped_models`).
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A shipped model's name (``"nuclei"``) or the path of a ``.safetensors`` model file (the
+        suffix may be left out).
+    device : str or torch.device, default "cpu"
+        Where the network goes once read.
+
+    Returns
+    -------
+    UNetModel
+        The network in eval mode with its normalisation, post-processing and provenance.
+
+    Raises
+    ------
+    ModelFileError
+        No such file or name, a foreign or corrupt file, weights that do not match the
+        architecture or that hold NaN / infinite values.
 
     Weights are read on the CPU (safetensors: no code is unpickled), then moved to ``device``.
-    The returned network is in eval mode.
+    bioimage.io packages are opened by :func:`napari_unet.core.exchange.opening.load_model`
+    (``napari_unet.load_model``), which opens any model.
     """
     from safetensors.torch import load_file
 
     path = resolve_model_path(name_or_path)
-    if path.suffix.lower() == ".zip":  # a bioimage.io model package
-        from napari_unet.core.exchange.package_import import load_package
-
-        return load_package(path, device)
+    if path.suffix.lower() == ".zip":
+        raise ModelFileError(f"{str(path)!r} is a bioimage.io package, not a napari-unet model file: "
+                             "open it with napari_unet.load_model")
     header = read_header(path)
     try:
         config = UNetConfig.from_dict(header["architecture"])
