@@ -1,7 +1,10 @@
-"""Segment an image or a stack: overlap-tile prediction + post-processing, plane by plane.
+"""Segment an image, a stack or a volume: overlap-tile prediction, then post-processing.
 
-This is what the Segment widget, the CLI and batch jobs call. Memory holds one plane's probabilities
-at a time; the output (labels or probabilities) is written into ``out`` (numpy or zarr) plane by plane.
+:func:`segment` (a generator of :class:`~napari_unet.core.events.TileDone` progress events) and
+:func:`segment_image` (its plain-function form) are what the Segment widget, the CLI and batch jobs
+call; :func:`summarize` says in words what a result holds. A 2D U-Net works plane by plane (memory
+holds one plane's probabilities at a time, the output is written into ``out``, numpy or zarr,
+plane by plane); a 3D U-Net predicts each (Z, Y, X) volume as a whole.
 """
 
 from __future__ import annotations
@@ -53,24 +56,79 @@ def segment(
     volume: bool = False,
     spacing: tuple[float, float, float] | None = None,
 ) -> Generator[TileDone, None, Any]:
-    """Segment ``image`` (see :func:`~napari_unet.core.predict.predict2d.predict` for shapes and options).
+    """Segment an image of any size tile by tile: a generator of progress events.
 
-    output: "instances" -> uint16/uint32 labels (*planes, Y, X), touching objects separated, ids
-    restarting at 1 in each plane; "semantic" -> uint8 class ids; "probabilities" -> float32
-    (*planes, classes, Y, X). ``tta``: average over the 8 flips/rotations of each tile (8x the
-    compute, see :func:`~napari_unet.core.predict.predict2d.predict`). A model whose post-processing records
-    the background share it was trained on has each plane's probabilities re-weighted to that
-    plane's own share first (:mod:`~napari_unet.core.postprocess.prior`; all three outputs). Yields TileDone
-    over all tiles of all planes; returns the output.
-    ``volume``: the planes are the z-slices of one (Z, Y, X) volume: instances are 3D objects,
-    linked across z by :func:`~napari_unet.core.postprocess.linking.stitch_planes` (one id per object).
-    ``spacing``: the (z, y, x) voxel size (a layer's scale) for a 3D U-Net's 3D instances (the
-    growing and watershed distances, :func:`~.postprocess.instances_from_semantic`); linking
-    planes by overlap needs none.
-    A 32- or 64-bit integer image whose values lie beyond float precision (a uint64 image above
-    2**53) is read minus its offset, computed in integers
-    (:func:`~napari_unet.core.modelfile.normalization.without_integer_offset`): it segments as the same image
-    without the offset. The input is never modified.
+    A model whose post-processing records the background share it was trained on has each plane's
+    probabilities re-weighted to that plane's own share first
+    (:mod:`~napari_unet.core.postprocess.prior`; all three outputs). A 32- or 64-bit integer image
+    whose values lie beyond float precision (a uint64 image above 2**53) is read minus its offset,
+    computed in integers (:func:`~napari_unet.core.modelfile.normalization.without_integer_offset`):
+    it segments as the same image without the offset. The input is never modified.
+
+    Parameters
+    ----------
+    image : array-like
+        numpy, memmap, dask, zarr, a torch tensor or nested lists, of shape (Y, X), (C, Y, X),
+        (Y, X, 3|4), or with leading plane axes ((Z, Y, X), (T, Z, Y, X), ...). Any integer,
+        boolean or float dtype; NaN/inf and axes of length 0 are refused
+        (:func:`~napari_unet.core.predict.checks.as_image`).
+    model : UNetModel or UNet
+        A :class:`~napari_unet.core.modelfile.files.UNetModel` (its normalisation and
+        post-processing are used) or a bare network (default normalisation, no post-processing
+        settings). A 3D U-Net segments every (Z, Y, X) volume as a whole.
+    output : {"instances", "semantic", "probabilities"}, default "instances"
+        "instances": uint16 (uint32 above 65534 objects) labels of shape (*planes, Y, X),
+        touching objects separated, ids restarting at 1 in each plane (each volume for a 3D
+        U-Net, or across z with ``volume``); "semantic": uint8 class ids (*planes, Y, X);
+        "probabilities": float32 softmax (*planes, classes, Y, X).
+    axes : str, optional
+        The image's axes, e.g. "YX", "ZYX", "CYX", "YXC", "TCYX"; None guesses them from the
+        shape and the model's input channels
+        (:func:`~napari_unet.core.predict.layout.infer_layout`).
+    rgb : bool, optional
+        True: the last axis is colour (napari knows this of its layers).
+    tile_size : int or (int, int), optional
+        The network's input tile in pixels; lowered to the nearest valid size; None chooses it
+        from the device's free memory. Below the model's smallest tile: ValueError.
+    padding : {"mirror", "zero"}, default "mirror"
+        Context beyond the image border: mirrored (the paper) or constant (the plane's median).
+    device : str or torch.device, default "auto"
+        "auto" (CUDA, then MPS, then the CPU), "cpu", "cuda", "mps".
+    batch_size : int, optional
+        Tiles per forward pass (default 1 on the CPU, 4 on a GPU).
+    tta : bool, default False
+        Average over the 8 flips and 90-degree rotations of each tile (8x the compute; still
+        independent of the tile size).
+    out : array-like, optional
+        A preallocated numpy or zarr array of the output's shape and dtype, written plane by
+        plane (2D U-Net only; not with ``volume``).
+    volume : bool, default False
+        The planes are the z-slices of one (Z, Y, X) volume: instances become 3D objects, linked
+        across z by :func:`~napari_unet.core.postprocess.linking.stitch_planes` (one id per
+        object). Needs ``output="instances"`` and exactly one plane axis.
+    spacing : (float, float, float), optional
+        The (z, y, x) voxel size (a layer's scale) for a 3D U-Net's 3D instances (growing and
+        watershed distances, :func:`~napari_unet.core.postprocess.instances.instances_from_semantic`);
+        linking planes by overlap needs none.
+
+    Yields
+    ------
+    TileDone
+        After each batch of tiles: ``done`` of ``total`` over all tiles of all planes.
+
+    Returns
+    -------
+    numpy.ndarray or array-like
+        The output (``out`` when given), of the shape and dtype ``output`` says.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``output`` or ``padding``, axes that do not fit the image, a tile below the
+        model's smallest, ``volume`` with an unsuitable image or output, ``out`` of the wrong
+        shape; the message names the argument and what was expected.
+    TypeError
+        An image that is not array-like.
     """
     if output not in OUTPUT_TYPES:
         raise ValueError(f"output must be one of {OUTPUT_TYPES}, got {output!r}")
@@ -197,7 +255,35 @@ def _needs_probs(post: Any, output: str) -> bool:
 
 
 def segment_image(image: Any, model: UNetModel | UNet, **kwargs: Any) -> Any:
-    """Plain-function form of :func:`segment`: returns the output array."""
+    """Segment an image and return the result: the plain-function form of :func:`segment`.
+
+    Parameters
+    ----------
+    image : array-like
+        (Y, X), (C, Y, X), (Y, X, 3|4) or with leading plane axes; any integer, boolean or float
+        dtype (see :func:`segment`).
+    model : UNetModel or UNet
+        The model, e.g. from :func:`~napari_unet.core.exchange.opening.load_model`.
+    **kwargs
+        Keyword arguments of :func:`segment` (``output``, ``axes``, ``tile_size``, ``padding``,
+        ``device``, ``tta``, ``volume``, ``spacing``, ...).
+
+    Returns
+    -------
+    numpy.ndarray
+        Instances: uint16/uint32 labels (*planes, Y, X), 0 = background; semantic: uint8 class
+        ids (*planes, Y, X); probabilities: float32 (*planes, classes, Y, X).
+
+    Raises
+    ------
+    ValueError
+        As :func:`segment`.
+
+    Examples
+    --------
+    >>> from napari_unet import load_model, segment_image
+    >>> labels = segment_image(image, load_model("nuclei"), output="instances")  # doctest: +SKIP
+    """
     gen = segment(image, model, **kwargs)
     return run_to_end(gen)
 

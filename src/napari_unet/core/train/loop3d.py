@@ -188,18 +188,57 @@ def fine_tune_volume(
     device: str | torch.device = "auto",
     stop: Any = None,
 ) -> Generator[StepDone, None, UNetModel]:
-    """Fine-tune ``model`` (2D: lifted to 3D first; or 3D) on the painted ``slices`` (default:
-    every slice with a painted pixel) of the (Z, Y, X) ``image`` and ``labels``, or of each volume
-    of a list of them (then every painted slice of each; patches drawn over all of them).
-    ``model=None`` trains a new 3D U-Net from scratch whose pooling follows ``spacing``
-    (:func:`new_volume_model`). ``spacing``: the voxel size (Z, Y, X; the layer's scale), for
-    that architecture and the weight map's distances across consecutive painted slices (None:
-    cubic voxels; a new network then needs it).
+    """Fine-tune a 3D U-Net on a few painted z-slices of a volume: a generator of progress events.
 
-    ``config``: steps or minutes, batch size, patch size (Y and X output), learning rate, w0, sigma
-    and the augmentation of :class:`TrainConfig` (its validation is not used: a handful of slices
-    leave nothing to hold back, and the run says so). ``stop``: a callable or threading.Event;
-    when it is set the run ends after the current step and returns the model as it is."""
+    Parameters
+    ----------
+    image : array-like or list of array-like
+        A (Z, Y, X) volume (any integer or float dtype), or a list of them (then every painted
+        slice of each is used; patches are drawn over all of them).
+    labels : array-like or list of array-like
+        Integer labels of the same shape(s): on a painted slice each object its own id and 0 is
+        background; slices with nothing painted are unknown.
+    model : UNetModel or None
+        The start: a 2D model (lifted to 3D first, :mod:`~napari_unet.core.network.lift`) or a
+        3D model, not modified; None trains a new 3D U-Net from scratch whose pooling follows
+        ``spacing`` (:func:`new_volume_model`).
+    slices : list of int, optional
+        The painted z indices to train on (one volume only); None: every slice with a painted
+        pixel.
+    spacing : (float, float, float), optional
+        The voxel size (Z, Y, X; the layer's scale), for a new network's architecture and the
+        weight map's distances across consecutive painted slices. None: cubic voxels (a new
+        network then needs it).
+    config : TrainConfig, optional
+        Steps or minutes, batch size, patch size (Y and X output, pixels), learning rate, w0,
+        sigma and augmentation; its validation is not used (a handful of slices leave nothing to
+        hold back, and the run says so). Default: 200 steps of batch 2, patches of 96, lr 1e-3.
+    z_blocks : int, default 1
+        How a lifted 2D model's kernels are spread over z (:func:`~napari_unet.core.network.lift.lift_model`).
+    seed : int, default 0
+        Patches, augmentation and a new network's initial weights.
+    device : str or torch.device, default "auto"
+        "auto", "cpu", "cuda" or "mps".
+    stop : callable or threading.Event, optional
+        When set, the run ends after the current step and returns the model as it is.
+
+    Yields
+    ------
+    StepDone
+        After every step (loss; the time or step budget's progress).
+
+    Returns
+    -------
+    UNetModel
+        The trained 3D model, with its training provenance.
+
+    Raises
+    ------
+    napari_unet.core.train.annotations.AnnotationError
+        Nothing usable painted (no slice, no object or no background on the painted slices),
+        shapes that do not match, slices outside the volume, a new network without ``spacing``;
+        the message says what to paint or give.
+    """
     tc = config or TrainConfig(steps=200, batch_size=2, patch_size=96, lr=1e-3)
     several = isinstance(image, (list, tuple))
     imgs = [as_image(i) for i in (image if several else [image])]

@@ -107,12 +107,59 @@ def _combine(nets: list[UNetModel], all_runs: list[UNetModel], kept: list[bool],
 def train(images: Any, labels: Any, masks: Any = None, *, config: TrainConfig | None = None,
           seed: int | None = None, stop: Callable[[], bool] | Any = None, name: str | None = None,
           **kwargs: Any) -> Generator[StepDone, None, UNetModel]:
-    """Fine-tune ``model`` (or train a new one) on painted labels: one network, or an ensemble
-    (``config.members``; by default, with a time budget and validation, as many as the budget
-    holds networks' worth of steps on this machine, at most three:
-    :meth:`TrainConfig.members_for`). Arguments as for :func:`.loop.train_network`. Yields
-    StepDone (steps counted over all networks; ``network`` / ``networks`` and ``validation`` say which
-    network trains); returns the model. Closing the generator ends training as Stop does.
+    """Fine-tune a model (or train a new one) on painted labels: a generator of progress events.
+
+    One network, or an ensemble (``config.members``; by default, with a time budget and
+    validation, as many as the budget holds networks' worth of steps on this machine, at most
+    three: :meth:`~napari_unet.core.train.config.TrainConfig.members_for`). Closing the generator
+    ends training as Stop does.
+
+    Parameters
+    ----------
+    images : array-like or list of array-like
+        A 2D image (Y, X), a multichannel image (with ``channel_axis=``), or a stack (Z, Y, X);
+        or a list of those. Any integer or float dtype.
+    labels : array-like or list of array-like
+        The matching integer labels, same shapes in pixels (a napari Labels layer: one id per
+        object, 0 = not painted).
+    masks : array-like or list, optional
+        None, or one boolean mask (or None) per image, nonzero where the painting is complete.
+        Without masks and without ``background_label`` the whole frame counts as complete.
+    config : TrainConfig, optional
+        Steps or a time budget in minutes, learning rate, loss, augmentation, members
+        (default: ``TrainConfig()``).
+    seed : int, optional
+        Same seed, data and device -> same weights on the CPU; None draws one.
+    stop : callable or object with ``is_set()``, optional
+        Checked before every step; when it says stop, training ends and the kept model is
+        returned.
+    name : str, optional
+        The returned model's name.
+    **kwargs
+        Passed to :func:`~napari_unet.core.train.loop.train_network`: ``model`` (the
+        :class:`~napari_unet.core.modelfile.files.UNetModel` to fine-tune, not modified),
+        ``architecture``, ``mode`` ("auto", "binary", "boundary"), ``background_label``,
+        ``channel_axis``, ``device``.
+
+    Yields
+    ------
+    StepDone
+        After every step: steps counted over all networks, the loss, and (``network`` /
+        ``networks``, ``validation``) which network trains and how it scores.
+
+    Returns
+    -------
+    UNetModel
+        The trained model (an ensemble's mean when more than one network was kept), with its
+        training provenance.
+
+    Raises
+    ------
+    napari_unet.core.train.annotations.AnnotationError
+        Labels that cannot be trained on (nothing painted, shapes that do not match), at the
+        first ``next()``, with a sentence saying what to paint.
+    ValueError
+        Invalid arguments (a config field, an image dtype), at the first ``next()``.
     """
     tc = config or TrainConfig()
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
@@ -178,5 +225,27 @@ def train(images: Any, labels: Any, masks: Any = None, *, config: TrainConfig | 
 
 
 def train_model(images: Any, labels: Any, masks: Any = None, **kwargs: Any) -> UNetModel:
-    """Run :func:`train` to the end and return the trained model (same arguments)."""
+    """Train to the end and return the model: the plain-function form of :func:`train`.
+
+    Parameters
+    ----------
+    images, labels, masks : array-like or list of array-like
+        As for :func:`train`: images (Y, X) / (Z, Y, X), integer labels of the same shapes
+        (0 = not painted), optional masks where the painting is complete.
+    **kwargs
+        Keyword arguments of :func:`train` (``config``, ``seed``, ``stop``, ``name``, ``model``,
+        ``device``, ...).
+
+    Returns
+    -------
+    UNetModel
+        The trained model.
+
+    Raises
+    ------
+    napari_unet.core.train.annotations.AnnotationError
+        Labels that cannot be trained on.
+    ValueError
+        Invalid arguments.
+    """
     return run_to_end(train(images, labels, masks, **kwargs))
