@@ -11,7 +11,8 @@ from napari_unet.core.events import LiveWaiting, PreviewDone, StepDone, run_to_e
 from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train import LiveInbox, TrainConfig, live_train, prepare_data, sample_batch
-from napari_unet.core.train.live import LiveData, live_config
+from napari_unet.core.train.live import live_config
+from napari_unet.core.train.live_inbox import LiveData
 
 BG = 1000  # the background label of the scribbles
 

@@ -25,7 +25,8 @@ from napari_unet.core.train.data import (
     sample_batch,
     touching_fraction,
 )
-from napari_unet.core.train.live import LiveInbox, live_config, live_train
+from napari_unet.core.train.live import live_config, live_train
+from napari_unet.core.train.live_inbox import LiveInbox
 from napari_unet.core.train.loop import train_network
 from napari_unet.core.train.loss import dice_loss, training_loss, weighted_loss
 from napari_unet.core.train.members import train, train_model

@@ -44,7 +44,7 @@ from napari_unet.core.train.config import (
     postprocessing_for,
 )
 from napari_unet.core.train.data import as_list, prepare_data, sample_batch
-from napari_unet.core.train.live import LIVE_WARMUP_STEPS, LiveData, LivePreview
+from napari_unet.core.train.live_inbox import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from napari_unet.core.train.loss import training_loss
 from napari_unet.core.train.network import (
     AveragedWeights,
