@@ -1,5 +1,6 @@
 """Shared test fixtures: tiny model files, real sample images, a synthetic colony of packed rods,
-one torch thread for tiny training runs, captured napari notifications."""
+one torch thread for tiny training runs, captured napari notifications. Helpers that tests call
+with arguments (tiny models, draining a generator, the data folder) are in helpers.py."""
 
 from __future__ import annotations
 
@@ -7,21 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-DATA = Path(__file__).parent / "data"
+from helpers import DATA, tiny_model
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-channel, 2-class U-Net of depth 2 with 4 base channels, saved as a model file."""
-    import torch
+    from napari_unet.core.modelfile.files import save_model
 
-    from napari_unet.core.modelfile.files import UNetModel, save_model
-    from napari_unet.core.network.unet import UNet, UNetConfig
-
-    torch.manual_seed(0)
-    model = UNetModel(UNet(UNetConfig(depth=2, base_channels=4)), name="tiny")
-    return save_model(model, tmp_path_factory.mktemp("models") / "tiny.safetensors")
+    return save_model(tiny_model(), tmp_path_factory.mktemp("models") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="session")

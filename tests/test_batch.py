@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
+from helpers import drain, instances_model, is_relabelling
 
 from napari_unet import batch
 from napari_unet.batch import (
@@ -21,39 +21,12 @@ from napari_unet.batch import (
 )
 from napari_unet.cli.main import main
 from napari_unet.core.events import ItemDone, TileDone
-from napari_unet.core.modelfile.files import Postprocessing, UNetModel, save_model
-from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.modelfile.files import Postprocessing, save_model
 from napari_unet.core.postprocess.instances import instances_from_semantic
 from napari_unet.core.segment import segment_image
 
 DATA = Path(__file__).parent / "data"
 TILE = 96
-
-
-def run(gen):
-    """Iterate a progress generator to its end: (events, return value)."""
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
-def is_relabelling(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when a and b are the same partition: same background, ids in one-to-one correspondence."""
-    a, b = np.asarray(a).ravel().astype(np.int64), np.asarray(b).ravel().astype(np.int64)
-    if not np.array_equal(a == 0, b == 0):
-        return False
-    pairs = np.unique(np.stack([a, b]), axis=1)
-    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
-
-
-def tiny_model(post: Postprocessing | None = None, classes: int = 3, seed: int = 2) -> UNetModel:
-    torch.manual_seed(seed)
-    cfg = UNetConfig(depth=2, base_channels=4, num_classes=classes, padding="valid")
-    return UNetModel(UNet(cfg), postprocessing=post or Postprocessing(instance_classes=(1,), min_size=5),
-                     name="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +42,7 @@ def nuclei(nuclei_image) -> np.ndarray:
 
 @pytest.fixture
 def model_file(tmp_path) -> Path:
-    return save_model(tiny_model(), tmp_path / "models" / "tiny")
+    return save_model(instances_model(), tmp_path / "models" / "tiny")
 
 
 def test_is_relabelling_detects_differences():
@@ -97,9 +70,10 @@ def test_expand_inputs_files_globs_folders(tmp_path, nuclei):
 
 # ---------------------------------------------------------------------------- in-memory arrays
 def test_segment_arrays_one_job_named_results(nuclei, hela):
-    model = tiny_model()
+    model = instances_model()
     images = {"nuclei": nuclei, "hela": hela, "broken": np.zeros(7)}
-    events, results = run(segment_arrays(images, model, output_type="semantic", tile_size=TILE, device="cpu"))
+    events, results = drain(segment_arrays(images, model, output_type="semantic", tile_size=TILE,
+                                           device="cpu"), keep_events=True)
     tiles = [e for e in events if isinstance(e, TileDone)]
     dones = [e for e in events if isinstance(e, ArrayDone)]
     assert len({e.total for e in tiles}) == 1  # one progress total for the whole job
@@ -114,7 +88,7 @@ def test_segment_arrays_one_job_named_results(nuclei, hela):
 
 
 def test_segment_arrays_stops_when_closed(nuclei):
-    gen = segment_arrays({"a": nuclei, "b": nuclei}, tiny_model(), output_type="semantic", tile_size=TILE,
+    gen = segment_arrays({"a": nuclei, "b": nuclei}, instances_model(), output_type="semantic", tile_size=TILE,
                          device="cpu")
     first = next(gen)
     assert isinstance(first, TileDone) and first.done < first.total
@@ -133,10 +107,10 @@ def _write_inputs(folder: Path, nuclei: np.ndarray, hela: np.ndarray) -> list[Pa
 
 
 def test_segment_files_skips_unreadable_and_goes_on(tmp_path, nuclei, hela):
-    model = tiny_model()
+    model = instances_model()
     paths = _write_inputs(tmp_path / "in", nuclei, hela)
-    events, results = run(segment_files(paths, model, tmp_path / "out", output_type="semantic",
-                                        tile_size=TILE, device="cpu"))
+    events, results = drain(segment_files(paths, model, tmp_path / "out", output_type="semantic",
+                                          tile_size=TILE, device="cpu"), keep_events=True)
     items = [e for e in events if isinstance(e, ItemDone)]
     assert [(Path(e.name).name, e.status) for e in items] == [
         ("nuclei.tif", "done"), ("corrupt.tif", "failed"), ("hela.tif", "done")]
@@ -150,26 +124,28 @@ def test_segment_files_skips_unreadable_and_goes_on(tmp_path, nuclei, hela):
 
 
 def test_resume_skips_complete_outputs(tmp_path, nuclei, hela, monkeypatch):
-    model = tiny_model()
+    model = instances_model()
     paths = _write_inputs(tmp_path / "in", nuclei, hela)[::2]
     out = tmp_path / "out"
-    run(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"))
+    drain(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"))
     first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     # an interrupted earlier run left a hidden temporary file: not mistaken for a result
     (out / ".nuclei_semantic.tif.abc.tmp").write_bytes(b"half")
     calls = []
     real = batch.read_image
     monkeypatch.setattr(batch.files, "read_image", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
-    events, _ = run(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"))
+    events, _ = drain(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"),
+                      keep_events=True)
     assert [e.status for e in events if isinstance(e, ItemDone)] == ["skipped", "skipped"]
     assert not any(isinstance(e, TileDone) for e in events) and calls == []  # nothing read or computed
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.startswith(".")} == first
     # a missing result is recomputed, the others still skipped
     (out / "hela_semantic.tif").unlink()
-    events, _ = run(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"))
+    events, _ = drain(segment_files(paths, model, out, output_type="semantic", tile_size=TILE, device="cpu"),
+                      keep_events=True)
     assert [e.status for e in events if isinstance(e, ItemDone)] == ["skipped", "done"]
-    events, _ = run(segment_files(paths, model, out, output_type="semantic", overwrite=True,
-                                  tile_size=TILE, device="cpu"))
+    events, _ = drain(segment_files(paths, model, out, output_type="semantic", overwrite=True,
+                                    tile_size=TILE, device="cpu"), keep_events=True)
     assert [e.status for e in events if isinstance(e, ItemDone)] == ["done", "done"]
 
 
@@ -179,14 +155,14 @@ def test_inputs_are_never_overwritten(tmp_path, nuclei):
     tifffile.imwrite(folder / "a.tif", nuclei)
     tifffile.imwrite(folder / "a_semantic.tif", nuclei[:50])  # an input named like a.tif's result
     before = (folder / "a_semantic.tif").read_bytes()
-    events, results = run(segment_files([folder], tiny_model(), folder, output_type="semantic",
-                                        tile_size=TILE, device="cpu"))
+    events, results = drain(segment_files([folder], instances_model(), folder, output_type="semantic",
+                                          tile_size=TILE, device="cpu"), keep_events=True)
     statuses = {Path(e.name).name: e.status for e in events if isinstance(e, ItemDone)}
     assert statuses["a.tif"] == "failed" and "refusing to overwrite" in results[str(folder / "a.tif")]
     assert (folder / "a_semantic.tif").read_bytes() == before
     # one input written onto itself
-    events, _ = run(segment_files([folder / "a.tif"], tiny_model(), folder / "a.tif", tile_size=TILE,
-                                  device="cpu"))
+    events, _ = drain(segment_files([folder / "a.tif"], instances_model(), folder / "a.tif", tile_size=TILE,
+                                    device="cpu"), keep_events=True)
     assert [e.status for e in events if isinstance(e, ItemDone)] == ["failed"]
     assert np.array_equal(tifffile.imread(folder / "a.tif"), nuclei)
 
@@ -209,12 +185,12 @@ def test_cli_glob_folder_resume_and_exit_code(tmp_path, nuclei, hela, model_file
 def test_zarr_in_zarr_out_equals_in_memory(tmp_path, hela, output):
     import zarr
 
-    model = tiny_model()
+    model = instances_model()
     src = zarr.open_array(store=str(tmp_path / "in.zarr"), mode="w", shape=hela.shape, chunks=(1, 64, 64),
                           dtype=hela.dtype)
     src[...] = hela
-    events, dest = run(segment_to_zarr(src, model, tmp_path / "out.zarr", output_type=output,
-                                       tile_size=TILE, block_size=100, device="cpu"))
+    events, dest = drain(segment_to_zarr(src, model, tmp_path / "out.zarr", output_type=output,
+                                         tile_size=TILE, block_size=100, device="cpu"), keep_events=True)
     got = zarr.open_array(store=str(dest), mode="r")
     from napari_unet.core.predict.blocks import block_grid
 
@@ -230,9 +206,9 @@ def test_zarr_in_zarr_out_equals_in_memory(tmp_path, hela, output):
 def test_zarr_with_tta_equals_in_memory(tmp_path, hela):
     import zarr
 
-    model = tiny_model()
-    events, dest = run(segment_to_zarr(hela[:1], model, tmp_path / "out.zarr", output_type="probabilities",
-                                       tile_size=TILE, block_size=100, device="cpu", tta=True))
+    model = instances_model()
+    events, dest = drain(segment_to_zarr(hela[:1], model, tmp_path / "out.zarr", output_type="probabilities",
+                                         tile_size=TILE, block_size=100, device="cpu", tta=True), keep_events=True)
     got = zarr.open_array(store=str(dest), mode="r")[...]
     expected = segment_image(hela[:1], model, output="probabilities", tile_size=TILE, device="cpu", tta=True)
     plain = segment_image(hela[:1], model, output="probabilities", tile_size=TILE, device="cpu")
@@ -248,10 +224,10 @@ def test_zarr_instances_equal_in_memory_up_to_relabelling(tmp_path, hela, post):
     import dask.array as da
     import zarr
 
-    model = tiny_model(post)
+    model = instances_model(post)
     # a dask input; small blocks and halo so that objects cross block borders and growth needs retries
-    _, dest = run(segment_to_zarr(da.from_array(hela, chunks=(1, 50, 50)), model, tmp_path / "i.zarr",
-                                  tile_size=TILE, block_size=50, device="cpu", grow_halo=2))
+    dest = drain(segment_to_zarr(da.from_array(hela, chunks=(1, 50, 50)), model, tmp_path / "i.zarr",
+                                 tile_size=TILE, block_size=50, device="cpu", grow_halo=2))
     got = zarr.open_array(store=str(dest), mode="r")[...]
     expected = segment_image(hela, model, output="instances", tile_size=TILE, device="cpu")
     assert expected.max() > 20  # enough objects for the test to mean something
@@ -268,7 +244,7 @@ def test_blockwise_labels_exact_on_random_maps(tmp_path, block):
     for post in (Postprocessing(instance_classes=(1,), min_size=3),
                  Postprocessing(instance_classes=(2,), grow_classes=(1,), min_size=4)):
         out = tmp_path / f"{block}_{post.grow_classes}.zarr"
-        run(instances_to_zarr(sem, out, post, block_size=block, grow_halo=1))
+        drain(instances_to_zarr(sem, out, post, block_size=block, grow_halo=1))
         got = zarr.open_array(store=str(out), mode="r")[...]
         for z in range(2):
             assert is_relabelling(got[z], instances_from_semantic(sem[z], post))
@@ -277,34 +253,34 @@ def test_blockwise_labels_exact_on_random_maps(tmp_path, block):
 def test_files_zarr_output_and_resume(tmp_path, hela, model_file):
     import zarr
 
-    model = tiny_model()
+    model = instances_model()
     src = zarr.open_array(store=str(tmp_path / "stack.zarr"), mode="w", shape=hela.shape, dtype=hela.dtype)
     src[...] = hela
     tifffile.imwrite(tmp_path / "plane.tif", hela[0])
-    events, results = run(segment_files([tmp_path / "stack.zarr", tmp_path / "plane.tif"], model,
-                                        tmp_path / "out", output_type="semantic", tile_size=TILE,
-                                        block_size=100, device="cpu"))
+    events, results = drain(segment_files([tmp_path / "stack.zarr", tmp_path / "plane.tif"], model,
+                                          tmp_path / "out", output_type="semantic", tile_size=TILE,
+                                          block_size=100, device="cpu"), keep_events=True)
     assert results[str(tmp_path / "stack.zarr")].endswith("stack_semantic.zarr")  # zarr in -> zarr out
     assert results[str(tmp_path / "plane.tif")].endswith("plane_semantic.tif")
     got = zarr.open_array(store=str(tmp_path / "out" / "stack_semantic.zarr"), mode="r")[...]
     assert np.array_equal(got, segment_image(hela, model, output="semantic", tile_size=TILE, device="cpu"))
     before = os.stat(tmp_path / "out" / "stack_semantic.zarr" / "zarr.json").st_mtime_ns
-    events, _ = run(segment_files([tmp_path / "stack.zarr"], model, tmp_path / "out" / "stack_semantic.zarr",
-                                  output_type="semantic", tile_size=TILE, device="cpu"))
+    events, _ = drain(segment_files([tmp_path / "stack.zarr"], model, tmp_path / "out" / "stack_semantic.zarr",
+                                    output_type="semantic", tile_size=TILE, device="cpu"), keep_events=True)
     assert [e.status for e in events] == ["skipped"]
     assert os.stat(tmp_path / "out" / "stack_semantic.zarr" / "zarr.json").st_mtime_ns == before
 
 
 @pytest.mark.parametrize("split", ["watershed", "seeded"])
 def test_zarr_refuses_watershed_instances(tmp_path, nuclei, split):
-    model = tiny_model(Postprocessing(split=split))
+    model = instances_model(Postprocessing(split=split))
     with pytest.raises(ValueError, match="watershed"):
-        run(segment_to_zarr(nuclei, model, tmp_path / "o.zarr", tile_size=TILE, device="cpu"))
+        drain(segment_to_zarr(nuclei, model, tmp_path / "o.zarr", tile_size=TILE, device="cpu"))
     assert not any(tmp_path.iterdir())
 
 
 def test_zarr_cancel_leaves_no_partial_output(tmp_path, hela):
-    gen = segment_to_zarr(hela, tiny_model(), tmp_path / "o.zarr", output_type="semantic", tile_size=TILE,
+    gen = segment_to_zarr(hela, instances_model(), tmp_path / "o.zarr", output_type="semantic", tile_size=TILE,
                           block_size=56, device="cpu")
     ev = next(gen)
     assert ev.done < ev.total

@@ -7,44 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import drain, instances_model, is_relabelling
 
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
-import torch  # noqa: E402
-
 from napari_unet.batch import segment_to_zarr  # noqa: E402
 from napari_unet.cli.main import main  # noqa: E402
-from napari_unet.core.modelfile.files import Postprocessing, UNetModel, save_model  # noqa: E402
-from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
+from napari_unet.core.modelfile.files import Postprocessing, save_model  # noqa: E402
 from napari_unet.core.segment import segment_image  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TILE = 96
-
-
-def run(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
-def is_relabelling(a: np.ndarray, b: np.ndarray) -> bool:
-    a, b = np.asarray(a).ravel().astype(np.int64), np.asarray(b).ravel().astype(np.int64)
-    if not np.array_equal(a == 0, b == 0):
-        return False
-    pairs = np.unique(np.stack([a, b]), axis=1)
-    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
-
-
-def tiny_model(post: Postprocessing | None = None) -> UNetModel:
-    torch.manual_seed(2)
-    cfg = UNetConfig(depth=2, base_channels=4, num_classes=3, padding="valid")
-    return UNetModel(UNet(cfg), postprocessing=post or Postprocessing(instance_classes=(1,), min_size=5),
-                     name="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +43,12 @@ def _loads(client) -> dict[str, list[str]]:
 
 
 def test_distributed_equals_single_process(client, stack_file, tmp_path):
-    model = tiny_model(Postprocessing(instance_classes=(1,), grow_classes=(0,), min_size=5))
+    model = instances_model(Postprocessing(instance_classes=(1,), grow_classes=(0,), min_size=5))
     image = tifffile.imread(stack_file)
     before = _loads(client)
     for output in ("semantic", "probabilities", "instances"):
-        _, dest = run(segment_to_zarr(stack_file, model, tmp_path / f"{output}.zarr", output_type=output,
-                                      tile_size=TILE, block_size=56, client=client))
+        dest = drain(segment_to_zarr(stack_file, model, tmp_path / f"{output}.zarr", output_type=output,
+                                     tile_size=TILE, block_size=56, client=client))
         got = zarr.open_array(store=str(dest), mode="r")[...]
         expected = segment_image(image, model, output=output, tile_size=TILE, device="cpu")
         if output == "semantic":
@@ -92,7 +66,7 @@ def test_distributed_equals_single_process(client, stack_file, tmp_path):
 
 
 def test_cli_scheduler_address(client, stack_file, tmp_path, capsys):
-    model_path = save_model(tiny_model(), tmp_path / "tiny")
+    model_path = save_model(instances_model(), tmp_path / "tiny")
     out = tmp_path / "out"
     args = ["segment", str(stack_file), "-o", str(out), "-m", str(model_path), "--output-type", "semantic",
             "--tile-size", str(TILE), "--chunk", "112", "--scheduler", client.scheduler.address, "-q"]
@@ -100,9 +74,9 @@ def test_cli_scheduler_address(client, stack_file, tmp_path, capsys):
     got = zarr.open_array(store=str(out / "hela_semantic.zarr"), mode="r")
     from napari_unet.core.predict.blocks import block_grid
 
-    grid = block_grid(tiny_model().config, got.shape[-2:], TILE, 112)
+    grid = block_grid(instances_model().config, got.shape[-2:], TILE, 112)
     assert got.chunks == (1,) + grid.block
-    expected = segment_image(tifffile.imread(stack_file), tiny_model(), output="semantic", tile_size=TILE,
+    expected = segment_image(tifffile.imread(stack_file), instances_model(), output="semantic", tile_size=TILE,
                              device="cpu")
     assert np.array_equal(got[...], expected)
     assert main(args[:-1]) == 0  # resumed: nothing recomputed
@@ -111,4 +85,4 @@ def test_cli_scheduler_address(client, stack_file, tmp_path, capsys):
 
 def test_distributed_needs_a_path(client, tmp_path):
     with pytest.raises(ValueError, match="path"):
-        run(segment_to_zarr(np.zeros((64, 64), np.uint8), tiny_model(), tmp_path / "o.zarr", client=client))
+        drain(segment_to_zarr(np.zeros((64, 64), np.uint8), instances_model(), tmp_path / "o.zarr", client=client))

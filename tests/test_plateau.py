@@ -3,11 +3,8 @@
 import math
 
 import pytest
-import torch
+from helpers import drain, tiny_model
 
-from napari_unet._synthetic import rod_colony
-from napari_unet.core.modelfile.files import UNetModel
-from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.train import TrainConfig, train, train_model, training_summary
 from napari_unet.core.train import plateau as plateau_module
 from napari_unet.core.train.plateau import FLOOR, MIN_PASSES, Plateau
@@ -48,14 +45,7 @@ def test_no_end_early_in_the_run_on_a_missing_loss_or_when_switched_off():
     assert [wob.observe(v, 0.5, 1.0, 1.0) for v in (1.0, 0.995, 0.994)] == [False, False, True]
 
 
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    net = UNet(UNetConfig(depth=2, base_channels=4, padding="valid", num_classes=3,
-                          class_names=("background", "boundary", "interior")))
-    return UNetModel(net, name="tiny", provenance={"origin": "test"})
-
-
-def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_so(monkeypatch):
+def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_so(monkeypatch, colony):
     monkeypatch.setattr(plateau_module, "MIN_PASSES", 0.0)  # a test-sized run
     observe = Plateau.observe  # and a network that cannot learn counts as learnt: the wiring
 
@@ -64,19 +54,13 @@ def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_s
         return observe(self, *args, **kw)
 
     monkeypatch.setattr(Plateau, "observe", learnt_anyway)
-    frames = [rod_colony(seed=s) for s in (0, 1)]
-    imgs, labs = [f[0] for f in frames], [f[1] for f in frames]
+    imgs, labs = colony
     # a learning rate too small to move the validation loss: it plateaus from the first validation
     cfg = dict(steps=40, batch_size=2, patch_size=32, val_every=2, val_min_total=0, val_min_objects=1,
                precision="fp32", lr=1e-12)
-    events = []
-    gen = train(imgs, labs, model=tiny(), config=TrainConfig(**cfg), device="cpu", seed=0)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as s:
-            model = s.value
-            break
+    base = dict(classes=3, training_names=True, provenance={"origin": "test"})
+    events, model = drain(train(imgs, labs, model=tiny_model(**base), config=TrainConfig(**cfg), device="cpu",
+                                seed=0), keep_events=True)
     # the status line says so while the final decay runs, and the step estimate knows the end
     assert not any("finishing early" in e.validation for e in events[:7])
     assert all("finishing early" in e.validation and e.total == 10 for e in events[7:])  # from step 8 on
@@ -88,7 +72,7 @@ def test_training_ends_early_when_the_validation_loss_stops_improving_and_says_s
     assert end["from_step"] == 2  # the lowest loss (its first validation): decayed from there
     assert "ended early" in training_summary(prov)
     assert prov["validation"]["best"]["score"] is not None  # the final weights are validated
-    off = train_model(imgs, labs, model=tiny(), config=TrainConfig(**cfg, plateau_patience=0),
+    off = train_model(imgs, labs, model=tiny_model(**base), config=TrainConfig(**cfg, plateau_patience=0),
                       device="cpu", seed=0)
     assert off.provenance["ended_early"] is None and off.provenance["steps"] == 40
     assert "ended early" not in training_summary(off.provenance)
