@@ -35,7 +35,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from napari_unet.cli.main import CLIError, drive
+    from napari_unet.cli.driver import CLIError, drive
     from napari_unet.core.exchange import ExchangeError
     from napari_unet.core.exchange.opening import load_model
     from napari_unet.core.modelfile.files import ModelFileError
@@ -73,7 +73,7 @@ def run_export(args: argparse.Namespace) -> int:
 def _read_sample(path: str) -> Any:
     import tifffile
 
-    from napari_unet.cli.main import CLIError
+    from napari_unet.cli.driver import CLIError
 
     try:
         return tifffile.imread(path)
@@ -95,7 +95,7 @@ def add_backend_option(p: argparse.ArgumentParser) -> None:
 
 def apply_backend(args: argparse.Namespace, model: Any, device: Any) -> Any:
     """The model to segment with: ``model`` itself, or run by onnxruntime for ``--backend onnxruntime``."""
-    from napari_unet.cli.main import CLIError
+    from napari_unet.cli.driver import CLIError
 
     if getattr(args, "backend", "torch") == "torch":
         return model

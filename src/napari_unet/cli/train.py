@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from napari_unet.cli.main import CLIError, drive
+from napari_unet.cli.driver import CLIError, drive
 
 # ---------------------------------------------------------------------------- train
 DEFAULT_BASE = "nuclei"  # the start of a 2D training without --base-model
