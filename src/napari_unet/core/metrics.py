@@ -252,10 +252,30 @@ def match_instances(pred: Any, gt: Any, mask: Any = None, iou_threshold: float =
     (``scipy.optimize.linear_sum_assignment``; ties broken by the largest IoU sum). Above 0.5 every candidate
     pair is unique, so this only matters for lower thresholds.
 
-    pred, gt: label images of the same shape (Y, X) or (..., Y, X), 0 = background; stacks are matched plane
-    by plane and the counts summed, unless ``volume``: then objects are 3D (an id is one object
-    across all planes, IoU over voxels). mask: optional, same shape, nonzero = scored (see the
-    module docstring). Returns a :class:`Matching` (tp, fp, fn, n_pred, n_gt, precision, recall, f1).
+    Parameters
+    ----------
+    pred, gt : array-like
+        Label images of the same shape, (Y, X) or a stack (..., Y, X): integers (float arrays
+        whose values are all integers, bool masks as one object), 0 = background, every other
+        value one object.
+    mask : array-like, optional
+        Same shape, nonzero = scored (e.g. the annotated region); None scores every pixel.
+    iou_threshold : float, default 0.5
+        A pair matches when its IoU is greater than this.
+    volume : bool, default False
+        False: stacks are matched plane by plane and the counts summed; True: objects are 3D (an
+        id is one object across all planes, IoU over voxels).
+
+    Returns
+    -------
+    Matching
+        tp, fp, fn, n_pred, n_gt (counts of objects), precision, recall, f1 (floats in [0, 1]).
+
+    Raises
+    ------
+    ValueError
+        Arrays of different shapes, empty, or not label images; a mask that selects nothing; an
+        IoU threshold outside [0, 1); the message names the argument.
     """
     threshold = _check_threshold(iou_threshold)
     p, g, m = _check(pred, gt, mask)
@@ -266,7 +286,30 @@ def match_instances(pred: Any, gt: Any, mask: Any = None, iou_threshold: float =
 
 
 def instance_f1(pred: Any, gt: Any, mask: Any = None, iou_threshold: float = 0.5) -> float:
-    """F1 score of the one-to-one object matching at IoU > ``iou_threshold`` (see :func:`match_instances`)."""
+    """F1 score of the one-to-one object matching at IoU > ``iou_threshold``.
+
+    Parameters
+    ----------
+    pred, gt : array-like
+        Label images of the same shape, (Y, X) or a stack (..., Y, X): integers (float arrays
+        whose values are all integers, bool masks as one object), 0 = background, every other
+        value one object.
+    mask : array-like, optional
+        Same shape, nonzero = scored (e.g. the annotated region); None scores every pixel.
+    iou_threshold : float, default 0.5
+        A pair matches when its IoU is greater than this (see :func:`match_instances`).
+
+    Returns
+    -------
+    float
+        2 tp / (2 tp + fp + fn), in [0, 1]; stacks are matched plane by plane.
+
+    Raises
+    ------
+    ValueError
+        Arrays of different shapes, empty, or not label images; a mask that selects nothing; an
+        IoU threshold outside [0, 1); the message names the argument.
+    """
     return match_instances(pred, gt, mask, iou_threshold).f1
 
 
@@ -296,9 +339,27 @@ def foreground_iou(
 ) -> float:
     """Intersection over union of the foreground (the paper's cell-tracking score, section 4).
 
-    |pred fg & gt fg| / |pred fg | gt fg|, counted over the pixels inside ``mask`` (all pixels if None) and
-    pooled over the planes of a stack. Foreground is label > 0, or, for semantic class maps, a value in
-    ``foreground`` (a class value or a sequence of them). 1.0 when neither image has foreground.
+    Parameters
+    ----------
+    pred, gt : array-like
+        Label images of the same shape, (Y, X) or a stack (..., Y, X): integers (float arrays
+        whose values are all integers, bool masks as one object), 0 = background, every other
+        value one object.
+    mask : array-like, optional
+        Same shape, nonzero = scored (e.g. the annotated region); None scores every pixel.
+    foreground : int or sequence of int, optional
+        For semantic class maps: the class value(s) that count as foreground; None: label > 0.
+
+    Returns
+    -------
+    float
+        |pred fg & gt fg| / |pred fg | gt fg| in [0, 1], counted over the pixels inside ``mask``
+        and pooled over the planes of a stack; 1.0 when neither image has foreground.
+
+    Raises
+    ------
+    ValueError
+        Arrays of different shapes, empty, or not label images; a mask that selects nothing.
     """
     p, g, m = _check(pred, gt, mask)
     return _foreground_iou(p, g, m, foreground)
@@ -376,9 +437,31 @@ def evaluate(
 ) -> dict[str, float | int]:
     """All scores of a label image against ground truth, validated and tabulated once.
 
-    Returns a dict of plain Python numbers (JSON-ready): foreground_iou, precision, recall, f1, tp, fp, fn,
-    n_pred, n_gt (instances at IoU > ``iou_threshold``), pixel_error, rand_error and iou_threshold.
     See the module docstring for stacks and ``mask``.
+
+    Parameters
+    ----------
+    pred, gt : array-like
+        Label images of the same shape, (Y, X) or a stack (..., Y, X): integers (float arrays
+        whose values are all integers, bool masks as one object), 0 = background, every other
+        value one object.
+    mask : array-like, optional
+        Same shape, nonzero = scored (e.g. the annotated region); None scores every pixel.
+    iou_threshold : float, default 0.5
+        Instances match when their IoU is greater than this.
+
+    Returns
+    -------
+    dict of str to float or int
+        Plain Python numbers (JSON-ready): foreground_iou, precision, recall, f1, tp, fp, fn,
+        n_pred, n_gt (instances at IoU > ``iou_threshold``), pixel_error (share of pixels whose
+        foreground/background differs), rand_error and iou_threshold.
+
+    Raises
+    ------
+    ValueError
+        Arrays of different shapes, empty, or not label images; a mask that selects nothing; an
+        IoU threshold outside [0, 1); the message names the argument.
     """
     threshold = _check_threshold(iou_threshold)
     p, g, m = _check(pred, gt, mask)

@@ -20,7 +20,23 @@ NEEDS_PROBABILITIES = ("watershed", "seeded")  # splits that read probabilities,
 
 
 def semantic_labels(probabilities: np.ndarray) -> np.ndarray:
-    """Argmax over the class axis: (..., K, Y, X) float -> (..., Y, X) uint8 class ids."""
+    """Semantic labels: the most probable class of every pixel.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        Float class probabilities (or scores) of shape (..., K, Y, X), K classes.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 class ids of shape (..., Y, X) (the argmax over the class axis).
+
+    Raises
+    ------
+    ValueError
+        An array with fewer than 3 axes.
+    """
     p = np.asarray(probabilities)
     if p.ndim < 3:
         raise ValueError(f"probabilities must have shape (..., classes, Y, X), got {p.shape}")
@@ -38,18 +54,43 @@ def instances_from_semantic(
     probabilities: np.ndarray | None = None,
     spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
-    """Instance labels of one semantic map of class ids: a plane (Y, X) or, from a 3D U-Net, a
-    volume (Z, Y, X) (then connectivity, growing and splitting are in 3D, probabilities (K, Z, Y, X)).
+    """Instance labels of one semantic map of class ids: a plane or a volume.
 
-    Objects are the 4-connected components of ``instance_classes``; they are grown into the pixels
-    of ``grow_classes`` (nearest object wins); objects below ``min_size`` pixels are dropped; with
-    ``split="watershed"`` each component is additionally split at the saddles of its distance
-    transform (or of ``foreground_probability`` when given). ``split="seeded"`` needs
-    ``probabilities`` (K, Y, X): see :func:`seeded_instances`. Returns uint16 (uint32 if needed),
-    0 = background, ids 1..n in raster order.
-    ``spacing``: the voxel size per axis (a volume's (z, y, x) scale): distances of the growing
-    and the watershed split are physical, so a z step of anisotropic voxels counts as far as it is
-    (None: isotropic).
+    Objects are the 4-connected (6-connected in 3D) components of ``instance_classes``; they are
+    grown into the pixels of ``grow_classes`` (nearest object wins); objects below ``min_size``
+    pixels are dropped; with ``split="watershed"`` each component is additionally split at the
+    saddles of its distance transform (or of ``foreground_probability`` when given).
+
+    Parameters
+    ----------
+    semantic : numpy.ndarray
+        Integer class ids of a plane (Y, X) or, from a 3D U-Net, a volume (Z, Y, X) (then
+        connectivity, growing and splitting are in 3D).
+    postprocessing : Postprocessing, optional
+        Which classes are objects and which they grow into, ``min_size`` (pixels), ``split``
+        (default: ``Postprocessing()``).
+    foreground_probability : numpy.ndarray, optional
+        Float probability of the object classes, the shape of ``semantic``: the watershed's
+        relief for ``split="watershed"``.
+    probabilities : numpy.ndarray, optional
+        Float softmax (K, Y, X) (or (K, Z, Y, X)); needed by ``split="seeded"``
+        (see :func:`seeded_instances`).
+    spacing : tuple of float, optional
+        The voxel size per axis (a volume's (z, y, x) scale): distances of the growing and the
+        watershed split are physical, so a z step of anisotropic voxels counts as far as it is
+        (None: isotropic).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint16 labels (uint32 if needed) of the shape of ``semantic``, 0 = background, ids 1..n in
+        raster order.
+
+    Raises
+    ------
+    ValueError
+        A map that is not 2D or 3D, ``split="seeded"`` without ``probabilities``, an unknown
+        ``split``, or a ``spacing`` that is not one positive size per axis.
     """
     post = postprocessing or Postprocessing()
     if post.split not in SPLITS:
@@ -80,17 +121,27 @@ def instances_from_semantic(
 
 
 def seeded_instances(probabilities: np.ndarray, post: Postprocessing) -> np.ndarray:
-    """Objects seeded by confident interior, flooded over the foreground by a watershed of the
-    interior probability (``split="seeded"``).
+    """Objects seeded by confident interior, flooded over the foreground (``split="seeded"``).
 
-    ``probabilities``: (K, Y, X) softmax. Seeds: 4-connected regions where the summed probability
-    of ``post.instance_classes`` exceeds ``post.seed_threshold`` (or is the most probable class)
-    with at least ``post.min_seed_size`` pixels; foreground: background probability (class 0)
-    < 0.5 (or not the most probable class). Each
-    foreground pixel joins the seed it is reached from first when the interior probability is
+    Seeds: 4-connected regions where the summed probability of ``post.instance_classes`` exceeds
+    ``post.seed_threshold`` (or is the most probable class) with at least ``post.min_seed_size``
+    pixels; foreground: background probability (class 0) < 0.5 (or not the most probable class).
+    Each foreground pixel joins the seed it is reached from first when the interior probability is
     flooded from high to low (``skimage.segmentation.watershed`` of its negative), so two packed
     objects meet where the network is least sure they are interior: at the border it learnt. A
-    foreground region that holds no seed is kept as one object. Returns int32 labels (0 background), not yet filtered by ``min_size``.
+    foreground region that holds no seed is kept as one object.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        Float softmax of shape (K, Y, X).
+    post : Postprocessing
+        ``instance_classes``, ``seed_threshold`` (a probability) and ``min_seed_size`` (pixels).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 labels (Y, X), 0 = background, not yet filtered by ``min_size``.
     """
     from skimage.segmentation import watershed
 
@@ -176,7 +227,22 @@ def _watershed_split(fg: np.ndarray, labels: np.ndarray, prob: np.ndarray | None
 def instances(
     probabilities: np.ndarray, postprocessing: Postprocessing | None = None
 ) -> np.ndarray:
-    """(..., K, Y, X) probabilities -> (..., Y, X) instance labels, plane by plane."""
+    """Instance labels of class probabilities, plane by plane.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        Float softmax of shape (K, Y, X) or (..., K, Y, X).
+    postprocessing : Postprocessing, optional
+        How objects are formed (default: ``Postprocessing()``), see
+        :func:`instances_from_semantic`.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint16 (uint32 if needed) labels of shape (..., Y, X), 0 = background, ids restarting at 1
+        in each plane.
+    """
     post = postprocessing or Postprocessing()
     p = np.asarray(probabilities)
     sem = semantic_labels(p)
@@ -197,7 +263,28 @@ def _fg_prob(p: np.ndarray, post: Postprocessing) -> np.ndarray | None:
 
 
 def postprocess(probabilities: np.ndarray, output: str, postprocessing: Postprocessing | None = None) -> Any:
-    """Turn probabilities into the requested output: "probabilities", "semantic" or "instances"."""
+    """Turn probabilities into the requested output.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        Float softmax of shape (..., K, Y, X).
+    output : {"probabilities", "semantic", "instances"}
+        What to return.
+    postprocessing : Postprocessing, optional
+        For "instances": how objects are formed (default: ``Postprocessing()``).
+
+    Returns
+    -------
+    numpy.ndarray
+        "probabilities": the input as it is; "semantic": uint8 class ids (..., Y, X);
+        "instances": uint16/uint32 labels (..., Y, X), 0 = background.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``output``.
+    """
     if output == "probabilities":
         return probabilities
     if output == "semantic":

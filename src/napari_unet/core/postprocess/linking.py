@@ -72,13 +72,28 @@ def _links(a: np.ndarray, b: np.ndarray, sizes: np.ndarray, min_overlap: float
 
 
 def stitch_planes(labels: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
-    """Link per-plane instance labels (Z, Y, X) into 3D objects.
+    """Link per-plane instance labels of a volume into 3D objects.
 
-    ``labels``: integer ids per plane (0 background; ids may restart in each plane or not: an id
-    means an object of that plane only). ``min_overlap``: in (0, 1], the share of the smaller of
-    two cross-sections in neighbouring planes that must overlap the other for them to be one object.
-    Returns (Z, Y, X) labels (uint16, or uint32 when needed) with one id per 3D object, 1..n in the
-    order of their first plane. The input is not modified.
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer ids per plane, shape (Z, Y, X), 0 = background; ids may restart in each plane or
+        not: an id means an object of that plane only.
+    min_overlap : float, default 0.5
+        In (0, 1]: the share of the smaller of two cross-sections in neighbouring planes that must
+        overlap the other for them to be one object.
+
+    Returns
+    -------
+    numpy.ndarray
+        (Z, Y, X) labels (uint16, or uint32 when needed) with one id per 3D object, 1..n in the
+        order of their first plane. The input is not modified.
+
+    Raises
+    ------
+    ValueError
+        Labels that are not (Z, Y, X), not integers or negative, or ``min_overlap`` outside
+        (0, 1].
     """
     if not 0.0 < float(min_overlap) <= 1.0:
         raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}")

@@ -44,11 +44,27 @@ def _reweighted(p: np.ndarray, train_bg: float, bg: float) -> np.ndarray:
 
 
 def estimate_background_prior(probabilities: np.ndarray, train_background: float) -> float:
-    """The background share of a plane by EM (see the module docstring), capped.
+    """The background share of a plane, by EM (see the module docstring), capped.
 
-    ``probabilities``: (K, Y, X) softmax of a model trained where background was
-    ``train_background`` of the known pixels (0 < train_background < 1). Returns the plane's
-    background prior; the training prior itself when the plane is empty or the EM cannot move."""
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        Float softmax of shape (K, Y, X) of a model trained where background was
+        ``train_background`` of the known pixels.
+    train_background : float
+        The training prior of background, 0 < train_background < 1.
+
+    Returns
+    -------
+    float
+        The plane's background prior in (0, 1); the training prior itself when the plane is empty
+        or the EM cannot move.
+
+    Raises
+    ------
+    ValueError
+        Probabilities that are not (K >= 2, Y, X).
+    """
     p = np.asarray(probabilities, np.float32)
     if p.ndim != 3 or p.shape[0] < 2:
         raise ValueError(f"probabilities must have shape (classes >= 2, Y, X), got {p.shape}")
@@ -74,10 +90,24 @@ def estimate_background_prior(probabilities: np.ndarray, train_background: float
 
 def adapt_background_prior(probabilities: np.ndarray, train_background: float | None
                            ) -> tuple[np.ndarray, float | None]:
-    """(probabilities re-weighted to the plane's own background prior, that prior).
+    """Re-weight a plane's probabilities to its own background prior.
 
-    ``train_background`` None (a model that records no training prior, e.g. the shipped ones):
-    the probabilities come back unchanged with None."""
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        Float softmax of shape (K, Y, X).
+    train_background : float or None
+        The background share of the pixels the model was trained on (0 < train_background < 1);
+        None (a model that records no training prior, e.g. the shipped ones): nothing changes.
+
+    Returns
+    -------
+    probabilities : numpy.ndarray
+        Float (K, Y, X), re-weighted by pi' / pi and renormalised per pixel (the input itself when
+        nothing changes; it is never modified).
+    prior : float or None
+        The plane's estimated background prior (None when ``train_background`` is None).
+    """
     if train_background is None:
         return np.asarray(probabilities), None
     bg = estimate_background_prior(probabilities, float(train_background))
