@@ -15,10 +15,10 @@ done, ``ItemDone`` per image), so a napari worker, the CLI and a test can all ru
   Given a ``dask.distributed`` ``Client``, the blocks run on its workers (each deserialises the model
   once per job) and write into the zarr chunks they own: no write races.
 
-Where it lives: ``io`` (reading and writing TIFF/zarr files, input patterns, output paths),
+Where it lives: ``images`` (reading and writing TIFF/zarr files, input patterns, output paths),
 ``arrays`` (in-memory arrays), ``files`` (files into an output folder), ``zarr_blocks`` (the zarr
-block engine), ``instances`` (instance labels across blocks), ``workers`` (in-process or dask
-tasks and what a worker caches). Every public name is importable from ``napari_unet.batch``.
+block engine), ``zarr_volumes`` (a 3D model's volumes into zarr), ``instances`` (instance labels
+across blocks), ``workers`` (in-process or dask tasks and what a worker caches). Every public name is importable from ``napari_unet.batch``.
 """
 
 from __future__ import annotations

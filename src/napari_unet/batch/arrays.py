@@ -27,14 +27,36 @@ def segment_arrays(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     **segment_kwargs: Any,
 ) -> Generator[TileDone | ArrayDone, None, dict[str, Any]]:
-    """Segment several in-memory images (name -> array, e.g. napari layers) as one job.
+    """Segment several in-memory images as one job: a generator of progress events.
 
-    ``TileDone`` events count tiles over all images (one progress bar); after each image an
-    :class:`ArrayDone` (status "done" with ``result``, or "failed" with the error message) follows.
-    An image that fails (wrong shape for the model, NaN values...) is reported and the job goes on.
-    ``options`` gives per-image keyword arguments for :func:`~napari_unet.core.segment.segment`
-    (e.g. ``{"rgb image": {"rgb": True}}``); ``segment_kwargs`` apply to all.
-    Returns {name: result} for the images that succeeded. Inputs are not modified.
+    An image that fails (wrong shape for the model, NaN values...) is reported and the job goes
+    on. Inputs are not modified.
+
+    Parameters
+    ----------
+    images : mapping of str to array-like
+        Name -> image (e.g. napari layers' data), shapes and dtypes as for
+        :func:`~napari_unet.core.segment.segment`.
+    model : UNetModel or UNet
+        The model.
+    output_type : {"instances", "semantic", "probabilities"}, default "instances"
+        What each result holds.
+    options : mapping of str to mapping, optional
+        Per-image keyword arguments for :func:`~napari_unet.core.segment.segment` (e.g.
+        ``{"rgb image": {"rgb": True}}``).
+    **segment_kwargs
+        Keyword arguments of :func:`~napari_unet.core.segment.segment` for all images.
+
+    Yields
+    ------
+    TileDone or ArrayDone
+        Tiles done over all images (one progress bar); after each image an :class:`ArrayDone`
+        (status "done" with ``result``, or "failed" with the error message).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Name -> result, for the images that succeeded.
     """
     from dataclasses import replace
 

@@ -34,18 +34,50 @@ def segment_files(
     block_size: int | tuple[int, int] = 1024,
     **segment_kwargs: Any,
 ) -> Generator[TileDone | ItemDone, None, dict[str, str]]:
-    """Segment each file into ``output`` (a file for one input, else a folder).
+    """Segment image files into an output file or folder: a generator of progress events.
 
-    paths: files, glob patterns or folders (see :func:`expand_inputs`).
     Each result goes to ``output/<name>_<output_type>.tif`` (``.zarr`` for zarr inputs, for a
     ``.zarr`` output and for distributed jobs), written under a temporary name and renamed when
-    complete. An existing result (a non-empty TIFF, a zarr array) is not recomputed (ItemDone status
+    complete. An existing result (a non-empty TIFF, a zarr array) is not recomputed (status
     "skipped") unless ``overwrite``; an empty folder in its place is replaced, anything else is
-    reported and kept. A zarr output being written by another run is refused (its lock).
-    zarr outputs are computed block by block with :func:`segment_to_zarr` (memory grows with the
-    block, not the image; ``client`` runs the blocks on a dask cluster). Unreadable or unsuitable
-    inputs are reported (status "failed") and the run goes on; a result that would replace an input
-    is refused. Returns {input: output path, or "error: ..."}.
+    reported and kept. A zarr output being written by another run is refused (its lock). Unreadable
+    or unsuitable inputs are reported (status "failed") and the run goes on; a result that would
+    replace an input is refused.
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+        Files (TIFF or zarr), glob patterns or folders (see :func:`~napari_unet.batch.images.expand_inputs`).
+    model : UNetModel
+        The model (e.g. from :func:`~napari_unet.core.exchange.opening.load_model`).
+    output : str or os.PathLike
+        A file for one input, else a folder.
+    output_type : {"instances", "semantic", "probabilities"}, default "instances"
+        What each result holds (dtypes as in :func:`~napari_unet.core.segment.segment`).
+    overwrite : bool, default False
+        Recompute results that exist.
+    zarr_output : bool, optional
+        Force zarr (True) or TIFF (False) results; None decides by input and output.
+    client : dask.distributed.Client, optional
+        Runs the blocks of zarr results on a dask cluster (the files must be reachable from every
+        worker).
+    block_size : int or (int, int), default 1024
+        Pixels per block side of zarr results (:func:`~napari_unet.batch.zarr_blocks.segment_to_zarr`):
+        memory grows with the block, not the image.
+    **segment_kwargs
+        Keyword arguments of :func:`~napari_unet.core.segment.segment` (``axes``, ``tile_size``,
+        ``padding``, ``device``, ``tta``, ...).
+
+    Yields
+    ------
+    TileDone or ItemDone
+        Tiles done over the whole job; one :class:`~napari_unet.core.events.ItemDone` per input
+        (status "done", "skipped" or "failed" with its message).
+
+    Returns
+    -------
+    dict of str to str
+        Input -> output path, or ``"error: ..."`` for an input that failed.
     """
     from napari_unet.core.segment import segment
 

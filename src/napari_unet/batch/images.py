@@ -27,7 +27,27 @@ def _is_zarr_path(p: Path) -> bool:
 
 
 def read_image(path: str | os.PathLike, lazy: bool = True) -> Any:
-    """Open a TIFF (memory-mapped when possible) or a zarr array; raises ImageReadError."""
+    """Open an image file: a TIFF (memory-mapped when possible) or a zarr array.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A TIFF file, a zarr array or a zarr group (its first array is taken).
+    lazy : bool, default True
+        Memory-map a TIFF where its layout allows (else it is read into memory); zarr is always
+        lazy.
+
+    Returns
+    -------
+    numpy.ndarray or numpy.memmap or zarr.Array
+        The image, in the file's dtype and shape.
+
+    Raises
+    ------
+    ImageReadError
+        A path that does not exist, a zarr group without arrays, or a file that is not a readable
+        TIFF or zarr image (corrupt, truncated, no image data); the message names the file.
+    """
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"{str(p)!r} does not exist")
@@ -97,8 +117,27 @@ def _unreadable(p: Path, reason: str) -> ImageReadError:
 
 
 def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:
-    """Write ``data`` as TIFF (or zarr for a ``.zarr`` path) atomically: temporary name, then rename.
-    A zarr output is locked while it is written (:func:`output_lock`)."""
+    """Write an array as a TIFF (or zarr for a ``.zarr`` path) atomically: temporary name, then rename.
+
+    A zarr output is locked while it is written (:func:`output_lock`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write; its folder is created if needed.
+    data : numpy.ndarray
+        The array, written in its own dtype and shape.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    OutputBusyError
+        A zarr output that another run is writing.
+    """
     from napari_unet.core.modelfile.files import atomic_write, make_parent
 
     p = Path(path)

@@ -51,23 +51,55 @@ def segment_to_zarr(
     tta: bool = False,
     spacing: tuple[float, float, float] | None = None,
 ) -> Generator[TileDone, None, Path]:
-    """Segment ``image`` block by block into the zarr array ``output`` (written atomically).
+    """Segment one image block by block into a zarr array: a generator of progress events.
 
-    image: numpy, dask or zarr array, or the path of a TIFF/zarr file (required with ``client``:
-        the workers open it themselves). Shapes and options as in
-        :func:`~napari_unet.core.segment.segment`, whose result this equals (instances: up to a
-        renumbering; ids restart at 1 in each plane; uint32).
-    block_size: pixels per block side, rounded to a multiple of the tile step; also the zarr chunks.
-    client: a ``dask.distributed.Client``: blocks run on its workers. The image, the output folder
-        and its scratch space must be reachable from every worker (a shared file system).
-    grow_halo: first window margin for growing objects into grow classes; widened where needed.
-    tta: average over the 8 flips/rotations of each tile (8x the compute).
+    The result equals :func:`~napari_unet.core.segment.segment`'s (instances: up to a renumbering;
+    ids restart at 1 in each plane; uint32). It is written atomically (a temporary name, renamed
+    when complete). A 3D model (3D U-Net) goes volume by volume instead
+    (:mod:`~napari_unet.batch.zarr_volumes`); not on a cluster. Peak memory: a few blocks and their
+    halos, plus label tables (8 bytes per object).
 
-    A 3D model (3D U-Net) goes volume by volume instead (:mod:`.volumes`; ``spacing``: the voxel
-    size of its 3D instances); not on a cluster.
+    Parameters
+    ----------
+    image : array-like or str or os.PathLike
+        A numpy, dask or zarr array, or the path of a TIFF/zarr file (required with ``client``: the
+        workers open it themselves); shapes and dtypes as for :func:`~napari_unet.core.segment.segment`.
+    model : UNetModel
+        The model.
+    output : str or os.PathLike
+        The zarr array to write.
+    output_type : {"instances", "semantic", "probabilities"}, default "instances"
+        What the result holds.
+    axes, rgb, tile_size, padding, device, batch_size
+        As for :func:`~napari_unet.core.segment.segment`.
+    block_size : int or (int, int), default 1024
+        Pixels per block side, rounded to a multiple of the tile step; also the zarr chunks.
+    client : dask.distributed.Client, optional
+        Runs the blocks on its workers. The image, the output folder and its scratch space must be
+        reachable from every worker (a shared file system).
+    grow_halo : int, default 64
+        First window margin (pixels) for growing objects into grow classes; widened where needed.
+    tta : bool, default False
+        Average over the 8 flips/rotations of each tile (8x the compute; 2D models only).
+    spacing : (float, float, float), optional
+        A 3D model's (z, y, x) voxel size for its 3D instances.
 
-    Peak memory: a few blocks and their halos, plus label tables (8 bytes per object).
-    Yields TileDone (tiles predicted, then blocks post-processed); returns the output path.
+    Yields
+    ------
+    TileDone
+        Tiles predicted, then blocks post-processed.
+
+    Returns
+    -------
+    pathlib.Path
+        The output path.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``output_type`` or ``padding``; a model whose post-processing needs the whole
+        plane (a whole-plane watershed, a background prior); a 3D model or ``tta`` on a cluster; a
+        distributed job on an in-memory image.
     """
     import zarr
 

@@ -1,4 +1,4 @@
-"""Read a bioimage.io model package (a zip) into a :class:`~..io.UNetModel` our tiler runs.
+"""Read a bioimage.io model package (a zip) into a :class:`~napari_unet.core.modelfile.files.UNetModel` our tiler runs.
 
 - Our own packages come back exactly: the napari-unet model file inside (an attachment, its sha256
   checked) gives the same weights, normalisation, post-processing and classes. No extra package is
@@ -272,7 +272,27 @@ def _output_kind(descr: Any) -> tuple[str, int, list[str]]:
 
 
 def load_package(path: str | os.PathLike, device: str | torch.device = "cpu") -> UNetModel:
-    """Load a bioimage.io package (see the module docstring); the network is in eval mode."""
+    """Load a bioimage.io model package (see the module docstring) as a model our tiler runs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The package (``.zip``).
+    device : str or torch.device, default "cpu"
+        Where the network goes once read (weights are read on the CPU first).
+
+    Returns
+    -------
+    UNetModel
+        The network in eval mode, with the package's normalisation, post-processing and classes.
+
+    Raises
+    ------
+    napari_unet.core.exchange.ExchangeError
+        A package napari-unet cannot run (not 2D, no TorchScript/ONNX/own weights, pre-processing
+        it does not have, a checksum that does not match, a missing optional package), with a
+        sentence naming what.
+    """
     path = Path(path)
     plan = inspect_package(path)
     if plan.kind == "napari-unet":

@@ -1,6 +1,6 @@
 """Our U-Net in forms other programs run: TorchScript (``torch.jit.load``) and ONNX (onnxruntime).
 
-:class:`PortableUNet` runs the very modules (the same weight tensors) of a :class:`~..model.UNet`
+:class:`PortableUNet` runs the very modules (the same weight tensors) of a :class:`~napari_unet.core.network.unet.UNet`
 with a forward pass TorchScript can compile and ONNX can trace with dynamic sizes; it maps
 (N, C, H, W) to class logits (N, classes, h, w) exactly like ``UNet.forward`` (no size checks: feed
 valid sizes, see ``UNetConfig.is_valid_input_size``).
@@ -167,15 +167,63 @@ def scripted(model: UNetModel | UNet, packaged: bool = False) -> torch.jit.Scrip
 
 
 def export_torchscript(model: UNetModel | UNet, path: str | os.PathLike, packaged: bool = False) -> Path:
-    """Write a TorchScript file: ``torch.jit.load(path)(x)`` gives our logits for (N, C, H, W)
-    input of valid sizes H, W (any batch and size: shapes are not fixed). Atomic."""
+    """Write the network as a TorchScript file, atomically.
+
+    ``torch.jit.load(path)(x)`` gives our logits for any batch and any valid size (shapes are not
+    fixed).
+
+    Parameters
+    ----------
+    model : UNetModel or UNet
+        napari-unet's own 2D U-Net (an imported foreign network or a 3D U-Net is refused).
+    path : str or os.PathLike
+        The file to write.
+    packaged : bool, default False
+        False: (N, C, H, W) float32 input of valid sizes H, W (pixels) -> logits (N, classes, h, w);
+        True: the bioimage.io form (:class:`PackagedUNet`): class probabilities of the input's size
+        with a halo to crop.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    napari_unet.core.exchange.ExchangeError
+        A model that cannot be exported, with a sentence saying why.
+    """
     module = scripted(model, packaged)
     return atomic_write(Path(path), lambda tmp: torch.jit.save(module, tmp))
 
 
 def export_onnx(model: UNetModel | UNet, path: str | os.PathLike, packaged: bool = False) -> Path:
-    """Write an ONNX file (opset 17, input ``input``, output ``output``; batch, height and width
-    dynamic): onnxruntime gives our logits (or the packaged probabilities). Atomic."""
+    """Write the network as an ONNX file (opset 17), atomically.
+
+    Input ``input``, output ``output``; batch, height and width are dynamic: onnxruntime gives our
+    logits (or the packaged probabilities).
+
+    Parameters
+    ----------
+    model : UNetModel or UNet
+        napari-unet's own 2D U-Net (an imported foreign network or a 3D U-Net is refused).
+    path : str or os.PathLike
+        The file to write.
+    packaged : bool, default False
+        False: (N, C, H, W) float32 input of valid sizes -> logits (N, classes, h, w); True: the
+        bioimage.io form (:class:`PackagedUNet`): class probabilities of the input's size.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    napari_unet.core.exchange.ExchangeError
+        A model that cannot be exported, or the ``onnx`` package missing (the message names the
+        ``export`` extra).
+    """
     require("onnx", "ONNX export")
     net = _net(model)
     module = (PackagedUNet(net) if packaged else portable(net)).eval()
