@@ -30,12 +30,8 @@ from napari_unet.core.train import (
 )
 from napari_unet.core.train.augment import Augmentation, augment
 from napari_unet.core.train.loss import training_loss
-from napari_unet.core.train.network import (
-    AveragedWeights,
-    _center_crop,
-    autocast_for,
-    resolve_precision,
-)
+from napari_unet.core.train.optimisation import AveragedWeights, center_crop
+from napari_unet.core.train.precision import autocast_for, resolve_precision
 from napari_unet.core.train.validation import validate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brightfield-scratch" / "scratch-assay.tif"
@@ -80,7 +76,7 @@ def main() -> None:
                                                                torch.from_numpy(w)))
         xt, (tt, wt) = timed("augment", lambda xt=xt, tt=tt, wt=wt: augment(xt, [tt, wt], aug, gen))
         xt = xt.contiguous(memory_format=torch.channels_last)
-        tt, wt = _center_crop(tt, data.out_size), _center_crop(wt, data.out_size)
+        tt, wt = center_crop(tt, data.out_size), center_crop(wt, data.out_size)
 
         def fwd(xt=xt):
             with autocast():

@@ -544,7 +544,7 @@ def test_dice_loss_is_zero_for_a_perfect_prediction_and_ignores_unknown():
 
 
 def test_bf16_training_on_the_cpu_is_finite_and_recorded(colony):
-    from napari_unet.core.train.network import resolve_precision
+    from napari_unet.core.train.precision import resolve_precision
 
     imgs, labs = colony
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"

@@ -30,8 +30,8 @@ from napari_unet.core.train.live_inbox import LiveInbox
 from napari_unet.core.train.loop import train_network
 from napari_unet.core.train.loss import dice_loss, training_loss, weighted_loss
 from napari_unet.core.train.members import train, train_model
-from napari_unet.core.train.network import widen_head
 from napari_unet.core.train.report import training_summary
+from napari_unet.core.train.start import widen_head
 from napari_unet.core.train.validation import ValScore, validate
 
 __all__ = [

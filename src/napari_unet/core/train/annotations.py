@@ -124,7 +124,7 @@ def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     return lab
 
 
-def _touches_other(lab: np.ndarray) -> np.ndarray:
+def touches_other(lab: np.ndarray) -> np.ndarray:
     """Object pixels with a pixel of a different nonzero id in their 8-neighbourhood."""
     h, w = lab.shape
     out = np.zeros((h, w), bool)
@@ -210,7 +210,7 @@ def labels_to_target(labels: np.ndarray, mask: np.ndarray | None = None,
     target = np.full(lab.shape, IGNORE, np.int8)
     target[bg_known] = 0
     if mode == "binary":
-        line = _touches_other(objects_in)  # separating lines between touching objects
+        line = touches_other(objects_in)  # separating lines between touching objects
         target[painted] = 1
         target[line] = 0
         objects = np.where(line, 0, objects_in)

@@ -20,10 +20,10 @@ from napari_unet.core.train.annotations import (
     IGNORE,
     AnnotationError,
     NothingAnnotated,
-    _touches_other,
     labels_to_target,
     num_classes_for,
     split_planes,
+    touches_other,
 )
 from napari_unet.core.train.config import TrainConfig
 from napari_unet.core.train.validation import Holdback, choose_holdback
@@ -161,7 +161,7 @@ def touching_fraction(labels: Any, background_label: int | None = None) -> float
             if ids.size == 0:
                 continue
             total += int(ids.size)
-            touching += int(np.unique(obj[_touches_other(obj)]).size)
+            touching += int(np.unique(obj[touches_other(obj)]).size)
     return touching / total if total else 0.0
 
 

@@ -36,7 +36,7 @@ from napari_unet.core.train.config import TrainConfig, default_architecture
 from napari_unet.core.train.data import as_list, prepare_data
 from napari_unet.core.train.live_inbox import LiveInbox
 from napari_unet.core.train.loop import train_network
-from napari_unet.core.train.network import widened_config
+from napari_unet.core.train.start import widened_config
 
 # Adam's rate of a live run when the config leaves it open: the highest rate tried, which scored
 # best on the unpainted rest in bench_live (figures: docs/benchmarks.md, "Figures moved out of
@@ -126,7 +126,8 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
     ValueError
         A 3D model (Live trains 2D models) or invalid arguments.
     """
-    from napari_unet.core.train.network import _should_stop, refuse_3d, resolve_mode
+    from napari_unet.core.train.optimisation import should_stop
+    from napari_unet.core.train.start import refuse_3d, resolve_mode
 
     refuse_3d(model)
 
@@ -149,7 +150,7 @@ def live_train(images: Any, inbox: LiveInbox, *, model: UNetModel | None = None,
         cfg = default_architecture(c, "binary")
     checked = -1
     while True:
-        if inbox.stopped or _should_stop(stop):
+        if inbox.stopped or should_stop(stop):
             return None
         labels, masks, version = inbox.snapshot()
         masks_arg = None if all(m is None for m in masks) else masks

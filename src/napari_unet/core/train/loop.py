@@ -46,23 +46,24 @@ from napari_unet.core.train.config import (
 from napari_unet.core.train.data import as_list, prepare_data, sample_batch
 from napari_unet.core.train.live_inbox import LIVE_WARMUP_STEPS, LiveData, LivePreview
 from napari_unet.core.train.loss import training_loss
-from napari_unet.core.train.network import (
+from napari_unet.core.train.optimisation import (
     AveragedWeights,
     TorchRng,
-    _center_crop,
-    _clone_state,
-    _should_stop,
-    autocast_for,
+    center_crop,
+    clone_state,
+    schedule,
+    should_stop,
+)
+from napari_unet.core.train.plateau import Plateau
+from napari_unet.core.train.precision import autocast_for, resolve_precision
+from napari_unet.core.train.report import training_provenance
+from napari_unet.core.train.start import (
     member_view,
     refuse_3d,
     resolve_mode,
-    resolve_precision,
-    schedule,
     widen_head,
     widened_config,
 )
-from napari_unet.core.train.plateau import Plateau
-from napari_unet.core.train.report import _provenance
 from napari_unet.core.train.validation import ValScore, validate
 
 
@@ -217,7 +218,7 @@ def train_network(
     t0 = time.perf_counter()
     start = validate(averaged.net, data, dev, post, adj, autocast)
     val_cost = time.perf_counter() - t0
-    start_state = _clone_state(averaged.net)
+    start_state = clone_state(averaged.net)
     best: ValScore | None = None  # the best trained step
     best_state, best_step = start_state, 0
     last: ValScore | None = start
@@ -242,7 +243,7 @@ def train_network(
         val_cost = time.perf_counter() - tv
         last_val_step, last_val_t = step, time.perf_counter()
         if last is not None and (best is None or last.score > best.score):
-            best, best_state, best_step = last, _clone_state(averaged.net), step
+            best, best_state, best_step = last, clone_state(averaged.net), step
         passes = step * passes_per_step  # times over the painting was seen
         learnt = last is not None and start is not None and last.score > start.score + tc.start_margin
         if last is not None and step > 0 and plateau.observe(last.nll, progress(last_val_t),
@@ -256,7 +257,7 @@ def train_network(
                      "reason": f"the validation loss had not improved for {plateau.patience} "
                                f"validations"}
         elif plateau.improved:
-            low_state, low_step = _clone_state(averaged.net), step
+            low_state, low_step = clone_state(averaged.net), step
 
     def validation_due(now: float) -> bool:
         if not data.has_validation:
@@ -273,14 +274,14 @@ def train_network(
             run_validation()  # stopped early: score the weights reached so far
         trained: ValScore | None = None  # the validation score of the trained weights kept
         if not data.has_validation or live is not None:  # live: the held-back objects change
-            kept, state, kept_step, trained = "final averaged", _clone_state(averaged.net), step, last
+            kept, state, kept_step, trained = "final averaged", clone_state(averaged.net), step, last
         elif best is None:
             kept, state, kept_step = "no step trained", start_state, 0
         else:
             if tc.keep == "best":
                 kept, state, kept_step, trained = "best validated", best_state, best_step, best
             else:
-                kept, state, kept_step, trained = "final averaged", _clone_state(averaged.net), step, last
+                kept, state, kept_step, trained = "final averaged", clone_state(averaged.net), step, last
             if start.score > trained.score + tc.start_margin:  # validation really says so
                 kept, state, kept_step = "start", start_state, 0
         scored = trained if kept in ("best validated", "final averaged") else start
@@ -290,7 +291,7 @@ def train_network(
         if adj is not None:
             with torch.no_grad():
                 out.head.bias += adj
-        prov = _provenance(model, mode, widen, data, tc, lr, step, kept_step, start, scored, kept,
+        prov = training_provenance(model, mode, widen, data, tc, lr, step, kept_step, start, scored, kept,
                            adj, losses, seed, dev, precision, masks, background_label,
                            time.perf_counter() - t0, 0.0 if trained is None else trained.score)
         prov["background_prior"] = post.background_prior
@@ -311,7 +312,7 @@ def train_network(
     try:
         while live is not None or step < tc.steps:
             now = time.perf_counter()
-            if _should_stop(stop) or (budget is not None and now - t0 >= budget) or \
+            if should_stop(stop) or (budget is not None and now - t0 >= budget) or \
                     (live is not None and live[0].stopped) or plateau.done(clock(now)):
                 break
             if live_data is not None:
@@ -332,8 +333,8 @@ def train_network(
                 wt = torch.from_numpy(w).to(dev)
                 xt, (tt, wt) = augment(xt, [tt, wt], tc.augmentation, gen)
                 xt = xt.contiguous(memory_format=torch.channels_last)
-                tt = _center_crop(tt, data.out_size)
-                wt = _center_crop(wt, data.out_size)
+                tt = center_crop(tt, data.out_size)
+                wt = center_crop(wt, data.out_size)
                 with autocast():
                     logits = net(xt)
                 loss = training_loss(tc.loss, logits.float(), tt, wt)

@@ -31,10 +31,9 @@ import torch
 
 from napari_unet.core.device import resolve_device
 from napari_unet.core.events import StepDone
-from napari_unet.core.modelfile.files import UNetModel
+from napari_unet.core.modelfile.files import UNetModel, lift_model
 from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.geometry import anisotropic_z_pooling, pooled_levels, voxel_size
-from napari_unet.core.network.lift import lift_model
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.postprocess.linking import stitch_planes
 from napari_unet.core.predict.checks import as_image
@@ -44,7 +43,7 @@ from napari_unet.core.train.annotations import IGNORE, AnnotationError, labels_t
 from napari_unet.core.train.augment import augment, elastic_3d
 from napari_unet.core.train.config import TrainConfig, postprocessing_for
 from napari_unet.core.train.loss import training_loss
-from napari_unet.core.train.network import TorchRng, _should_stop, schedule
+from napari_unet.core.train.optimisation import TorchRng, schedule, should_stop
 from napari_unet.core.train.weight_map import border_term
 
 VOLUME_GRAD_CLIP = 1.0  # the step's gradient norm (live training diverged without a clip)
@@ -214,7 +213,7 @@ def fine_tune_volume(
         sigma and augmentation; its validation is not used (a handful of slices leave nothing to
         hold back, and the run says so). Default: 200 steps of batch 2, patches of 96, lr 1e-3.
     z_blocks : int, default 1
-        How a lifted 2D model's kernels are spread over z (:func:`~napari_unet.core.network.lift.lift_model`).
+        How a lifted 2D model's kernels are spread over z (:func:`~napari_unet.core.modelfile.files.lift_model`).
     seed : int, default 0
         Patches, augmentation and a new network's initial weights.
     device : str or torch.device, default "auto"
@@ -303,7 +302,7 @@ def fine_tune_volume(
     t0 = time.perf_counter()
     step, ended = 0, "steps"
     while step < total:
-        if _should_stop(stop):
+        if should_stop(stop):
             ended = "stopped"
             break
         if budget is not None and time.perf_counter() - t0 >= budget:

@@ -35,7 +35,7 @@ from napari_unet.core.modelfile.files import UNetModel
 from napari_unet.core.network.ensemble import UNetEnsemble
 from napari_unet.core.train.config import TrainConfig
 from napari_unet.core.train.loop import train_network
-from napari_unet.core.train.network import _should_stop
+from napari_unet.core.train.optimisation import should_stop
 
 
 def _learnt(prov: dict[str, Any], margin: float, stopped: bool) -> bool:
@@ -173,7 +173,7 @@ def train(images: Any, labels: Any, masks: Any = None, *, config: TrainConfig | 
     while (k is None or i < k) and not closed:
         if i > 0:
             left = None if tc.minutes is None else tc.minutes - (time.perf_counter() - t0) / 60.0
-            if _should_stop(stop) or (left is not None and left <= 0):
+            if should_stop(stop) or (left is not None and left <= 0):
                 break
             done = sum(m.provenance["steps"] for m in runs)
             if tc.minutes is None and done >= tc.steps:
@@ -213,7 +213,7 @@ def train(images: Any, labels: Any, masks: Any = None, *, config: TrainConfig | 
         if k == 1:
             return model
         runs.append(model)
-        kept.append(_learnt(model.provenance, tc.start_margin, closed or _should_stop(stop)))
+        kept.append(_learnt(model.provenance, tc.start_margin, closed or should_stop(stop)))
         offset += model.provenance["steps"]
         i += 1
     if not runs:  # closed before a network was trained (Python < 3.13: close() gives nothing back)

@@ -14,7 +14,7 @@ from napari_unet.core.train.config import TrainConfig
 from napari_unet.core.train.validation import ValScore
 
 
-def _provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: TrainConfig,
+def training_provenance(model: UNetModel | None, mode: str, widen: bool, data: Any, tc: TrainConfig,
                 lr: float, step: int, best_step: int, start: ValScore | None,
                 best: ValScore | None, kept: str, adj: torch.Tensor | None, losses: list[float],
                 seed: int, dev: torch.device, precision: str, masks: Any,
