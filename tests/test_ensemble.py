@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fake_clock import use_fake_clock
+from helpers import drain, tiny_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -43,8 +44,8 @@ def nets(n=2, classes=2, padding="valid", seed=0, base=4, jitter=True):
     return out
 
 
-def tiny():
-    return UNetModel(nets(1, base=8, jitter=False)[0], name="tiny")
+# the model these tests train from: 8 base channels, classes named as training names them
+START = dict(base_channels=8, training_names=True, eval_mode=True)
 
 
 def fast(**kw):
@@ -52,15 +53,6 @@ def fast(**kw):
                 val_min_objects=1, precision="fp32", lr=3e-3)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def run(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as s:
-            return events, s.value
 
 
 # ---------------------------------------------------------------------------- the network
@@ -144,7 +136,8 @@ def test_a_time_budget_decides_the_networks_from_the_machines_speed(colony, monk
     use_fake_clock(monkeypatch, step_s=step_s, val_s=0.05)
     imgs, labs = colony
     cfg = fast(steps=10**6, minutes=0.1, val_every=None, plateau_patience=0)  # 6 s
-    events, model = run(train(imgs, labs, model=tiny(), config=cfg, device="cpu", seed=0))
+    events, model = drain(train(imgs, labs, model=tiny_model(**START), config=cfg, device="cpu", seed=0),
+                          keep_events=True)
     k = len(steps)
     assert [e.step for e in events] == list(range(1, sum(steps) + 1))
     # the speed is known after the probe's steps: one network until then, then the ensemble's size
@@ -168,8 +161,9 @@ def test_a_time_budget_decides_the_networks_from_the_machines_speed(colony, monk
 # ---------------------------------------------------------------------------- training
 def test_networks_share_the_budget_and_hold_back_different_objects(colony, tmp_path, capsys):
     imgs, labs = colony
-    base = tiny()
-    events, model = run(train(imgs, labs, model=base, config=fast(members=2), device="cpu", seed=0))
+    base = tiny_model(**START)
+    events, model = drain(train(imgs, labs, model=base, config=fast(members=2), device="cpu", seed=0),
+                          keep_events=True)
     assert [e.step for e in events] == list(range(1, 61))  # counted over both networks
     assert [e.network for e in events] == [0] * 30 + [1] * 30 and {e.networks for e in events} == {2}
     assert events[0].validation.startswith("network 1 of 2") and \
@@ -212,11 +206,11 @@ def test_networks_share_the_budget_and_hold_back_different_objects(colony, tmp_p
 def test_networks_worse_than_the_start_are_left_out(colony):
     """A learning rate that wrecks every network: none joins, the start comes back with its warning."""
     imgs, labs = colony
-    good = run(train(imgs, labs, model=tiny(), config=fast(),
-                     device="cpu", seed=0))[1]
+    good = drain(train(imgs, labs, model=tiny_model(**START), config=fast(),
+                       device="cpu", seed=0))
     assert good.provenance["validation"]["best"]["score"] > 0.3
     wreck = fast(steps=8, val_every=2, lr=50.0, warmup=0.0, members=2)
-    model = run(train(imgs, labs, model=good, config=wreck, device="cpu", seed=0))[1]
+    model = drain(train(imgs, labs, model=good, config=wreck, device="cpu", seed=0))
     prov = model.provenance
     assert [r["in_ensemble"] for r in prov["ensemble"]] == [False, False]
     assert model.members == 1 and prov["validation"]["kept"] == "start"
@@ -228,7 +222,7 @@ def test_networks_worse_than_the_start_are_left_out(colony):
 def test_stop_during_the_second_network(colony):
     imgs, labs = colony
     stop = threading.Event()
-    gen = train(imgs, labs, model=tiny(), config=fast(members=2),
+    gen = train(imgs, labs, model=tiny_model(**START), config=fast(members=2),
                 device="cpu", seed=0, stop=stop)
     events = []
     while True:
@@ -257,7 +251,7 @@ def test_fine_tuning_an_ensemble_starts_each_network_from_its_own(colony):
     base_nets = nets(2, classes=3, seed=3)
     base = UNetModel(UNetEnsemble(base_nets), name="pair")
     cfg = fast(steps=2, lr=1e-12, warmup=0.0, ema=0.0, members=2, val_every=1)
-    model = run(train(imgs, labs, model=base, config=cfg, device="cpu", seed=0))[1]
+    model = drain(train(imgs, labs, model=base, config=cfg, device="cpu", seed=0))
     assert model.members == 2
     for got, want in zip(model.net.members, base_nets, strict=True):
         for k, t in want.state_dict().items():

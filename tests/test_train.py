@@ -1,21 +1,21 @@
 """Fine-tuning: loss, the training generator (stop, keep-best, seeds), a real fine-tune, the CLI."""
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 from fake_clock import use_fake_clock
+from helpers import DATA, drain, tiny_model
 
 from napari_unet._synthetic import rod_colony
 from napari_unet.cli.main import main
 from napari_unet.core.events import StepDone
-from napari_unet.core.modelfile.files import UNetModel, save_model
 from napari_unet.core.exchange.opening import load_model
+from napari_unet.core.modelfile.files import UNetModel, save_model
 from napari_unet.core.modelfile.normalization import Normalization
-from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.network.unet import UNetConfig
 from napari_unet.core.train import (
     TrainConfig,
     prepare_data,
@@ -27,7 +27,7 @@ from napari_unet.core.train import (
 from napari_unet.core.train.annotations import AnnotationError
 from napari_unet.core.train.augment import Augmentation
 
-DATA = Path(__file__).parent / "data" / "touching-cells-huh7"
+HUH7 = DATA / "touching-cells-huh7"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,9 +35,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def huh7():
-    img = tifffile.imread(DATA / "t20_image.tif")
-    lab = tifffile.imread(DATA / "t20_labels.tif")
-    mask = tifffile.imread(DATA / "t20_annotated_region_mask.tif")
+    img = tifffile.imread(HUH7 / "t20_image.tif")
+    lab = tifffile.imread(HUH7 / "t20_labels.tif")
+    mask = tifffile.imread(HUH7 / "t20_annotated_region_mask.tif")
     return img, lab, mask
 
 
@@ -48,12 +48,9 @@ def crop(huh7):
     return img[250:378, 290:418].copy(), lab[250:378, 290:418].copy()
 
 
-def tiny_model(padding="valid", classes=2, seed=0, depth=2, base=4):
-    torch.manual_seed(seed)
-    names = ("background", "object") if classes == 2 else ("background", "boundary", "interior")
-    net = UNet(UNetConfig(depth=depth, base_channels=base, padding=padding, num_classes=classes,
-                          class_names=names))
-    return UNetModel(net, name="tiny", provenance={"origin": "test"})
+# the model these tests train from (with tiny_model's size, seed and classes): classes named as
+# training names them, a provenance of its own
+START = dict(training_names=True, provenance={"origin": "test"})
 
 
 def fast_config(**kw):
@@ -107,15 +104,11 @@ def test_weighted_loss_ignores_unknown_pixels():
 def test_generator_yields_steps_and_returns_model(colony):
     imgs, labs = colony
     img, lab = imgs[0], labs[0]
-    base = tiny_model()
+    base = tiny_model(**START)
     before = {k: v.clone() for k, v in base.net.state_dict().items()}
     img0, lab0 = img.copy(), lab.copy()
-    gen = train(img, lab, model=base, config=fast_config(), device="cpu", seed=1)
-    events = []
-    with pytest.raises(StopIteration) as stop:
-        while True:
-            events.append(next(gen))
-    model = stop.value.value
+    events, model = drain(train(img, lab, model=base, config=fast_config(), device="cpu", seed=1),
+                          keep_events=True)
     assert [e.step for e in events] == [1, 2, 3]
     assert all(isinstance(e, StepDone) and e.total == 3 and np.isfinite(e.loss) for e in events)
     assert all(e.val_score is not None and 0 <= e.val_score <= 1 for e in events)
@@ -142,10 +135,10 @@ def test_generator_yields_steps_and_returns_model(colony):
 def test_same_seed_same_weights(crop):
     img, lab = crop
     cfg = fast_config(steps=3)
-    a = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=7)
+    a = train_model(img, lab, model=tiny_model(**START), config=cfg, device="cpu", seed=7)
     torch.manual_seed(123)  # the caller's global RNG state must not matter
-    b = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=7)
-    c = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=8)
+    b = train_model(img, lab, model=tiny_model(**START), config=cfg, device="cpu", seed=7)
+    c = train_model(img, lab, model=tiny_model(**START), config=cfg, device="cpu", seed=8)
     sa, sb, sc = a.net.state_dict(), b.net.state_dict(), c.net.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
@@ -165,13 +158,8 @@ def test_stop_keeps_the_best_model(colony):
         calls["n"] += 1
         return calls["n"] > 6
 
-    gen = train(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=2, stop=stop)
-    events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as s:
-        model = s.value
+    events, model = drain(train(img, lab, model=tiny_model(**START), config=cfg, device="cpu", seed=2,
+                                stop=stop), keep_events=True)
     assert len(events) == 6
     prov = model.provenance
     v = prov["validation"]
@@ -188,13 +176,13 @@ def test_stop_keeps_the_best_model(colony):
     # a threading.Event works as a stop flag too
     ev = threading.Event()
     ev.set()
-    m2 = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=2, stop=ev)
+    m2 = train_model(img, lab, model=tiny_model(**START), config=cfg, device="cpu", seed=2, stop=ev)
     assert m2.provenance["steps"] == 0 and m2.provenance["validation"]["kept"] == "no step trained"
 
 
 def test_closing_the_generator_ends_cleanly(crop):
     img, lab = crop
-    gen = train(img, lab, model=tiny_model(), config=fast_config(steps=20), device="cpu", seed=0)
+    gen = train(img, lab, model=tiny_model(**START), config=fast_config(steps=20), device="cpu", seed=0)
     next(gen)
     next(gen)
     gen.close()  # no exception; on Python >= 3.13 close() returns the best model
@@ -205,13 +193,13 @@ def test_closing_the_generator_ends_cleanly(crop):
 def test_errors_are_clear(crop):
     img, lab = crop
     with pytest.raises(AnnotationError, match="integer label"):
-        next(train(img, lab.astype(np.float32), model=tiny_model(), config=fast_config(), device="cpu"))
+        next(train(img, lab.astype(np.float32), model=tiny_model(**START), config=fast_config(), device="cpu"))
     with pytest.raises(AnnotationError, match="differ in shape"):
-        next(train(img, lab[:-1], model=tiny_model(), config=fast_config(), device="cpu"))
+        next(train(img, lab[:-1], model=tiny_model(**START), config=fast_config(), device="cpu"))
     with pytest.raises(AnnotationError, match="no painted pixel"):
-        next(train(img, np.zeros_like(lab), model=tiny_model(), config=fast_config(), device="cpu"))
+        next(train(img, np.zeros_like(lab), model=tiny_model(**START), config=fast_config(), device="cpu"))
     with pytest.raises(ValueError, match="mode 'binary' needs 2 classes"):
-        next(train(img, lab, model=tiny_model(classes=3), mode="binary", config=fast_config(),
+        next(train(img, lab, model=tiny_model(classes=3, **START), mode="binary", config=fast_config(),
                    device="cpu"))
 
 
@@ -242,7 +230,7 @@ def test_fine_tuning_improves_iou_on_a_different_region(huh7):
     train_region = region & (x < 380)
     test_region = region & (x >= 380)
     painted = np.where(train_region, lab, 0)  # nothing of the test region is painted
-    base = tiny_model(depth=2, base=8, seed=0)
+    base = tiny_model(depth=2, base_channels=8, seed=0, **START)
     truth = lab > 0
     start = iou(predict_foreground(base, img), truth, test_region)
     cfg = TrainConfig(steps=200, batch_size=4, patch_size=96, lr=1e-3, val_every=20)
@@ -263,7 +251,7 @@ def test_cli_train_end_to_end(tmp_path, crop):
     mask = np.zeros(lab.shape, np.uint8)
     mask[:100] = 1
     tifffile.imwrite(tmp_path / "a_mask.tif", mask)
-    base = save_model(tiny_model(), tmp_path / "base.safetensors")
+    base = save_model(tiny_model(**START), tmp_path / "base.safetensors")
     out = tmp_path / "tuned.safetensors"
     rc = main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
                "--masks", str(tmp_path / "a_mask.tif"), "--base-model", str(base), "--steps", "2",
@@ -275,7 +263,7 @@ def test_cli_train_end_to_end(tmp_path, crop):
     assert m.provenance["base_model"]["source"] == str(base)
     # the painted cells touch: a boundary class was added (mode auto), the rest of the net as it was
     assert m.config.num_classes == 3 and m.provenance["mode"] == "boundary"
-    assert m.config.depth == tiny_model().config.depth and m.config.padding == "valid"
+    assert m.config.depth == tiny_model(**START).config.depth and m.config.padding == "valid"
     assert m.provenance["training"]["class_balance"] is False and m.provenance["logit_adjustment"] is None
     out2 = tmp_path / "tuned2.safetensors"
     assert main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
@@ -299,7 +287,7 @@ def test_cli_train_end_to_end(tmp_path, crop):
 def test_augmentation_settings_are_recorded(crop):
     img, lab = crop
     aug = Augmentation(sigma=4.0, rot90=False)
-    m = train_model(img, lab, model=tiny_model(), config=fast_config(steps=1, augmentation=aug),
+    m = train_model(img, lab, model=tiny_model(**START), config=fast_config(steps=1, augmentation=aug),
                     device="cpu", seed=0)
     assert m.provenance["augmentation"]["sigma"] == 4.0
     assert m.provenance["augmentation"]["rot90"] is False
@@ -310,8 +298,8 @@ def test_logit_adjustment_shifts_the_output_bias_and_is_undone_for_fine_tuning(c
     (centred) to its logits; fine-tuning it starts from the unadjusted (weighted) parametrisation."""
     img, lab = crop
     cfg = fast_config(steps=3, val_fraction=0.0, class_balance=True)
-    plain = train_model(img, lab, model=tiny_model(), config=cfg, device="cpu", seed=3, mode="binary")
-    adjusted = train_model(img, lab, model=tiny_model(), device="cpu", seed=3, mode="binary",
+    plain = train_model(img, lab, model=tiny_model(**START), config=cfg, device="cpu", seed=3, mode="binary")
+    adjusted = train_model(img, lab, model=tiny_model(**START), device="cpu", seed=3, mode="binary",
                            config=fast_config(steps=3, val_fraction=0.0, logit_adjustment=True,
                                               class_balance=True))
     w = np.array(adjusted.provenance["class_mean_weights"])
@@ -350,7 +338,7 @@ def test_patch_sampling_by_pixels_or_by_images(crop):
     img, lab = crop
     small = np.zeros_like(lab, dtype=bool)
     small[40:60, 40:60] = True  # a second image painted on 400 pixels only
-    model = tiny_model()
+    model = tiny_model(**START)
     data = prepare_data([img, img[::-1].copy()], [lab, lab[::-1].copy()], [None, small],
                         config=model.config, normalization=model.normalization, mode="binary",
                         train_config=fast_config())
@@ -375,7 +363,7 @@ def test_patch_sampling_by_pixels_or_by_images(crop):
         np.testing.assert_allclose(spy.p[0], expected)
     with pytest.raises(ValueError, match="sampling"):
         TrainConfig(sampling="tiles")
-    m = train_model([img, img[::-1].copy()], [lab, lab[::-1].copy()], [None, small], model=tiny_model(),
+    m = train_model([img, img[::-1].copy()], [lab, lab[::-1].copy()], [None, small], model=tiny_model(**START),
                     config=fast_config(steps=2, sampling="images"), device="cpu", seed=0)
     assert m.provenance["training"]["sampling"] == "images"
 
@@ -402,7 +390,7 @@ def test_holdback_holds_whole_objects_with_their_surroundings(colony):
         fg = hb.foreground[hb.mask]
         assert 0.05 < fg.mean() < 0.95  # objects and what is around them
         assert not (hb.mask & ~hb.region).any()
-    data = prepare_data(imgs, labs, config=tiny_model().config, normalization=Normalization(),
+    data = prepare_data(imgs, labs, config=tiny_model(**START).config, normalization=Normalization(),
                         mode="boundary", train_config=cfg)
     for p, hb in zip(data.planes, blocks, strict=True):
         y0, y1, x0, x1 = hb.box
@@ -420,7 +408,7 @@ def test_holdback_holds_whole_objects_with_their_surroundings(colony):
 
 def test_empty_margins_no_longer_return_the_base_model(colony):
     imgs, labs = colony
-    base = tiny_model(depth=2, base=8)
+    base = tiny_model(depth=2, base_channels=8, **START)
     cfg = fast_config(steps=60, patch_size=64, batch_size=4, val_every=10, lr=3e-3)
     model = train_model(imgs, labs, model=base, config=cfg, device="cpu", seed=0)
     v = model.provenance["validation"]
@@ -442,10 +430,10 @@ def test_small_painting_keeps_the_final_weights_and_says_so(colony, tmp_path, ca
     bg = np.zeros_like(few)
     bg[:12] = 99  # and a background scribble along the top
     painted = np.where(bg > 0, bg, few)
-    base = tiny_model()
+    base = tiny_model(**START)
     cfg = TrainConfig(steps=4, batch_size=2, patch_size=32, precision="fp32")
-    events = list_events(train(imgs[0], painted, model=base, config=cfg, device="cpu", seed=0,
-                               background_label=99))
+    events = drain(train(imgs[0], painted, model=base, config=cfg, device="cpu", seed=0,
+                         background_label=99), keep_events=True)
     steps, model = events
     assert all(e.val_score is None and "no validation: 4 objects painted" in e.validation for e in steps)
     v = model.provenance["validation"]
@@ -467,20 +455,11 @@ def test_small_painting_keeps_the_final_weights_and_says_so(colony, tmp_path, ca
     assert "no validation: 4 objects painted" in out and "final (averaged) weights" in out
 
 
-def list_events(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as s:
-            return events, s.value
-
-
 def test_the_start_is_kept_only_when_validation_says_so_and_loudly(colony, tmp_path, capsys):
     """A learning rate that wrecks the network: validation on whole objects prefers the start, and
     the model, its provenance and the CLI say so."""
     imgs, labs = colony
-    base = tiny_model(depth=2, base=8)
+    base = tiny_model(depth=2, base_channels=8, **START)
     trained = train_model(imgs, labs, model=base, device="cpu", seed=0,
                           config=fast_config(steps=60, patch_size=64, batch_size=4, val_every=20, lr=3e-3))
     assert trained.provenance["validation"]["best"]["score"] > 0.3
@@ -499,7 +478,8 @@ def test_time_budget_ends_training(colony, monkeypatch):
     use_fake_clock(monkeypatch, step_s=0.1, val_s=0.05)
     imgs, labs = colony
     cfg = fast_config(steps=10**6, minutes=0.03, val_every=None, plateau_patience=0)  # the budget ends it
-    events, model = list_events(train(imgs, labs, model=tiny_model(), config=cfg, device="cpu", seed=0))
+    events, model = drain(train(imgs, labs, model=tiny_model(**START), config=cfg, device="cpu", seed=0),
+                          keep_events=True)
     prov = model.provenance
     assert prov["minutes_planned"] == 0.03
     # 1.8 s: 17 steps of 0.1 s and 3 validations of 0.05 s (every max(1.8 / 15, 9 x 0.05) s)
@@ -515,7 +495,7 @@ def test_time_budget_ends_training(colony, monkeypatch):
 def test_widened_head_keeps_the_base_models_decision():
     from napari_unet.core.train import widen_head
 
-    base = tiny_model(depth=2, base=4)
+    base = tiny_model(depth=2, base_channels=4, **START)
     wide = widen_head(base.net)
     assert wide.config.num_classes == 3 and wide.config.class_names == ("background", "boundary", "object")
     x = torch.randn(1, 1, 44, 44)
@@ -549,7 +529,7 @@ def test_bf16_training_on_the_cpu_is_finite_and_recorded(colony):
     imgs, labs = colony
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
-    m = train_model(imgs[0], labs[0], model=tiny_model(), device="cpu", seed=0,
+    m = train_model(imgs[0], labs[0], model=tiny_model(**START), device="cpu", seed=0,
                     config=fast_config(steps=2, precision="bf16"))
     assert m.provenance["training"]["precision"] == "bf16"
     assert np.isfinite(m.provenance["final_loss"])
@@ -569,7 +549,7 @@ def test_packed_rods_come_out_separated():
     frames = [rod_colony(seed=s, contact=0.05) for s in range(3)]
     imgs, labs = [f[0] for f in frames[:2]], [f[1] for f in frames[:2]]
     test_img, test_lab = frames[2]
-    base = tiny_model(depth=3, base=8, seed=0)
+    base = tiny_model(depth=3, base_channels=8, seed=0, **START)
     cfg = TrainConfig(steps=400, batch_size=4, patch_size=96, lr=3e-3, precision="fp32",
                       val_fraction=0.0)
     model = train_model(imgs, labs, model=base, config=cfg, device="cpu", seed=0)
