@@ -29,6 +29,14 @@ def nuclei_image() -> np.ndarray:
     return tifffile.imread(sample_path("nuclei"))
 
 
+@pytest.fixture(scope="module")
+def nuclei_model():
+    """The shipped 2D ``nuclei`` model (one per test module: a test may change its copy)."""
+    from napari_unet.core.exchange.opening import load_model
+
+    return load_model("nuclei")
+
+
 @pytest.fixture(scope="session")
 def nuclei_mask() -> np.ndarray:
     import tifffile

@@ -14,25 +14,19 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from napari_unet.cli.main import main
-from napari_unet.core.modelfile.files import ModelFileError, UNetModel, save_model
 from napari_unet.core.exchange.opening import load_model
+from napari_unet.core.modelfile.files import ModelFileError, UNetModel, save_model
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.checks import smallest_tile
 from napari_unet.core.predict.predict2d import predict_image
 from napari_unet.core.segment import segment_image
 
-
-def _tiny(in_channels=1, padding="valid"):
-    torch.manual_seed(0)
-    net = UNet(UNetConfig(depth=2, base_channels=4, in_channels=in_channels, padding=padding)).eval()
-    return UNetModel(net, name="tiny")
-
-
-MODEL = _tiny()
+MODEL = tiny_model(eval_mode=True)
 SMALLEST = smallest_tile(MODEL.config)  # 44
 RNG = np.random.default_rng(0)
 GREY = RNG.integers(0, 4000, (40, 50)).astype(np.uint16)
@@ -127,7 +121,8 @@ CHANNEL_CASES = [
 @pytest.mark.parametrize("shape, channels, axes, words", CHANNEL_CASES)
 def test_channel_messages_say_what_was_read(shape, channels, axes, words):
     with pytest.raises(ValueError) as info:
-        segment_image(np.zeros(shape, np.uint8), _tiny(channels), axes=axes, device="cpu")
+        segment_image(np.zeros(shape, np.uint8), tiny_model(in_channels=channels, eval_mode=True), axes=axes,
+                      device="cpu")
     msg = str(info.value)
     assert words in msg
     if axes is not None:
@@ -145,7 +140,7 @@ class _Payload:
 
 
 def _model_file(kind: str, tmp: Path) -> Path:
-    good = save_model(_tiny(), tmp / "good.safetensors")
+    good = save_model(tiny_model(eval_mode=True), tmp / "good.safetensors")
     data = good.read_bytes()
     p = tmp / f"{kind}.safetensors"
     if kind == "empty":
@@ -157,12 +152,12 @@ def _model_file(kind: str, tmp: Path) -> Path:
     elif kind == "header only":
         p.write_bytes(data[:200])
     elif kind == "nan weights":
-        m = _tiny()
+        m = tiny_model(eval_mode=True)
         with torch.no_grad():
             m.net.down[0][0].weight.fill_(float("nan"))
         save_model(m, p)
     elif kind == "inf weights":
-        m = _tiny()
+        m = tiny_model(eval_mode=True)
         with torch.no_grad():
             m.net.head.bias[1] = float("inf")
         save_model(m, p)
@@ -230,7 +225,7 @@ def _corrupt_tiff(p: Path) -> Path:
 
 def _cli_case(name: str, tmp: Path) -> tuple[list[str], list[Path]]:
     """argv for case ``name`` and the input files it must leave unchanged."""
-    model = save_model(_tiny(), tmp / "tiny.safetensors")
+    model = save_model(tiny_model(eval_mode=True), tmp / "tiny.safetensors")
     img = tmp / "img.tif"
     tifffile.imwrite(img, GREY)
     seg = ["segment", str(img), "--model", str(model), "--device", "cpu", "-q"]
@@ -375,11 +370,6 @@ def nuclei_crop(nuclei_image):
     return nuclei_image[:128, :128].copy()  # 10 nuclei, values 23..235
 
 
-@pytest.fixture(scope="module")
-def nuclei_model():
-    return load_model("nuclei")
-
-
 def test_a_uint64_image_above_2_53_segments_as_it_would_without_its_offset(nuclei_crop, nuclei_model):
     """uint64 values 2**60 + a camera's counts: float64 holds them 256 apart, and the image became
     one or two grey values (3 of 10 nuclei, 0 on other crops). The minimum is now subtracted in
@@ -435,3 +425,11 @@ def test_paths_that_cannot_subtract_the_offset_refuse_with_a_message(nuclei_crop
     Normalization().stats(np.full((8, 8), 2**60, np.uint64))
     coarse = nuclei_crop.astype(np.uint64) * np.uint64(2**20) + np.uint64(2**60)
     Normalization().stats(coarse)
+
+
+@pytest.mark.parametrize("shape", [(0, 64, 64), (64, 0), (0, 0), (3, 0, 64, 64)])
+def test_a_zero_length_axis_is_a_clear_error_not_none(shape):
+    with pytest.raises(ValueError, match="length 0"):
+        segment_image(np.zeros(shape, np.uint8), tiny_model(eval_mode=True), device="cpu")
+    with pytest.raises(ValueError, match="length 0"):
+        predict_image(np.zeros(shape, np.uint8), tiny_model(eval_mode=True), device="cpu")

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from helpers import drain, instances_model, is_relabelling
+from helpers import drain, instances_model, is_relabelling, tiny_model
 
 from napari_unet import batch
 from napari_unet.batch import (
     ArrayDone,
+    OutputBusyError,
     expand_inputs,
     instances_to_zarr,
+    output_lock,
     segment_arrays,
     segment_files,
     segment_to_zarr,
@@ -287,3 +289,60 @@ def test_zarr_cancel_leaves_no_partial_output(tmp_path, hela):
     assert any(p.name.startswith(".o.zarr") for p in tmp_path.iterdir())  # work in progress, hidden
     gen.close()  # Cancel
     assert list(tmp_path.iterdir()) == []  # neither a half result under the final name nor scratch
+
+
+# ---------------------------------------------------------------------------- zarr outputs and their lock
+def test_an_empty_folder_at_a_zarr_output_is_not_already_complete(tmp_path):
+    import zarr
+
+    img = np.random.default_rng(0).integers(0, 255, (60, 70)).astype(np.uint8)
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, img)
+    dest = tmp_path / "res.zarr"
+    dest.mkdir()
+    results = drain(segment_files([src], tiny_model(eval_mode=True), dest, output_type="semantic",
+                                  tile_size=44, device="cpu"))
+    assert results[str(src)] == str(dest)
+    got = zarr.open_array(str(dest), mode="r")[...]
+    assert np.array_equal(got, segment_image(img, tiny_model(eval_mode=True), output="semantic", tile_size=44,
+                                             device="cpu"))
+    # a folder holding something else is neither skipped nor deleted
+    other = tmp_path / "other.zarr"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    results = drain(segment_files([src], tiny_model(eval_mode=True), other, output_type="semantic",
+                                  tile_size=44, device="cpu"))
+    assert results[str(src)].startswith("error:") and "without zarr metadata" in results[str(src)]
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_two_runs_on_one_zarr_output_the_second_is_refused_and_the_first_is_complete(tmp_path):
+    import zarr
+
+    img = np.random.default_rng(1).integers(0, 255, (120, 130)).astype(np.uint8)
+    dest = tmp_path / "res.zarr"
+    kw = dict(output_type="semantic", tile_size=100, block_size=60, device="cpu")
+    first = segment_to_zarr(img, tiny_model(eval_mode=True), dest, **kw)
+    next(first)  # running: it holds the lock
+    with pytest.raises(OutputBusyError, match="another napari-unet run is writing"):
+        drain(segment_to_zarr(img, tiny_model(eval_mode=True), dest, **kw))
+    assert drain(first) == dest
+    ref = segment_image(img, tiny_model(eval_mode=True), output="semantic", tile_size=100, device="cpu")
+    assert np.array_equal(zarr.open_array(str(dest), mode="r")[...], ref)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # lock and partial gone
+    # once the first has finished, a rerun may replace the output
+    assert drain(segment_to_zarr(img, tiny_model(eval_mode=True), dest, **kw)) == dest
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dest = tmp_path / "res.zarr"
+    (tmp_path / ".res.zarr.lock").write_text(f"{socket.gethostname()} {dead}\n")
+    with output_lock(dest):
+        assert (tmp_path / ".res.zarr.lock").read_text().split()[1] != dead
+    assert not (tmp_path / ".res.zarr.lock").exists()

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_model
 
 from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.modelfile.files import (
@@ -134,3 +135,12 @@ def test_copy_is_independent():
         next(c.net.parameters()).add_(1.0)
     assert not torch.equal(next(c.net.parameters()), next(m.net.parameters()))
     assert np.isfinite(next(m.net.parameters()).detach().numpy()).all()
+
+
+def test_a_model_file_with_nan_weights_is_refused_at_load(tmp_path):
+    m = tiny_model(eval_mode=True)
+    with torch.no_grad():
+        m.net.head.weight[0, 0] = float("nan")
+    path = save_model(m, tmp_path / "nan.safetensors")
+    with pytest.raises(ModelFileError, match="NaN or infinite.*head.weight"):
+        load_model(path)
