@@ -25,14 +25,10 @@ from __future__ import annotations
 
 from napari_unet.batch.arrays import ArrayDone, segment_arrays
 from napari_unet.batch.files import segment_files
-from napari_unet.batch.images import (  # noqa: F401
+from napari_unet.batch.images import (
     IMAGE_SUFFIXES,
     ImageReadError,
     OutputBusyError,
-    _commit,
-    _is_zarr_path,
-    _partial_path,
-    _stem,
     expand_inputs,
     is_complete,
     output_lock,
@@ -41,14 +37,8 @@ from napari_unet.batch.images import (  # noqa: F401
     read_tiff,
     write_image,
 )
-from napari_unet.batch.instances import (  # noqa: F401
-    _compact,
-    _Edges,
-    _merge_labels,
-    _PlainGrid,
-    instances_to_zarr,
-)
-from napari_unet.batch.workers import _WORKER_CACHE, MODEL_LOADS, _Job, _run, _worker_net, _zopen  # noqa: F401
+from napari_unet.batch.instances import instances_to_zarr
+from napari_unet.batch.workers import MODEL_LOADS
 from napari_unet.batch.zarr_blocks import segment_to_zarr
 
 __all__ = [

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from napari_unet.batch.images import (
-    _is_zarr_path,
     expand_inputs,
     is_complete,
+    is_zarr_path,
     output_path_for,
     read_image,
     write_image,
@@ -95,7 +95,7 @@ def segment_files(
     for p in files:
         k += 1
         as_zarr = zarr_output if zarr_output is not None else (
-            client is not None or _is_zarr_path(p) or (single and out.suffix.lower() == ".zarr"))
+            client is not None or is_zarr_path(p) or (single and out.suffix.lower() == ".zarr"))
         dest = output_path_for(p, out, 1 if single else n, output_type, ".zarr" if as_zarr else ".tif")
         if as_zarr and not dest.name.lower().endswith(".zarr"):
             msg = f"this job writes zarr, so the output must end in .zarr, not {dest.name!r}"

@@ -21,7 +21,7 @@ class ImageReadError(ValueError):
 
 
 # ---------------------------------------------------------------------------- reading / writing
-def _is_zarr_path(p: Path) -> bool:
+def is_zarr_path(p: Path) -> bool:
     return p.name.lower().endswith(".zarr") or (
         p.is_dir() and ((p / ".zarray").exists() or (p / "zarr.json").exists()))
 
@@ -52,7 +52,7 @@ def read_image(path: str | os.PathLike, lazy: bool = True) -> Any:
     if not p.exists():
         raise ImageReadError(f"{str(p)!r} does not exist")
     try:
-        if _is_zarr_path(p):
+        if is_zarr_path(p):
             import zarr
 
             z = zarr.open(str(p), mode="r")
@@ -146,14 +146,14 @@ def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:
         import zarr
 
         with output_lock(p):
-            tmp = _partial_path(p)
+            tmp = partial_path(p)
             if tmp.exists():
                 shutil.rmtree(tmp)
             z = zarr.open_array(store=str(tmp), mode="w", shape=data.shape, dtype=data.dtype, fill_value=0,
                                 chunks=tuple(min(s, 1024) if i >= data.ndim - 2 else 1
                                              for i, s in enumerate(data.shape)))
             z[...] = data
-            _commit(tmp, p)
+            commit_output(tmp, p)
         return p
     import tifffile
 
@@ -161,7 +161,7 @@ def write_image(path: str | os.PathLike, data: np.ndarray) -> Path:
         tmp, data, compression="zlib" if data.dtype != np.float32 else None))
 
 
-def _partial_path(dest: Path) -> Path:
+def partial_path(dest: Path) -> Path:
     """Where a zarr output is built before it is renamed to ``dest`` (hidden, same folder)."""
     return dest.with_name(f".{dest.name}.partial")
 
@@ -235,7 +235,7 @@ def is_complete(dest: Path) -> bool:
     return dest.is_file() and dest.stat().st_size > 0
 
 
-def _commit(tmp: Path, dest: Path) -> None:
+def commit_output(tmp: Path, dest: Path) -> None:
     """Rename a finished zarr folder to its final name (replacing an older result)."""
     if dest.exists():
         shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
@@ -257,7 +257,7 @@ def expand_inputs(patterns: Iterable[str | os.PathLike]) -> tuple[list[Path], li
         s = str(pat)
         p = Path(s).expanduser()
         if p.exists():
-            if p.is_dir() and not _is_zarr_path(p):
+            if p.is_dir() and not is_zarr_path(p):
                 images = sorted(q for q in p.iterdir()
                                 if not q.name.startswith(".") and q.name.lower().endswith(IMAGE_SUFFIXES))
                 if not images:
@@ -268,7 +268,7 @@ def expand_inputs(patterns: Iterable[str | os.PathLike]) -> tuple[list[Path], li
         elif glob.has_magic(s):
             matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(s), recursive=True))
             images = [m for m in matches if not m.name.startswith(".")
-                      and (_is_zarr_path(m) or (m.is_file() and m.name.lower().endswith(IMAGE_SUFFIXES)))]
+                      and (is_zarr_path(m) or (m.is_file() and m.name.lower().endswith(IMAGE_SUFFIXES)))]
             if not images:
                 problems.append((s, "no image matches this pattern"))
             found.extend(images)

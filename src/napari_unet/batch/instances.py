@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.batch.images import _commit, _partial_path, output_lock
-from napari_unet.batch.workers import _run, _zopen
+from napari_unet.batch.images import commit_output, output_lock, partial_path
+from napari_unet.batch.workers import open_zarr, run_blocks
 from napari_unet.core.events import TileDone
 
 
@@ -38,14 +38,14 @@ def _task_label(region: tuple[int, int, int, int], plane: tuple, sem_path: str, 
 
     y0, x0, h, w = region
     win = plane + (slice(y0, y0 + h), slice(x0, x0 + w))
-    sem = np.asarray(_zopen(sem_path)[win])
+    sem = np.asarray(open_zarr(sem_path)[win])
     fg = np.isin(sem, instance_classes)
     lab, n = ndi.label(fg)
-    _zopen(obj_path)[win] = lab
+    open_zarr(obj_path)[win] = lab
     info = {"n": int(n), "edges": _Edges.of(lab), "sizes": np.bincount(lab.ravel(), minlength=n + 1)}
     if reach_path is not None:
         reach, nr = ndi.label(fg | np.isin(sem, grow_classes))
-        _zopen(reach_path)[win] = reach
+        open_zarr(reach_path)[win] = reach
         region_of = np.zeros(n + 1, np.int64)
         region_of[lab[fg]] = reach[fg]  # every object lies inside one reach region
         info.update(nr=int(nr), redges=_Edges.of(reach), region_of=region_of)
@@ -94,9 +94,9 @@ def _task_relabel(region: tuple, plane: tuple, src_path: str, dst_path: str, lut
     """Pass 2: provisional block labels -> global labels through a lookup table."""
     y0, x0, h, w = region
     win = plane + (slice(y0, y0 + h), slice(x0, x0 + w))
-    _zopen(dst_path)[win] = lut.astype(dtype)[np.asarray(_zopen(src_path)[win])]
+    open_zarr(dst_path)[win] = lut.astype(dtype)[np.asarray(open_zarr(src_path)[win])]
     if src2_path is not None:
-        _zopen(dst2_path)[win] = lut2.astype(dtype)[np.asarray(_zopen(src2_path)[win])]
+        open_zarr(dst2_path)[win] = lut2.astype(dtype)[np.asarray(open_zarr(src2_path)[win])]
 
 
 def _task_grow(region: tuple, plane: tuple, shape: tuple[int, int], halo: int, sem_path: str,
@@ -114,9 +114,9 @@ def _task_grow(region: tuple, plane: tuple, shape: tuple[int, int], halo: int, s
     wy1, wx1 = min(y0 + h + halo, H), min(x0 + w + halo, W)
     whole = (wy0, wx0, wy1, wx1) == (0, 0, H, W)
     win = plane + (slice(wy0, wy1), slice(wx0, wx1))
-    obj = np.asarray(_zopen(obj_path)[win]).astype(np.int64)
-    reach = np.asarray(_zopen(reach_path)[win]).astype(np.int64)
-    sem = np.asarray(_zopen(sem_path)[win])
+    obj = np.asarray(open_zarr(obj_path)[win]).astype(np.int64)
+    reach = np.asarray(open_zarr(reach_path)[win]).astype(np.int64)
+    sem = np.asarray(open_zarr(sem_path)[win])
     core = (slice(y0 - wy0, y0 - wy0 + h), slice(x0 - wx0, x0 - wx0 + w))
     out = obj[core].copy()
     grow = np.isin(sem[core], grow_classes) & (out == 0)
@@ -133,7 +133,7 @@ def _task_grow(region: tuple, plane: tuple, shape: tuple[int, int], halo: int, s
                 return None
             same = reach[core] == reach[iy, ix]
             out = np.where(grow & same, obj[iy, ix], out)
-    _zopen(grown_path)[plane + (slice(y0, y0 + h), slice(x0, x0 + w))] = out.astype(np.uint32)
+    open_zarr(grown_path)[plane + (slice(y0, y0 + h), slice(x0, x0 + w))] = out.astype(np.uint32)
     ids, counts = np.unique(out, return_counts=True)
     return ids, counts
 
@@ -184,7 +184,7 @@ def instances_to_zarr(
     dest = Path(output)
     make_parent(dest)
     with output_lock(dest):
-        partial, scratch = _partial_path(dest), dest.with_name(f".{dest.name}.scratch")
+        partial, scratch = partial_path(dest), dest.with_name(f".{dest.name}.scratch")
         for d in (partial, scratch):
             if d.exists():
                 shutil.rmtree(d)
@@ -211,10 +211,10 @@ def instances_to_zarr(
             grow = bool(post.grow_classes)
             total = (4 if grow else 2) * len(grid) * len(planes)
             done = 0
-            for d in _instances(grid, planes, post, sem_path, partial, scratch, create, client, grow, grow_halo):
+            for d in block_instances(grid, planes, post, sem_path, partial, scratch, create, client, grow, grow_halo):
                 done += d
                 yield TileDone(done, total, 0, len(planes), "dask" if client is not None else "cpu")
-            _commit(partial, dest)
+            commit_output(partial, dest)
         finally:
             for d in (scratch, partial):
                 if d.exists():
@@ -222,7 +222,7 @@ def instances_to_zarr(
     return dest
 
 
-def _instances(grid: Any, planes: list[tuple[int, ...]], post: Any, sem_path: str, partial: Path,
+def block_instances(grid: Any, planes: list[tuple[int, ...]], post: Any, sem_path: str, partial: Path,
                scratch: Path, create: Callable, client: Any, grow: bool, grow_halo: int
                ) -> Generator[int, None, None]:
     """Blockwise instance labelling of the semantic map at ``sem_path`` into ``partial``; yields
@@ -234,7 +234,7 @@ def _instances(grid: Any, planes: list[tuple[int, ...]], post: Any, sem_path: st
     calls = [(regions[i], planes[pi], sem_path, local, reach_local, post.instance_classes, post.grow_classes)
              for pi in range(len(planes)) for i in range(nb)]
     infos: list[Any] = [None] * len(calls)
-    for k, info in _run(_task_label, calls, client):
+    for k, info in run_blocks(_task_label, calls, client):
         infos[k] = info
         yield 1
     final = create(partial, np.uint32)
@@ -248,7 +248,7 @@ def _instances(grid: Any, planes: list[tuple[int, ...]], post: Any, sem_path: st
                 np.add.at(sizes, blut, f["sizes"])
             keep = _compact(sizes, post.min_size)
             calls += [(regions[i], planes[pi], local, final, keep[per_block[i]]) for i in range(nb)]
-        for _ in _run(_task_relabel, calls, client):
+        for _ in run_blocks(_task_relabel, calls, client):
             yield 1
         return
     objects = create(scratch / "objects.zarr", np.uint32)
@@ -266,7 +266,7 @@ def _instances(grid: Any, planes: list[tuple[int, ...]], post: Any, sem_path: st
         has_object.append(has)
         calls += [(regions[i], planes[pi], local, objects, per_block[i], reach_local, reach, rper_block[i])
                   for i in range(nb)]
-    for _ in _run(_task_relabel, calls, client):
+    for _ in run_blocks(_task_relabel, calls, client):
         yield 1
     h, w = grid.shape
     todo = [(pi, i) for pi in range(len(planes)) for i in range(nb)]
@@ -277,7 +277,7 @@ def _instances(grid: Any, planes: list[tuple[int, ...]], post: Any, sem_path: st
         calls = [(regions[i], planes[pi], (h, w), halo, sem_path, objects, reach, grown, post.grow_classes,
                   has_object[pi]) for pi, i in todo]
         retry = []
-        for k, res in _run(_task_grow, calls, client):
+        for k, res in run_blocks(_task_grow, calls, client):
             if res is None:
                 retry.append(todo[k])
                 continue
@@ -296,7 +296,7 @@ def _instances(grid: Any, planes: list[tuple[int, ...]], post: Any, sem_path: st
             np.add.at(sizes, ids, cnt)
         keep = _compact(sizes, post.min_size)
         calls += [(regions[i], planes[pi], grown, final, keep) for i in range(nb)]
-    for _ in _run(_task_relabel, calls, client):
+    for _ in run_blocks(_task_relabel, calls, client):
         yield 1
 
 

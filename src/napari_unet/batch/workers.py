@@ -16,7 +16,7 @@ MODEL_LOADS: list[str] = []  # job tokens for which this process prepared a netw
 
 
 @dataclass
-class _Job:
+class BlockJob:
     """Everything a block task needs; small and picklable when ``source`` is a path."""
 
     token: str
@@ -33,13 +33,13 @@ class _Job:
     tta: bool = False
 
 
-def _for_job(job: _Job) -> None:
+def _for_job(job: BlockJob) -> None:
     """Forget what earlier jobs cached in this process (one job's network and image at a time)."""
     for k in [k for k in _WORKER_CACHE if k[1] != job.token]:
         del _WORKER_CACHE[k]
 
 
-def _open_source(job: _Job) -> Any:
+def open_source(job: BlockJob) -> Any:
     if not isinstance(job.source, str):
         return job.source
     key = ("source", job.token)
@@ -49,7 +49,7 @@ def _open_source(job: _Job) -> Any:
     return _WORKER_CACHE[key]
 
 
-def _worker_net(job: _Job, model: Any) -> Any:
+def worker_net(job: BlockJob, model: Any) -> Any:
     """The job's inference network, prepared once per process (per worker) and reused."""
     key = ("net", job.token)
     if key not in _WORKER_CACHE:
@@ -70,14 +70,14 @@ def _worker_net(job: _Job, model: Any) -> Any:
     return _WORKER_CACHE[key]
 
 
-def _zopen(path: str) -> Any:
+def open_zarr(path: str) -> Any:
     import zarr
 
     return zarr.open_array(store=path, mode="r+")
 
 
 
-def _run(fn: Callable, calls: list[tuple], client: Any, weights: Sequence[int] | None = None
+def run_blocks(fn: Callable, calls: list[tuple], client: Any, weights: Sequence[int] | None = None
          ) -> Generator[tuple[int, Any], None, None]:
     """Run ``fn(*args)`` for each args tuple, in this process or on a dask cluster, yielding
     (index, result) as each finishes. Closing the generator cancels what has not run."""

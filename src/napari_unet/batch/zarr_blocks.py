@@ -12,23 +12,23 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.batch.images import _commit, _partial_path, output_lock, read_image
-from napari_unet.batch.instances import _instances
-from napari_unet.batch.workers import _Job, _open_source, _run, _worker_net, _zopen
+from napari_unet.batch.images import commit_output, output_lock, partial_path, read_image
+from napari_unet.batch.instances import block_instances
+from napari_unet.batch.workers import BlockJob, open_source, open_zarr, run_blocks, worker_net
 from napari_unet.core.events import TileDone
 
 
-def _task_predict(job: _Job, model: Any, pi: int, i: int, out_path: str, output: str) -> int:
+def _task_predict(job: BlockJob, model: Any, pi: int, i: int, out_path: str, output: str) -> int:
     from napari_unet.core.predict.blocks import predict_block
 
-    net = _worker_net(job, model)
+    net = worker_net(job, model)
     plane = job.planes[pi]
-    res = predict_block(_open_source(job), net, job.grid, i, layout=job.layout, plane=plane,
+    res = predict_block(open_source(job), net, job.grid, i, layout=job.layout, plane=plane,
                         stats=job.stats[plane], output=output, padding=job.padding,
                         device=next(net.parameters()).device, batch_size=job.batch_size, tta=job.tta)
     y0, x0, h, w = job.grid.region(i)
     lead = (slice(None),) if output == "probabilities" else ()
-    _zopen(out_path)[plane + lead + (slice(y0, y0 + h), slice(x0, x0 + w))] = res
+    open_zarr(out_path)[plane + lead + (slice(y0, y0 + h), slice(x0, x0 + w))] = res
     return job.grid.tiles_in(i)
 
 
@@ -166,12 +166,12 @@ def segment_to_zarr(
 
         norm = Normalization()
     stats = {pl: plane_stats(arr, layout, pl, norm, padding) for pl in planes}
-    job = _Job(uuid.uuid4().hex, src, axes, rgb, padding, str(dev or device), batch_size, grid, layout,
+    job = BlockJob(uuid.uuid4().hex, src, axes, rgb, padding, str(dev or device), batch_size, grid, layout,
                stats, planes, bool(tta))
 
     make_parent(dest)
     with output_lock(dest):
-        partial = _partial_path(dest)
+        partial = partial_path(dest)
         scratch = dest.with_name(f".{dest.name}.scratch")
         for d in (partial, scratch):
             if d.exists():
@@ -201,14 +201,14 @@ def segment_to_zarr(
         done = 0
         try:
             calls = [(job, model_ref, pi, i, pred_path, mode) for pi in range(len(planes)) for i in range(len(grid))]
-            for k, tiles in _run(_task_predict, calls, client):
+            for k, tiles in run_blocks(_task_predict, calls, client):
                 done += tiles
                 yield TileDone(done, total, calls[k][2], len(planes), dev_name)
             if output_type == "instances":
-                for ev_done in _instances(job.grid, job.planes, post, pred_path, partial, scratch, create, client, grow, grow_halo):
+                for ev_done in block_instances(job.grid, job.planes, post, pred_path, partial, scratch, create, client, grow, grow_halo):
                     done += ev_done
                     yield TileDone(done, total, 0, len(planes), dev_name)
-            _commit(partial, dest)
+            commit_output(partial, dest)
         finally:
             if scratch.exists():
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.batch.images import _commit, _partial_path, output_lock, read_image
+from napari_unet.batch.images import commit_output, output_lock, partial_path, read_image
 from napari_unet.core.events import TileDone
 
 
@@ -58,7 +58,7 @@ def volumes_to_zarr(
     dest = Path(output)
     make_parent(dest)
     with output_lock(dest):
-        partial = _partial_path(dest)
+        partial = partial_path(dest)
         if partial.exists():
             shutil.rmtree(partial)
         try:
@@ -77,7 +77,7 @@ def volumes_to_zarr(
                     out[ridx] = yield from segment(arr[tuple(key)], model, output="instances",
                                                    axes=vaxes, tile_size=tile_size, padding=padding,
                                                    device=device, spacing=spacing)
-            _commit(partial, dest)
+            commit_output(partial, dest)
         finally:
             if partial.exists():
                 shutil.rmtree(partial, ignore_errors=True)
