@@ -19,7 +19,7 @@ and ``rods`` (a generated colony of packed rod-shaped cells, phase-contrast-like
 ``napari_unet._synthetic.rod_colony(contact=0.05)``; train on seeds 0 and 1, score on 2 and 3).
 
 Run: ``python benchmarks/bench_finetune.py [--budgets 15 30 60 120 300] [--cases brightfield rods]``
-Writes benchmarks/results_finetune.json, .md and docs/images/bench_finetune.png.
+Writes benchmarks/results/finetune.json, .md and docs/images/bench_finetune.png.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="one U-Net run per budget and seed (the spread of a 2-minute run is wide)")
     ap.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
-    ap.add_argument("--out", default=str(HERE / "results_finetune.json"))
+    ap.add_argument("--out", default=str(HERE / "results" / "finetune.json"))
     args = ap.parse_args()
     load = os.getloadavg()
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -6,7 +6,7 @@ U-Net and the shipped model (MONAI through a predictor that mirror-pads each win
 a fresh subprocess), max difference to the whole-image output (seams), and achieved GFLOP/s as a
 fraction of this machine's fp32 matmul GFLOP/s measured in the same rounds.
 
-    python benchmarks/bench_inference.py            # full run, writes benchmarks/results_inference.md
+    python benchmarks/bench_inference.py            # full run, writes benchmarks/results/inference.md
     python benchmarks/bench_inference.py --repeats 3 --nchw      # longer
     python benchmarks/bench_inference.py --skip-paper64           # ~4 min instead of ~10
 
@@ -48,7 +48,7 @@ from napari_unet.core.predict.predict2d import (  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "nuclei-widefield" / "image.tif"
 SHIPPED = ROOT / "src" / "napari_unet" / "models" / "nuclei.safetensors"
-RESULTS = ROOT / "benchmarks" / "results_inference.md"
+RESULTS = ROOT / "benchmarks" / "results" / "inference.md"
 SIZE = 2048
 ROI = 512
 VROI = 516  # MONAI window for valid nets: a valid output size (input 700), the nearest to 512

@@ -18,7 +18,7 @@ painted by then; predicted objects lying mostly on painted objects are not count
 seconds since the first stroke. Preview refresh: the seconds between previews.
 
 Run: ``python benchmarks/bench_live.py [--seconds 120] [--plans 3] [--cases brightfield rods]``; writes
-benchmarks/results_live.json, .md and docs/images/bench_live.png.
+benchmarks/results/live.json, .md and docs/images/bench_live.png.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def main() -> None:
     ap.add_argument("--plans", type=int, default=3,
                     help="stroke plans (the order of objects and scribbles), one paired run each")
     ap.add_argument("--cases", nargs="+", default=["brightfield", "rods"])
-    ap.add_argument("--out", default=str(HERE / "results_live.json"))
+    ap.add_argument("--out", default=str(HERE / "results" / "live.json"))
     args = ap.parse_args()
     load = os.getloadavg()
     res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -6,7 +6,7 @@ architecture (valid U-Net, depth 4, 16 base channels, 2 classes) with random wei
 do not depend on the weights. Inputs: an 8192 x 8192 uint16 zarr made by tiling the real
 nuclei-widefield image, and the real 20 x 700 x 1100 HeLa stack (as zarr).
 
-    PYTHONPATH=src python benchmarks/bench_scale.py            # all cases, writes results_scale.md
+    PYTHONPATH=src python benchmarks/bench_scale.py            # all cases, writes benchmarks/results/scale.md
     PYTHONPATH=src python benchmarks/bench_scale.py --case hela_zarr
 """
 
@@ -180,7 +180,7 @@ def main() -> None:
         print(json.dumps(globals()[f"case_{args.case}"]()))
         return
     make_inputs()
-    saved = HERE / "results_scale.json"
+    saved = HERE / "results" / "scale.json"
     results = json.loads(saved.read_text()) if args.only and saved.exists() else {}
     for name in args.only or CASES:
         results[name] = run_case(name)
@@ -226,7 +226,7 @@ def write_markdown(r: dict) -> None:
             lines.append(f"| one process, no dask (torch uses both cores) | {t0:.1f} s | {t1 / t0:.2f} |")
         lines.append(f"| LocalCluster, 1 worker x 1 thread | {t1:.1f} s | 1.00 |")
         lines.append(f"| LocalCluster, 2 workers x 1 thread | {t2:.1f} s | {t1 / t2:.2f} |")
-    (HERE / "results_scale.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / "scale.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

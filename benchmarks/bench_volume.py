@@ -30,7 +30,7 @@ the size of the volume and of its output.
 Score: 3D instance F1 at IoU > 0.5 (one-to-one over voxels, ``match_instances(volume=True)``),
 mean over the time points, and the seconds each takes (segmentation included), on this machine.
 
-Run: ``python benchmarks/bench_volume.py [--timepoints 20] [--steps 150]``; writes benchmarks/results_volume.md.
+Run: ``python benchmarks/bench_volume.py [--timepoints 20] [--steps 150]``; writes benchmarks/results/volume.md.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def main() -> None:
                      f"{np.mean([x[2] for x in r]):.1f} | {np.mean([x[1] for x in r]):.2f} |")
     if args.memory_sizes:
         lines += _peak_memory(args.memory_sizes)
-    (HERE / "results_volume.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / "volume.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -10,7 +10,7 @@ architecture, the patches and the in-plane deformation are the same in both runs
 weights differ. Score: 3D instance F1@0.5 on time points 1-19, mean (min-max), and how many
 voxels of the painted slices the 3D map weighs more than the 2D one.
 
-Run: ``python benchmarks/bench_weightmap3d.py [--steps 150]``; writes benchmarks/results_weightmap3d.md.
+Run: ``python benchmarks/bench_weightmap3d.py [--steps 150]``; writes benchmarks/results/weightmap3d.md.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> None:
                               volume=True).f1 for t in range(1, min(args.timepoints, len(img)))]
         lines.append(f"| {name} | {np.mean(f1):.3f} ({min(f1):.2f}-{max(f1):.2f}) | {sec:.0f} |")
         print(lines[-1], flush=True)
-    (HERE / "results_weightmap3d.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results" / "weightmap3d.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
