@@ -1,40 +1,31 @@
 """`napari-unet segment` on real files."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-import torch
+from helpers import tiny_model
 
 from napari_unet.cli.main import main
-from napari_unet.core.modelfile.files import UNetModel, save_model
 from napari_unet.core.exchange.opening import load_model
-from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.modelfile.files import save_model
 from napari_unet.core.segment import segment_image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DATA = Path(__file__).parent / "data"
 
-
-def _real_image():
-    sample = Path(__file__).parents[1] / "src" / "napari_unet" / "_sample_data" / "nuclei_dsb2018.tif"
-    for p in (sample, SHARED / "nuclei-dsb2018" / "image.tif"):
-        if p.exists():
-            return tifffile.imread(p)[:200, :240]
-    pytest.skip("no real nuclei image available")
+@pytest.fixture()
+def real_image(nuclei_image):
+    """A 200 x 240 crop of the DSB nuclei sample image."""
+    return nuclei_image[:200, :240].copy()
 
 
 @pytest.fixture()
 def model_file(tmp_path):
-    torch.manual_seed(0)
-    return save_model(UNetModel(UNet(UNetConfig(depth=2, base_channels=4)), name="tiny"),
-                      tmp_path / "tiny")
+    return save_model(tiny_model(), tmp_path / "tiny")
 
 
-def test_segment_one_file_equals_python_api(tmp_path, model_file):
-    img = _real_image()
+def test_segment_one_file_equals_python_api(tmp_path, real_image, model_file):
+    img = real_image
     src = tmp_path / "img.tif"
     tifffile.imwrite(src, img)
     before = src.read_bytes()
@@ -61,8 +52,8 @@ def test_segment_one_file_equals_python_api(tmp_path, model_file):
     assert np.abs(ref - plain).max() > 1e-3
 
 
-def test_segment_many_files_into_folder_and_output_types(tmp_path, model_file):
-    img = _real_image()
+def test_segment_many_files_into_folder_and_output_types(tmp_path, real_image, model_file):
+    img = real_image
     for name in ("a.tif", "b.tif"):
         tifffile.imwrite(tmp_path / name, img)
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([img, img[::-1]]))
@@ -77,8 +68,8 @@ def test_segment_many_files_into_folder_and_output_types(tmp_path, model_file):
     assert rc == 0 and tifffile.imread(tmp_path / "p.tif").shape == (2,) + img.shape
 
 
-def test_segment_errors_are_clear(tmp_path, model_file, capsys):
-    img = _real_image()
+def test_segment_errors_are_clear(tmp_path, real_image, model_file, capsys):
+    img = real_image
     good = tmp_path / "good.tif"
     tifffile.imwrite(good, img)
     bad = tmp_path / "bad.tif"

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import DATA
 
 from napari_unet.cli.main import main
 from napari_unet.cli.train import DEFAULT_BASE, add_train, base_model_name
 from napari_unet.core.exchange.opening import load_model
 
-DATA = Path(__file__).parent / "data" / "touching-cells-huh7"
+HUH7 = DATA / "touching-cells-huh7"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,8 +46,8 @@ def test_the_default_start_is_nuclei_for_2d_and_a_new_network_for_volumes(capsys
 @pytest.fixture(scope="module")
 def painted(tmp_path_factory):
     d = tmp_path_factory.mktemp("painted")
-    img = tifffile.imread(DATA / "t20_image.tif")[250:378, 290:418]
-    lab = tifffile.imread(DATA / "t20_labels.tif")[250:378, 290:418]
+    img = tifffile.imread(HUH7 / "t20_image.tif")[250:378, 290:418]
+    lab = tifffile.imread(HUH7 / "t20_labels.tif")[250:378, 290:418]
     tifffile.imwrite(d / "a.tif", img)
     tifffile.imwrite(d / "a_labels.tif", lab.astype(np.uint16))
     return d

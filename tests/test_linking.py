@@ -1,15 +1,13 @@
 """3D instances from plane-by-plane labels: stitching across z, 3D matching, segment/CLI --volume."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from helpers import DATA
 
 from napari_unet.core.metrics import match_instances
 from napari_unet.core.postprocess.linking import stitch_planes
-
-DATA = Path(__file__).parent / "data"
 
 
 def _balls(shape=(9, 40, 60), centres=((4, 20, 18), (4, 20, 40)), r=10.0):

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
+from helpers import tiny_model
 
-from napari_unet.core.modelfile.files import Postprocessing, UNetModel
-from napari_unet.core.network.unet import UNet, UNetConfig
+from napari_unet.core.modelfile.files import Postprocessing
 from napari_unet.core.postprocess.instances import (
     instances,
     instances_from_semantic,
@@ -16,9 +15,8 @@ from napari_unet.core.segment import segment, segment_image
 
 
 def _model(classes=2, post=None):
-    torch.manual_seed(0)
-    net = UNet(UNetConfig(depth=2, base_channels=4, num_classes=classes)).eval()
-    return UNetModel(net, postprocessing=post or Postprocessing(min_size=1))
+    """A tiny model keeping objects of any size unless ``post`` says otherwise."""
+    return tiny_model(classes=classes, eval_mode=True, postprocessing=post or Postprocessing(min_size=1))
 
 
 def test_semantic_is_argmax_of_probabilities():
@@ -148,9 +146,8 @@ def test_segment_uses_the_models_seeded_postprocessing():
     import tempfile
     from pathlib import Path
 
-    from napari_unet.core.modelfile.files import save_model
-
     from napari_unet.core.exchange.opening import load_model
+    from napari_unet.core.modelfile.files import save_model
 
     path = save_model(m, Path(tempfile.mkdtemp()) / "m")
     assert load_model(path).postprocessing == post

@@ -1,19 +1,17 @@
 """The models that ship inside the package: they load offline, segment real images they never saw
 well, and are better starting points for fine-tuning than a new network."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from helpers import DATA
 
+from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.metrics import evaluate
 from napari_unet.core.modelfile.files import read_header, shipped_models
-from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train.annotations import labels_to_target
-
-DATA = Path(__file__).parent / "data"
 
 
 def test_shipped_models_are_listed_and_documented():
