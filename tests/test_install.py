@@ -165,15 +165,12 @@ def test_the_fp32_path_can_be_forced_by_the_environment(monkeypatch):
 
 
 def test_a_training_under_the_forced_fp32_path_records_it(monkeypatch):
-    import torch
+    from helpers import tiny_model
 
-    from napari_unet.core.modelfile.files import UNetModel
-    from napari_unet.core.network.unet import UNet, UNetConfig
     from napari_unet.core.train import TrainConfig, train_model
 
     monkeypatch.setenv("NAPARI_UNET_PRECISION", "fp32")
-    torch.manual_seed(0)
-    base = UNetModel(UNet(UNetConfig(depth=2, base_channels=4)), name="tiny")
+    base = tiny_model()
     img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     lab = np.zeros((64, 64), np.int32)
     lab[10:30, 10:30] = 1

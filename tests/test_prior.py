@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_model
 
 from napari_unet.core.events import run_to_end
-from napari_unet.core.modelfile.files import Postprocessing, UNetModel, save_model
 from napari_unet.core.exchange.opening import load_model
+from napari_unet.core.modelfile.files import Postprocessing, UNetModel, save_model
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.postprocess.prior import (
     MAX_ODDS_SHIFT,
@@ -109,8 +110,7 @@ def test_training_records_the_painting_s_background_share_and_zarr_refuses_block
     lab[10:30, 10:30] = 1
     lab[50:80, 40:70] = 2
     img[lab > 0] += 2
-    torch.manual_seed(0)
-    base = UNetModel(UNet(UNetConfig(depth=2, base_channels=4, padding="valid")), name="tiny")
+    base = tiny_model()
     cfg = dict(steps=2, batch_size=2, patch_size=32, val_fraction=0.0, precision="fp32")
     m = train_model(img, lab, model=base, config=TrainConfig(**cfg), device="cpu", seed=0,
                     mode="binary")
