@@ -123,8 +123,8 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
     gt = np.concatenate([np.where(g > 0, g + o, 0) for g, o in zip(gts, off, strict=True)])[:512, :512]
     viewer.add_image(img, name="live image")
     ft.image.value = "live image"
-    ft.base_model.value = "nuclei" if "nuclei" in ft.base_model.choices else ft.base_model.choices[0]
-    ft.background_label.value = BG
+    ft.settings.base_model.value = "nuclei" if "nuclei" in ft.settings.base_model.choices else ft.settings.base_model.choices[0]
+    ft.settings.background_label.value = BG
     ft.live.new_labels.native.click()
     layer = viewer.layers["live image painting"]
     for other in list(viewer.layers):
@@ -143,7 +143,7 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
     stroke(0)
     stroke(1)
     previews: list[tuple[float, float, tuple]] = []
-    handler = ft.live._event
+    handler = ft.live.on_event
 
     def spy(ev):
         t = time.perf_counter()
@@ -152,7 +152,7 @@ def live_run(app, viewer, ft, hb: Heartbeat, seconds: float) -> None:
             previews.append((t, ev.seconds, ev.box))
             marks.append((t, time.perf_counter(), "preview shown"))
 
-    ft.live._event = spy
+    ft.live.on_event = spy
     # main-thread work that may explain a long gap: the preview drawn into its layer, Python's
     # garbage collector (it stops every thread while it walks napari's object graph)
     import gc
@@ -256,14 +256,14 @@ def main() -> int:
     # the result arrives as a JobResult event: gaps before it are the worker's effect on the event
     # loop; the gap around it is napari building and drawing the new Labels layer
     arrived: list[float] = []
-    seg_yielded = seg._on_yielded
+    seg_yielded = seg.on_event
 
     def spy(ev):
         if type(ev).__name__ == "JobResult":
             arrived.append(time.perf_counter())
         seg_yielded(ev)
 
-    seg._on_yielded = spy
+    seg.on_event = spy
     from napari_unet._widgets import _segment_jobs as _jobs
 
     reserve = _jobs.usable_cores
@@ -298,20 +298,20 @@ def main() -> int:
     viewer.add_image(nuclei, name="train image")
     viewer.add_labels(mask, name="train labels")
     ft.image.value, ft.labels.value = "train image", "train labels"
-    ft.base_model.value = seg.model.value
-    ft.steps.value = args.steps
-    ft.device.value = "cpu"
+    ft.settings.base_model.value = seg.model.value
+    ft.settings.steps.value = args.steps
+    ft.settings.device.value = "cpu"
     hb.start()
     t0 = time.perf_counter()
     marks: dict[str, float] = {}
-    ft_yielded = ft._on_yielded
+    ft_yielded = ft.on_event
 
     def ft_spy(ev):
         marks.setdefault("first step", time.perf_counter())
         marks["last step"] = time.perf_counter()
         ft_yielded(ev)
 
-    ft._on_yielded = ft_spy
+    ft.on_event = ft_spy
     ft.train()
     marks["train() returned"] = time.perf_counter()
     wait(app, lambda: not ft.running)

@@ -84,14 +84,14 @@ def main() -> int:
         path = save_model(UNetModel(net, name="untrained"),
                           Path(tempfile.mkdtemp()) / "untrained.safetensors")
         seg.load_model_file(str(path))
-        ft.lr.value = 3e-3  # from scratch: a higher rate than for fine-tuning
+        ft.settings.lr.value = 3e-3  # from scratch: a higher rate than for fine-tuning
     base = seg.model.value
     steps = args.steps or (30 if base == "nuclei" else 60)
 
     # ---------------------------------------------------------------- fine-tune
     ft.image.value, ft.labels.value, ft.region.value = "nuclei", "painted", "complete region"
-    ft.base_model.value = base
-    ft.steps.value = steps
+    ft.settings.base_model.value = base
+    ft.settings.steps.value = steps
     ft.add_pair.native.click()
     ft.preview_button.native.click()
     wait(app, lambda: ft.preview_worker is None)

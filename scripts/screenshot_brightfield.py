@@ -50,10 +50,10 @@ def main() -> int:
     viewer.add_image(a[1, 5], name="brightfield t5", translate=(460, 0))
     _d, seg = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     _d, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=True)
-    ft.base_model.value = "nuclei"
-    ft.device.value = "cpu"
-    ft.minutes.value = args.minutes
-    ft.steps.value = 0
+    ft.settings.base_model.value = "nuclei"
+    ft.settings.device.value = "cpu"
+    ft.settings.minutes.value = args.minutes
+    ft.settings.steps.value = 0
     for t in (0, 1):
         ft.image.value, ft.labels.value = f"brightfield t{t}", f"cells t{t}"
         ft.add_pair.native.click()

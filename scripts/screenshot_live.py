@@ -91,9 +91,9 @@ def main() -> int:
     viewer.add_image(img, name="brightfield")
     _d, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     ft.image.value = "brightfield"
-    ft.base_model.value = "nuclei"
-    ft.device.value = "cpu"
-    ft.background_label.value = BG
+    ft.settings.base_model.value = "nuclei"
+    ft.settings.device.value = "cpu"
+    ft.settings.background_label.value = BG
     ft.live.new_labels.native.click()
     layer = viewer.layers["brightfield painting"]
     settle(app, 1.0)  # the window takes its final size before the camera fits the image
@@ -137,7 +137,7 @@ def main() -> int:
     def frame() -> None:  # the canvas, with the time and the strokes so far written on it
         nonlocal next_frame
         now = time.perf_counter() - t0
-        step = None if ft.live._last is None else ft.live._last.step
+        step = None if ft.live.last_preview is None else ft.live.last_preview.step
         frames.append((canvas_grab(viewer), f"{now:.0f} s after Live on, {k} strokes, preview of step {step}"))
         # the next slot of --gif-every seconds; slots missed while a cell was being drawn are skipped
         next_frame = (np.floor(now / args.gif_every) + 1) * args.gif_every
@@ -150,7 +150,7 @@ def main() -> int:
             if next_frame <= time.perf_counter() - t0:
                 frame()
             settle(app, 0.1)
-        last = ft.live._last
+        last = ft.live.last_preview
         f1 = None
         if last is not None:  # the preview covers the box in view
             y0, y1, x0, x1 = last.box

@@ -80,14 +80,14 @@ def main() -> int:
     viewer.add_labels(painted, name="cho painted slices", scale=(5.0, 1.0, 1.0))
     _d, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     ft.image.value, ft.labels.value = "cho", "cho painted slices"
-    ft.base_model.value = "nuclei"
-    ft.device.value = "cpu"
-    ft.volume.value = True
+    ft.settings.base_model.value = "nuclei"
+    ft.settings.device.value = "cpu"
+    ft.settings.volume.value = True
     if args.start == "new":
-        from napari_unet._widgets._train_jobs import VOLUME_STARTS
+        from napari_unet._widgets._train_settings import VOLUME_STARTS
 
-        ft.volume_start.value = VOLUME_STARTS[1]
-    ft.steps.value = args.steps
+        ft.settings.volume_start.value = VOLUME_STARTS[1]
+    ft.settings.steps.value = args.steps
     ft.train()
     wait(app, lambda: not ft.running, timeout=3600)
     print("fine-tuned:", ft.status.text(), flush=True)

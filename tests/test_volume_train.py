@@ -185,10 +185,10 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     _d, ft = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     errors = []
     monkeypatch.setattr(_common, "show_error", errors.append)  # where widgets say errors
-    ft.base_model.value = "nuclei"
-    ft.device.value = "cpu"
-    ft.steps.value = 3
-    ft.volume.value = True
+    ft.settings.base_model.value = "nuclei"
+    ft.settings.device.value = "cpu"
+    ft.settings.steps.value = 3
+    ft.settings.volume.value = True
     ft.image.value, ft.labels.value = "plane", "painted"
     assert ft.train() is None and errors  # a 2D image is no volume: said, nothing starts
     assert "stack of 5 planes" in errors[-1]
@@ -213,17 +213,18 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     np.testing.assert_array_equal(out.data, segment_image(img, ft.model, device="cpu",
                                                           spacing=(5.0, 1.0, 1.0)))
     # '3D start': a new 3D U-Net whose pooling follows the image layer's scale
-    from napari_unet._widgets._train_jobs import VOLUME_STARTS, new_volume_note
+    from napari_unet._widgets._train_jobs import new_volume_note
+    from napari_unet._widgets._train_settings import VOLUME_STARTS
     from napari_unet.core.train.loop3d import volume_architecture
 
-    ft.volume.value = False
-    assert not ft.volume_start.enabled  # a 3D start means nothing for 2D training
-    ft.volume.value = True
-    assert ft.volume_start.enabled
-    assert ft.base_model.enabled
-    ft.volume_start.value = VOLUME_STARTS[1]
-    assert not ft.base_model.enabled  # a new network has no base model
-    ft.steps.value = 2
+    ft.settings.volume.value = False
+    assert not ft.settings.volume_start.enabled  # a 3D start means nothing for 2D training
+    ft.settings.volume.value = True
+    assert ft.settings.volume_start.enabled
+    assert ft.settings.base_model.enabled
+    ft.settings.volume_start.value = VOLUME_STARTS[1]
+    assert not ft.settings.base_model.enabled  # a new network has no base model
+    ft.settings.steps.value = 2
     lifted = ft.model
     infos = []
     monkeypatch.setattr(_finetune, "show_info", infos.append)
@@ -237,7 +238,7 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     assert ft.model.config == volume_architecture((5.0, 1.0, 1.0))  # z pooled on level 3 only
     assert ft.model.provenance["fine_tuned_3d"]["spacing"] == [5.0, 1.0, 1.0]
     assert "z on level(s) [3]) trained from scratch" in ft.status.text()
-    assert not ft.base_model.enabled  # still, after the run
+    assert not ft.settings.base_model.enabled  # still, after the run
     # two volumes (pairs): one network from the painted slices of both, if their voxels agree
     crop = (slice(None), slice(100, 300), slice(100, 300))  # 4 nuclei on slice 2
     viewer.add_image(img[crop], name="cho crop", scale=(5.0, 1.0, 1.0))
@@ -253,14 +254,14 @@ def test_finetune_widget_trains_a_3d_unet_on_painted_slices(make_napari_viewer, 
     qtbot.mouseClick(ft.remove_pair.native, Qt.MouseButton.LeftButton)
     ft.image.value = "cho crop"
     qtbot.mouseClick(ft.add_pair.native, Qt.MouseButton.LeftButton)
-    ft.steps.value = 1
+    ft.settings.steps.value = 1
     qtbot.mouseClick(ft.train_button.native, Qt.MouseButton.LeftButton)
     assert ft.running, errors
     qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
     both = ft.model.provenance["fine_tuned_3d"]
     assert both["painted_slices"] == [[1, 3], [2]] and len(both["volume_shape"]) == 2, errors
-    ft.volume.value = False
-    assert ft.base_model.enabled and not ft.volume_start.enabled
+    ft.settings.volume.value = False
+    assert ft.settings.base_model.enabled and not ft.settings.volume_start.enabled
     assert ft.model_name.startswith("3D U-Net") and seg.model.value == ft.model_name
 
 

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from napari.layers import Image, Labels
 from qtpy.QtCore import QPoint, Qt
 
@@ -106,7 +107,7 @@ def test_widgets_are_added_through_the_manifest(make_napari_viewer):
     assert seg.registry is ft.registry  # one shared model list per viewer
     # every control has a tooltip
     for w in (seg, ft):
-        for c in w._containers:
+        for c in w.containers:
             for sub in c:
                 assert sub.tooltip, f"{type(w).__name__}.{sub.label} has no tooltip"
 
@@ -133,7 +134,7 @@ def test_segment_real_image_end_to_end(make_napari_viewer, qtbot, tiny_model_pat
     # the job's `finished`: it must not overwrite the final status
     from napari_unet._widgets._segment_jobs import JobProgress
 
-    w._on_yielded(JobProgress(0, 1, "nuclei", 1, 1, 0, 1, "cpu"))
+    w.on_event(JobProgress(0, 1, "nuclei", 1, 1, 0, 1, "cpu"))
     assert w.status.text() == said
     np.testing.assert_array_equal(src.data, before)
 
@@ -470,7 +471,7 @@ def test_finetune_messages_name_the_layers_and_no_region_on_the_whole_frame(
     _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     assert seg.load_model_file(str(tiny_model_path)) == "tiny"
-    ft.image.value, ft.labels.value, ft.base_model.value = "frame19", "my painting", "tiny"
+    ft.image.value, ft.labels.value, ft.settings.base_model.value = "frame19", "my painting", "tiny"
     assert ft.region.value == "(whole frame)"
     assert ft.train() is None
     msg = errors(notifications)[-1]
@@ -486,15 +487,15 @@ def test_finetune_messages_name_the_layers_and_no_region_on_the_whole_frame(
 
 def test_core_errors_about_the_painting_can_name_the_layers():
     from napari_unet._widgets._pairs import pair_names
-    from napari_unet._widgets._segment_jobs import user_message
+    from napari_unet._widgets._runner import explain
     from napari_unet.core.train.annotations import AnnotationError
 
     exc = AnnotationError("the image has 3 channel(s) but the model reads 1", pair=1, pairs=2)
-    assert user_message(exc) == "image 2 of 2: the image has 3 channel(s) but the model reads 1"
+    assert explain(exc) == "image 2 of 2: the image has 3 channel(s) but the model reads 1"
     names = pair_names([("nuclei", "painted", "(whole frame)"), ("colour", "colour labels", "r")])
-    assert user_message(exc, names) == ("'colour labels' on 'colour': the image has 3 channel(s) "
+    assert explain(exc, names) == ("'colour labels' on 'colour': the image has 3 channel(s) "
                                         "but the model reads 1")
-    assert user_message(ValueError("plain"), names) == "plain"
+    assert explain(ValueError("plain"), names) == "plain"
 
 
 def test_a_training_error_from_the_core_names_the_layers(make_napari_viewer, qtbot, tiny_model_path,
@@ -510,10 +511,63 @@ def test_a_training_error_from_the_core_names_the_layers(make_napari_viewer, qtb
     _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     assert seg.load_model_file(str(tiny_model_path)) == "tiny"
-    ft.image.value, ft.labels.value, ft.base_model.value = "colour", "cells", "tiny"
-    ft.steps.value, ft.device.value = 1, "cpu"
+    ft.image.value, ft.labels.value, ft.settings.base_model.value = "colour", "cells", "tiny"
+    ft.settings.steps.value, ft.settings.device.value = 1, "cpu"
     click(qtbot, ft.train_button)
     qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
     msg = errors(notifications)[-1]
     assert "'cells' on 'colour': the image has 3 channel(s) but the model reads 1" in msg, msg
     assert "image 0" not in msg and "image 1" not in msg
+
+
+def test_the_job_runner_carries_runtime_errors_and_runs_plain_functions():
+    """napari's generator worker takes a RuntimeError for a deleted worker (neither errored nor
+    finished): the runner's jobs raise them as JobError, said by their cause; a plain function
+    runs as a job that yields nothing and returns its result."""
+    from napari_unet._widgets._runner import JobError, carried, explain
+
+    def broken():
+        yield 1
+        raise RuntimeError("CUDA out of memory")
+
+    gen = carried(broken)()
+    assert next(gen) == 1
+    with pytest.raises(JobError) as err:
+        next(gen)
+    assert explain(err.value) == "RuntimeError: CUDA out of memory"
+    with pytest.raises(StopIteration) as done:
+        next(carried(lambda x: x + 1)(2))
+    assert done.value.value == 3
+
+
+def test_the_training_settings_build_the_train_config_and_are_enabled_as_one(qtbot):
+    """The Fine-tune widget's settings container builds its TrainConfig through the core's
+    TrainConfig.from_choices (the CLI's too): Steps 0 = the Minutes budget, the 3D defaults with
+    '3D U-Net'; it disables itself while a run lasts and comes back as its choices allow."""
+    from napari_unet._widgets._train_settings import VOLUME_STARTS, TrainingSettings
+    from napari_unet.core.train.config import TrainConfig, augmentation_for
+
+    s = TrainingSettings(lambda _w=None: ["nuclei"])
+    qtbot.addWidget(s.native)
+    c = s.train_config()
+    assert (c.minutes, c.steps, c.lr, c.batch_size, c.members) == (4.0, 10**9, 2e-3, 4, None)
+    s.steps.value, s.members.value, s.strength.value = 30, 2, 0.5
+    c = s.train_config()
+    assert (c.steps, c.minutes, c.members) == (30, None, 2)
+    assert c.augmentation == augmentation_for(0.5)
+    s.volume.value = True
+    c = s.train_config()
+    assert (c.steps, c.batch_size, c.patch_size, c.lr, c.members) == (30, 2, 96, 2e-3, None)
+    assert TrainConfig.from_choices(volume=True) == TrainConfig(steps=200, batch_size=2,
+                                                                patch_size=96, lr=1e-3)
+    assert s.train_config(live=True).freeze_encoder  # Live's own recipe
+    assert s.background is None
+    s.scribbles.value = True
+    assert s.background == 1 and s.background_label.enabled
+    s.volume_start.value = VOLUME_STARTS[1]
+    assert s.new3d and not s.base_model.enabled and s.volume_start.enabled
+    s.set_running(True)
+    assert not any(w.enabled for w in s)
+    s.set_running(False)
+    assert s.volume_start.enabled and s.background_label.enabled and not s.base_model.enabled
+    assert s.steps.enabled and s.volume.enabled

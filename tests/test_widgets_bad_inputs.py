@@ -52,8 +52,8 @@ def test_a_model_file_that_fails_to_load_when_the_job_starts(make_napari_viewer,
                                                             damage, words):
     """Files in the model list are loaded in the worker: one that changed on disk since it was
     opened fails there, with a notification; the buttons come back and nothing is added."""
-    from napari_unet.core.modelfile.files import save_model
     from napari_unet.core.exchange.opening import load_model
+    from napari_unet.core.modelfile.files import save_model
 
     path = tmp_path / "model.safetensors"
     path.write_bytes(tiny_model_path.read_bytes())
@@ -110,7 +110,7 @@ def test_finetune_pairs_that_do_not_fit(make_napari_viewer, tiny_model_path, not
     _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     assert seg.load_model_file(str(tiny_model_path)) == "tiny"
-    ft.image.value, ft.labels.value, ft.base_model.value = "img", "painted", "tiny"
+    ft.image.value, ft.labels.value, ft.settings.base_model.value = "img", "painted", "tiny"
     assert ft.train() is None
     msgs = errors(notifications)
     assert any(words in m for m in msgs), msgs
@@ -128,8 +128,8 @@ def test_painting_during_training_is_kept_and_does_not_disturb_it(make_napari_vi
     _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     assert seg.load_model_file(str(tiny_model_path)) == "tiny"
-    ft.image.value, ft.labels.value, ft.base_model.value = "nuclei", "painted", "tiny"
-    ft.steps.value, ft.device.value = 4, "cpu"
+    ft.image.value, ft.labels.value, ft.settings.base_model.value = "nuclei", "painted", "tiny"
+    ft.settings.steps.value, ft.settings.device.value = 4, "cpu"
     ft.train()
     qtbot.waitUntil(lambda: bool(ft.plot.loss), timeout=TIMEOUT)
     with lab.block_history():
@@ -150,8 +150,8 @@ def test_closing_the_viewer_mid_run_ends_the_jobs_quietly(make_napari_viewer, qt
     _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     w.tile_size.value = 48
     seg_worker = w.run()
-    ft.image.value, ft.labels.value, ft.base_model.value = "big", "painted", "tiny"
-    ft.steps.value, ft.device.value = 1000, "cpu"
+    ft.image.value, ft.labels.value, ft.settings.base_model.value = "big", "painted", "tiny"
+    ft.settings.steps.value, ft.settings.device.value = 1000, "cpu"
     ft_worker = ft.train()
     qtbot.waitUntil(lambda: w.progress_bar.value() > 0 and bool(ft.plot.loss), timeout=TIMEOUT)
     done = []

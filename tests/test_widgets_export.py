@@ -33,7 +33,7 @@ def test_export_button_writes_a_package_that_opens_again(make_napari_viewer, qtb
     assert ft.status.text() == "Nothing to export yet: fine-tune a model first."  # and it stays there
     # as after a fine-tune (the training itself is tested in test_widgets_finetune.py)
     ft.model, ft.model_name = load_model(tiny_model_path), "tiny fine-tuned"
-    ft._set_running(False)
+    ft.set_running(False)
     assert export.button.enabled and ft.save_button.enabled
     worker = export.export(str(tmp_path / "tiny-ft.zip"))
     assert not export.button.enabled
@@ -75,15 +75,16 @@ def test_open_model_file_refuses_a_broken_package_with_a_message(make_napari_vie
 def test_a_network_from_another_program_is_not_fine_tuned():
     import threading
 
-    from napari_unet._widgets._train_jobs import _train_job
+    from napari_unet._widgets._train_jobs import train_job
     from napari_unet.core.exchange.portable import scripted
     from napari_unet.core.exchange.runtime import ExternalNet
     from napari_unet.core.modelfile.files import UNetModel
     from napari_unet.core.network.unet import UNet, UNetConfig
+    from napari_unet.core.train import TrainConfig
 
     cfg = UNetConfig(depth=2, base_channels=4)
     foreign = UNetModel(ExternalNet(cfg, scripted(UNet(cfg))), name="foreign")
-    job = _train_job([], foreign, "foreign", steps=1, lr=1e-3, strength=1.0, background_label=None,
-                     device="cpu", stop=threading.Event())
+    job = train_job([], foreign, "foreign", config=TrainConfig(steps=1, lr=1e-3),
+                    background_label=None, device="cpu", stop=threading.Event())
     with pytest.raises(ValueError, match="another program"):
         next(job)

@@ -35,7 +35,7 @@ def setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask, region
     ft.image.value, ft.labels.value = "nuclei", "painted"
     if region:
         ft.region.value = "region"
-    ft.base_model.value = "tiny"
+    ft.settings.base_model.value = "tiny"
     return viewer, seg, ft
 
 
@@ -44,8 +44,8 @@ def test_finetune_from_painted_layer_then_segment(make_napari_viewer, qtbot, tin
     viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
     labels_before = viewer.layers["painted"].data.copy()
     image_before = nuclei_image.copy()
-    ft.steps.value = 3
-    ft.device.value = "cpu"
+    ft.settings.steps.value = 3
+    ft.settings.device.value = "cpu"
     click(qtbot, ft.add_pair)
     assert ft.pair_list.count() == 1
     click(qtbot, ft.train_button)
@@ -83,7 +83,7 @@ def test_finetune_from_painted_layer_then_segment(make_napari_viewer, qtbot, tin
     first = {k: v.clone() for k, v in ft.model.net.state_dict().items()}
     again = retrain()
     assert all(torch.equal(first[k], again[k]) for k in first)
-    ft.seed.value = 7
+    ft.settings.seed.value = 7
     other = retrain()
     assert not all(torch.equal(first[k], other[k]) for k in first)
     # each run kept its model under a number of its own: none replaced another
@@ -98,10 +98,10 @@ def test_stop_keeps_the_best_model(make_napari_viewer, qtbot, tiny_model_path, n
                             region=False)
     lab = viewer.layers["painted"]
     lab.data[300:310, 300:400] = 9  # a background scribble
-    ft.scribbles.value = True
-    ft.background_label.value = 9
-    ft.steps.value = 5000
-    ft.device.value = "cpu"
+    ft.settings.scribbles.value = True
+    ft.settings.background_label.value = 9
+    ft.settings.steps.value = 5000
+    ft.settings.device.value = "cpu"
     ft.train()
     qtbot.waitUntil(lambda: ft.progress_bar.value() >= 2, timeout=TIMEOUT)
     # the painting removed while it trains: seen and said, training goes on with its copy
@@ -124,7 +124,7 @@ def test_preview_adds_an_augmented_sample_and_its_weight_map(make_napari_viewer,
                                                              tiny_model_path, nuclei_image,
                                                              nuclei_mask):
     viewer, _seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
-    ft.strength.value = 1.0
+    ft.settings.strength.value = 1.0
     click(qtbot, ft.preview_button)
     qtbot.waitUntil(lambda: ft.preview_worker is None, timeout=TIMEOUT)
     img, wm = viewer.layers["augmented sample"], viewer.layers["augmented weight map"]
@@ -155,9 +155,9 @@ def test_time_budget_and_what_is_validated_are_shown(make_napari_viewer, qtbot, 
     lab = viewer.layers["painted"]
     few = np.isin(lab.data, np.unique(lab.data[lab.data > 0])[:5])  # five nuclei painted
     lab.data = np.where(few, lab.data, 0)
-    ft.minutes.value = 0.1  # 6 s
-    ft.steps.value = 0
-    ft.device.value = "cpu"
+    ft.settings.minutes.value = 0.1  # 6 s
+    ft.settings.steps.value = 0
+    ft.settings.device.value = "cpu"
     seen = []
     click(qtbot, ft.train_button)
     ft.worker.yielded.connect(lambda ev: seen.append(ft.status.text()) if hasattr(ev, "step") else None)
@@ -175,9 +175,9 @@ def test_an_ensemble_of_networks_from_the_networks_field(make_napari_viewer, qtb
     """Networks = 2: two networks train one after the other (the status says which), the model
     averages them, Segment uses it and Save writes both."""
     viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
-    ft.steps.value = 6
-    ft.members.value = 2
-    ft.device.value = "cpu"
+    ft.settings.steps.value = 6
+    ft.settings.members.value = 2
+    ft.settings.device.value = "cpu"
     click(qtbot, ft.add_pair)
     seen = []
     click(qtbot, ft.train_button)
@@ -236,7 +236,7 @@ def test_a_failed_fine_tune_says_why_in_the_status_until_the_next_action(
     action."""
     viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask,
                             region=False)
-    ft.steps.value, ft.device.value = 2, "cpu"
+    ft.settings.steps.value, ft.settings.device.value = 2, "cpu"
     click(qtbot, ft.train_button)
     qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
     assert ft.model_name == "tiny fine-tuned on nuclei" and ft.save_button.enabled
@@ -278,7 +278,7 @@ def test_any_error_of_the_job_reaches_the_status(make_napari_viewer, qtbot, tiny
 
     monkeypatch.setattr(training, "start_training", broken)
     viewer, _seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
-    ft.steps.value = 2
+    ft.settings.steps.value = 2
     click(qtbot, ft.train_button)
     qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
     sentence = "Fine-tuning failed: RuntimeError: CUDA out of memory"
@@ -308,33 +308,33 @@ def test_train_live_and_corrections_models_have_names_of_their_own(
 
     viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask,
                             region=False)
-    ft.steps.value, ft.device.value = 2, "cpu"
+    ft.settings.steps.value, ft.settings.device.value = 2, "cpu"
     click(qtbot, ft.train_button)
     qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
     trained = ft.model
     assert ft.model_name == "tiny fine-tuned on nuclei"
     # Live from the fine-tuned model: named after the model the chain started from
-    ft.base_model.value = "tiny fine-tuned on nuclei"
-    ft._on_returned(_live_like(trained))
+    ft.settings.base_model.value = "tiny fine-tuned on nuclei"
+    ft.on_model(_live_like(trained))
     assert ft.model_name == "tiny live on nuclei" and seg.model.value == "tiny live on nuclei"
-    ft._on_returned(_live_like(trained))
+    ft.on_model(_live_like(trained))
     assert ft.model_name == "tiny live on nuclei (2)"
     # a correction of the painted layer, then Train on the corrected objects
     lab = viewer.layers["painted"]
     obj = int(lab.data[lab.data > 0][0])
     with lab.block_history():
         lab.data_setitem(np.nonzero(lab.data == obj), 1000)  # an object repainted
-    ft.base_model.value = "tiny"
+    ft.settings.base_model.value = "tiny"
     ft.region.value = CORRECTED
     click(qtbot, ft.train_button)
     qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
     assert ft.model_name == "tiny corrected on nuclei", ft.status.text()
-    ft._on_returned(_live_like(trained))  # Live on the corrected objects
+    ft.on_model(_live_like(trained))  # Live on the corrected objects
     assert ft.model_name == "tiny corrected live on nuclei"
     made = ["tiny fine-tuned on nuclei", "tiny live on nuclei", "tiny live on nuclei (2)",
             "tiny corrected on nuclei", "tiny corrected live on nuclei"]
     assert [n for n in seg.model.choices if n.startswith("tiny ")] == made
-    assert [n for n in ft.base_model.choices if n.startswith("tiny ")] == made
+    assert [n for n in ft.settings.base_model.choices if n.startswith("tiny ")] == made
     assert ft.registry["tiny fine-tuned on nuclei"].model is trained  # not replaced
 
 
@@ -347,14 +347,14 @@ def test_save_and_export_are_enabled_after_a_live_model(make_napari_viewer, qtbo
     _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     assert seg.load_model_file(str(tiny_model_path)) == "tiny"
-    ft.image.value, ft.base_model.value = "cells", "tiny"
+    ft.image.value, ft.settings.base_model.value = "cells", "tiny"
     assert not ft.save_button.enabled and not ft.export_control.button.enabled
     live = _live_like(load_model(tiny_model_path), steps=12, training_seconds_measured=3.0,
                       mode="binary", validation={"available": False, "note": "no validation"})
-    ft._on_returned(live)  # how a Live session hands back its model
+    ft.on_model(live)  # how a Live session hands back its model
     assert ft.save_button.enabled and ft.export_control.button.enabled
     assert ft.status.text().startswith("Model 'tiny live on cells' ready") and \
         "trained 12 steps" in ft.status.text()
-    ft.live._done()  # and then ends
+    ft.live.on_done()  # and then ends
     assert ft.save_button.enabled and ft.export_control.button.enabled
     assert ft.train_button.enabled and seg.model.value == "tiny live on cells"

@@ -33,9 +33,9 @@ def live_setup(make_napari_viewer):
     _d, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     _d, ft = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
     ft.image.value = "rods"
-    ft.base_model.value = "nuclei"
-    ft.device.value = "cpu"
-    ft.background_label.value = BG
+    ft.settings.base_model.value = "nuclei"
+    ft.settings.device.value = "cpu"
+    ft.settings.background_label.value = BG
     viewer.reset_view()
     settle()
     return viewer, seg, ft, img, gt.astype(np.int32)
@@ -66,7 +66,7 @@ def test_live_learns_from_real_strokes_and_stop_keeps_a_model(live_setup, qtbot)
     live = ft.live
     session = live.session
     assert session is not None and not ft.train_button.enabled
-    assert ft.scribbles.value  # while Live runs unpainted is unknown
+    assert ft.settings.scribbles.value  # while Live runs unpainted is unknown
     # the preview layer is there at once (empty), above the painting, drawn as outlines of one
     # colour, and the brush stays on the painting
     preview = viewer.layers["rods live"]
@@ -76,12 +76,12 @@ def test_live_learns_from_real_strokes_and_stop_keeps_a_model(live_setup, qtbot)
     assert len(colours) == 1, "every object of the preview has the same colour"
     assert viewer.layers.selection.active is layer
     inbox = session.inbox
-    qtbot.waitUntil(lambda: live._last is not None and "Live: step" in ft.status.text(),
+    qtbot.waitUntil(lambda: live.last_preview is not None and "Live: step" in ft.status.text(),
                     timeout=TIMEOUT)
     assert "painting last changed" in ft.status.text() and "validation" in ft.status.text()
     from napari_unet._widgets._live import visible_box
 
-    first_box = live._last.box
+    first_box = live.last_preview.box
     assert first_box == visible_box(layer, gt.shape)  # what the canvas shows of the image
 
     # paint on while it learns: every stroke reaches the core, with the values painted
@@ -116,7 +116,7 @@ def test_live_learns_from_real_strokes_and_stop_keeps_a_model(live_setup, qtbot)
     qtbot.wait(200)  # the canvas redraws: napari updates the layer's corner pixels
     want = visible_box(layer, gt.shape)
     assert want != first_box and want[0] == 0 and want[1] < first_box[1]
-    qtbot.waitUntil(lambda: live._last is not None and live._last.box == want, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: live.last_preview is not None and live.last_preview.box == want, timeout=TIMEOUT)
 
     # Stop keeps a model that Segment uses and that finds objects
     ft.live.live.value = False
@@ -124,7 +124,7 @@ def test_live_learns_from_real_strokes_and_stop_keeps_a_model(live_setup, qtbot)
     assert ft.model is not None and ft.model.provenance["live"]["painting_changes"] >= 4  # each object drawn while it learnt
     assert ft.save_button.enabled and ft.train_button.enabled
     assert ft.export_control.button.enabled, "Export… after Live"
-    assert ft.scribbles.value  # the painting is scribbles: a Train on it keeps them unknown
+    assert ft.settings.scribbles.value  # the painting is scribbles: a Train on it keeps them unknown
     assert seg.model.value == ft.model_name
     seg.images.value = ["rods"]
     seg.run()
@@ -166,7 +166,7 @@ def test_removing_the_painting_stops_live_and_says_so(live_setup, qtbot):
 def test_live_needs_a_labels_layer_and_a_failed_start_changes_nothing(live_setup, qtbot,
                                                                       notifications):
     viewer, _seg, ft, _img, _gt = live_setup
-    ft.scribbles.value = False
+    ft.settings.scribbles.value = False
     ft.live.live.value = True
     assert ft.live.session is None and not ft.live.live.value
     assert "Labels layer" in ft.status.text()  # the error stays in the status
@@ -179,7 +179,7 @@ def test_live_needs_a_labels_layer_and_a_failed_start_changes_nothing(live_setup
     assert ft.live.session is None and not ft.live.live.value
     text = ft.status.text()
     assert "Cannot go live" in text and "differ in shape" in text and "'small'" in text
-    assert not ft.scribbles.value, "a failed start ticks nothing"
+    assert not ft.settings.scribbles.value, "a failed start ticks nothing"
     assert ft.train_button.enabled and ft.live.new_labels.enabled
 
 
@@ -234,7 +234,7 @@ def test_corrections_painted_with_the_real_tools_are_known_and_learnt(live_setup
     # Segment uses and whose result it counts (10 steps on two corrected rods teach a nuclei
     # model little: what is tested here is the path, the quality is benchmarks' business)
     live_model = ft.model_name
-    ft.steps.value = 10
+    ft.settings.steps.value = 10
     ft.train_button.native.click()
     qtbot.waitUntil(lambda: ft.worker is None and not ft.running, timeout=TIMEOUT)
     assert ft.model.provenance["steps"] == 10 and ft.model_name != live_model

@@ -32,10 +32,17 @@ def show_failure(status: Any, message: str) -> None:
     status.setText(message)
 
 
-def unwrapped(obj: Any) -> Any:
-    """The object itself behind napari's ``PublicOnlyProxy`` (what a plugin widget's viewer hands
-    out: a new proxy on every access, so proxies cannot be compared or weakly referenced)."""
-    return getattr(obj, "__wrapped__", obj)
+def layer_key(layer: Any) -> Any:
+    """A layer's identity, the same for every napari ``PublicOnlyProxy`` of it (a plugin widget's
+    viewer hands out a new proxy on every access, so proxies cannot be compared with ``is`` or
+    weakly referenced): its unique id."""
+    return getattr(layer, "unique_id", None) or id(getattr(layer, "__wrapped__", layer))
+
+
+def find_layer(viewer: Any, key: Any) -> Any:
+    """The layer of ``viewer`` whose :func:`layer_key` is ``key`` (that very layer: a new layer
+    given a removed one's name is another), or None."""
+    return next((layer for layer in viewer.layers if layer_key(layer) == key), None)
 
 
 def layer_names(viewer: Any, kinds: tuple[type, ...]) -> list[str]:

@@ -18,15 +18,10 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels
 
-from napari_unet._widgets._common import level0
+from napari_unet._widgets._common import layer_key, level0
 
 CORRECTED = "(corrected objects)"
 ROLE = "napari_unet_role"  # a layer's metadata key: the plugin's own layers say what they are
-
-
-def layer_key(layer: Any) -> Any:
-    """A layer's identity: its unique id (a plugin sees layers through proxies of their own)."""
-    return getattr(layer, "unique_id", None) or id(layer)
 
 
 class CorrectionTracking:

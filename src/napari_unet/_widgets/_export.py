@@ -8,24 +8,42 @@ steps. The test tensors and cover come from the fine-tune image (real data of th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from magicgui.widgets import PushButton
 from napari.utils.notifications import show_info
 
-from napari_unet._widgets._train_jobs import carry_runtime_errors, why
+from napari_unet._widgets._runner import JobRunner
 
 FILTERS = {"bioimage.io model package (*.zip)": "bioimageio", "TorchScript (*.pt)": "torchscript",
            "ONNX (*.onnx)": "onnx"}
 SUFFIXES = {".zip": "bioimageio", ".pt": "torchscript", ".onnx": "onnx"}
 
 
-class ExportControl:
-    """The Export… button of a Fine-tune widget and the export it starts (one at a time)."""
+class ExportHost(Protocol):
+    """What Export… uses of the Fine-tune widget (a QWidget, the file dialog's parent): the model
+    and its name, the chosen image (the test tensors' sample), the viewer, the status line."""
 
-    def __init__(self, owner: Any) -> None:
+    viewer: Any
+    model: Any
+    model_name: str
+    image: Any
+    status: Any
+
+    @property
+    def running(self) -> bool: ...
+
+    def report_error(self, message: str) -> None: ...
+
+
+class ExportControl:
+    """The Export… button of a Fine-tune widget (:class:`ExportHost`) and the export it starts
+    (one at a time)."""
+
+    def __init__(self, owner: ExportHost) -> None:
         self.owner = owner
+        self.runner = JobRunner(owner)  # type: ignore[arg-type] - the widget, a QObject
         self.worker: Any = None
         self.button = PushButton(
             text="Export…", tooltip="Write the fine-tuned model for other programs: a bioimage.io model "
@@ -72,16 +90,13 @@ class ExportControl:
         if self.worker is not None:
             return None
         fmt = fmt or SUFFIXES.get(Path(path).suffix.lower(), "bioimageio")
-        from napari.qt.threading import create_worker
-
-        self.worker = create_worker(_export_job, model, path, fmt, self._sample(), _ignore_errors=True)
-        self.worker.yielded.connect(lambda ev: self.owner.status.setText(
-            f"Exporting: {ev.what} ({ev.done}/{ev.total})"))
-        self.worker.returned.connect(self._exported)
-        self.worker.errored.connect(lambda e: self._error(f"Cannot export the model: {why(e)}"))
-        self.worker.finished.connect(self._finished)
         self.button.enabled = False
-        self.worker.start()
+        self.worker = self.runner.start(
+            export_job, model, path, fmt, self._sample(),
+            on_event=lambda ev: self.owner.status.setText(f"Exporting: {ev.what} ({ev.done}/{ev.total})"),
+            on_result=self._exported,
+            on_error=lambda sentence: self._error(f"Cannot export the model: {sentence}"),
+            on_done=self._finished)
         return self.worker
 
     def _exported(self, path: str) -> None:
@@ -97,12 +112,12 @@ class ExportControl:
         self.set_enabled(self.owner.model is not None and not self.owner.running)
 
     def cleanup(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
+        """The widget closes: quit a running export."""
+        self.runner.quit()
+        self.worker = None
 
 
-@carry_runtime_errors
-def _export_job(model: Any, path: str, fmt: str, sample: np.ndarray | None) -> Any:
+def export_job(model: Any, path: str, fmt: str, sample: np.ndarray | None) -> Any:
     """Worker generator: write ``model`` in ``fmt``; returns the written path (as a string)."""
     if fmt == "bioimageio":
         from napari_unet.core.exchange.bioimageio import export_bioimageio

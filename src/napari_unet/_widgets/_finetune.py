@@ -1,12 +1,19 @@
 """Fine-tune widget: (image, labels[, region]) layer pairs + a base model -> a new model.
 
-Training runs in a napari ``thread_worker`` over the core's ``train`` generator (through
-:func:`._training.start_training`, the one adapter to the core). Stop ends training after the current
+Training runs in a worker (:class:`._runner.JobRunner`) over the core's ``train`` generator (the
+training jobs of :mod:`._train_jobs`), with the ``TrainConfig`` that the training settings
+(:class:`._train_settings.TrainingSettings`) build. Stop ends training after the current
 step and keeps the best validated model; the new model is added to the viewer's model list at once
 (the Segment widget shows it) under a name that says how it was made ("nuclei fine-tuned on cells",
 "nuclei live on cells", "nuclei corrected on cells"; a second one gets a number), Save writes it to a
 ``.safetensors`` file and Export… writes it for other programs (:mod:`._export`). An error stays in
 the status line until the next action (a notification vanishes).
+
+The widget is one class; its parts live in files of their own and see only what they use: the
+training settings (:mod:`._train_settings`), Live (:mod:`._live`, through ``LiveHost``), Preview
+(:mod:`._sample_preview`, ``PreviewHost``), Export… (:mod:`._export`, ``ExportHost``), the
+corrections of Labels layers (:mod:`._corrections`), the pairs (:mod:`._pairs`), the loss plot
+(:mod:`._plot`).
 """
 
 from __future__ import annotations
@@ -39,20 +46,18 @@ from napari_unet._widgets._export import ExportControl
 from napari_unet._widgets._live import LiveControls
 from napari_unet._widgets._pairs import WHOLE, collect_pairs, pair_names
 from napari_unet._widgets._plot import LossPlot
+from napari_unet._widgets._runner import JobRunner, explain
 from napari_unet._widgets._sample_preview import SamplePreview
-from napari_unet._widgets._segment_jobs import user_message
-from napari_unet._widgets._state import registry_for
+from napari_unet._widgets._state import ModelLoaded, registry_for
 from napari_unet._widgets._train_jobs import (
-    VOLUME_STARTS,
     TrainingPair,
-    _train_job,
-    _train_volume_job,
     new_volume_note,
+    train_job,
+    train_volume_job,
     volume_pairs,
     volume_spacing,
-    why,
 )
-from napari_unet._widgets._train_settings import add_training_settings
+from napari_unet._widgets._train_settings import VOLUME_STARTS, TrainingSettings
 
 
 class FineTuneWidget(QWidget):
@@ -63,6 +68,7 @@ class FineTuneWidget(QWidget):
         self.viewer = viewer
         self.registry = registry_for(viewer)
         warm_up_labels()
+        self.runner = JobRunner(self)
         self.worker: Any = None
         self.model: Any = None  # the last fine-tuned UNetModel
         self.model_name = ""
@@ -95,7 +101,7 @@ class FineTuneWidget(QWidget):
         self.pair_list = QListWidget(self)
         self.pair_list.setToolTip("Training pairs; when empty, the pair chosen above is used")
         self.pair_list.setMaximumHeight(70)
-        settings_widgets = add_training_settings(self)
+        self.settings = TrainingSettings(self._models)  # the training controls
         self.preview_button = PushButton(
             text="Preview", tooltip="Add one augmented training sample and its weight map (paper "
                                     "eq. 2) as layers")
@@ -112,7 +118,6 @@ class FineTuneWidget(QWidget):
         pair_buttons = QHBoxLayout()
         pair_buttons.addWidget(self.add_pair.native)
         pair_buttons.addWidget(self.remove_pair.native)
-        settings = Container(widgets=settings_widgets, labels=True)
         buttons = QHBoxLayout()
         for b in (self.preview_button, self.train_button, self.stop_button, self.save_button,
                   self.export_control.button):
@@ -127,22 +132,19 @@ class FineTuneWidget(QWidget):
         layout.addWidget(data.native)
         layout.addLayout(pair_buttons)
         layout.addWidget(self.pair_list)
-        layout.addWidget(settings.native)
+        layout.addWidget(self.settings.native)
         layout.addLayout(buttons)
-        self._sample = SamplePreview(self)  # Preview: one augmented sample
-        self.live = LiveControls(self)  # the Live switch: training while the user paints
+        self._sample = SamplePreview(self, self.settings)  # Preview: one augmented sample
+        self.live = LiveControls(self, self.settings)  # the Live switch: training while the user paints
         layout.addLayout(self.live.layout)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addStretch(1)
-        self._containers = (data, settings)
+        self.containers = (data, self.settings)  # the controls with labels (and tooltips)
 
         self.add_pair.changed.connect(self._add_pair)
         self.remove_pair.changed.connect(self._remove_pair)
-        self.scribbles.changed.connect(lambda v: setattr(self.background_label, "enabled", v))
-        self.volume.changed.connect(lambda _v: self._sync_start())
-        self.volume_start.changed.connect(lambda _v: self._sync_start())
         self.preview_button.changed.connect(self.preview)
         self.train_button.changed.connect(self.train)
         self.stop_button.changed.connect(self.stop)
@@ -154,7 +156,7 @@ class FineTuneWidget(QWidget):
         for layer in viewer.layers:
             layer.events.name.connect(self._layers_changed)
         if self.registry.current:
-            self.base_model.value = self.registry.current
+            self.settings.base_model.value = self.registry.current
 
     # ------------------------------------------------------------------ choices
     def _images(self, _w: Any = None) -> list[str]:
@@ -188,7 +190,7 @@ class FineTuneWidget(QWidget):
             show_warning(note)
 
     def _models_changed(self) -> None:
-        self.base_model.reset_choices()
+        self.settings.base_model.reset_choices()
 
     def _add_pair(self) -> None:
         if not self.image.value or not self.labels.value:
@@ -217,9 +219,6 @@ class FineTuneWidget(QWidget):
         """The training pairs as plain arrays (labels and masks copied). Raises ValueError."""
         return collect_pairs(self.viewer, self._pair_names(), self.corrections)
 
-    def _background(self) -> int | None:
-        return int(self.background_label.value) if self.scribbles.value else None
-
     # ------------------------------------------------------------------ preview
     def preview(self) -> Any:
         """Add one augmented sample and its weight map as layers (computed in a worker)."""
@@ -239,8 +238,9 @@ class FineTuneWidget(QWidget):
         if self.running:
             return None
         self.last_error = ""
-        name = self.base_model.value
-        new3d = self._new3d
+        settings = self.settings
+        name = settings.base_model.value
+        new3d = settings.new3d
         if new3d:
             name = VOLUME_STARTS[1]
         elif not name or name not in self.registry:
@@ -248,46 +248,34 @@ class FineTuneWidget(QWidget):
             return None
         try:
             pairs = self.collect_pairs()
+            config = settings.train_config()
         except ValueError as exc:
-            self.report_error(f"Cannot train: {user_message(exc)}")
+            self.report_error(f"Cannot train: {explain(exc)}")
             return None
-        from napari.qt.threading import create_worker
-
-        steps = int(self.steps.value)
-        minutes = None if steps else float(self.minutes.value) or None
-        if not steps and not minutes:
-            steps = 500
         self._stop = threading.Event()
-        job_kwargs = dict(steps=steps or 10**9, minutes=minutes, lr=float(self.lr.value),
-                          strength=float(self.strength.value), device=self.device.value,
-                          seed=int(self.seed.value), stop=self._stop, _ignore_errors=True)
-        if self.volume.value:
+        job_kwargs = dict(config=config, device=settings.device.value,
+                          seed=int(settings.seed.value), stop=self._stop)
+        if settings.volume.value:
             try:
-                vols = volume_pairs(pairs, self._background())
+                vols = volume_pairs(pairs, settings.background)
                 spacing = volume_spacing([tuple(self.viewer.layers[n[0]].scale)
                                           for n in self._pair_names()])
             except ValueError as exc:
-                self.report_error(f"Cannot train: {user_message(exc)}")
+                self.report_error(f"Cannot train: {explain(exc)}")
                 return None
             if new3d:
                 show_info(new_volume_note(spacing))
-            self.worker = create_worker(_train_volume_job, vols, None if new3d else
-                                        self.registry[name].ref(), name, spacing=spacing, **job_kwargs)
+            job, args = train_volume_job, (vols, None if new3d else self.registry[name].ref(), name)
+            job_kwargs.update(spacing=spacing)
         else:
-            self.worker = create_worker(
-                _train_job, pairs, self.registry[name].ref(), name, background_label=self._background(),
-                members=int(self.members.value) or None, **job_kwargs)
+            job, args = train_job, (pairs, self.registry[name].ref(), name)
+            job_kwargs.update(background_label=settings.background)
         names = self._pair_names()
         self._run = dict(base=name, images=[n[0] for n in names],
                          corrected=any(n[2] == CORRECTED for n in names))
-        self.worker.yielded.connect(self._on_yielded)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(
-            lambda e: self.report_error(f"Fine-tuning failed: {why(e, pair_names(names))}"))
-        self.worker.finished.connect(self._on_finished)
         # with a time budget the bar counts seconds, else steps
-        self._budget_s = 60.0 * minutes if minutes else None
-        total = int(self._budget_s) if self._budget_s else steps
+        self._budget_s = 60.0 * config.minutes if config.minutes else None
+        total = int(self._budget_s) if self._budget_s else config.steps
         self.plot.clear(total if not self._budget_s else 0)
         self._network = 0
         self.progress_bar.setRange(0, total)
@@ -295,8 +283,11 @@ class FineTuneWidget(QWidget):
         self._progress = progress(total=total, desc=f"U-Net fine-tuning ({name})")
         self._notes: list[str] = []  # said in the status while this run lasts
         self.status.setText(f"Preparing {len(pairs)} pair(s)…")
-        self._set_running(True)
-        self.worker.start()
+        self.worker = self.runner.start(
+            job, *args, on_event=self.on_event, on_result=self.on_model,
+            on_error=lambda sentence: self.report_error(f"Fine-tuning failed: {sentence}"),
+            on_done=self._on_finished, names=pair_names(names), **job_kwargs)
+        self.set_running(True)
         return self.worker
 
     def stop(self) -> None:
@@ -305,20 +296,18 @@ class FineTuneWidget(QWidget):
             self.status.setText("Stopping: keeping the best model so far…")
             self._stop.set()
 
-    def _set_running(self, running: bool) -> None:
-        for w in (self.train_button, self.base_model, self.device, self.minutes, self.steps,
-                  self.members, self.lr,
-                  self.add_pair, self.remove_pair, self.image, self.labels, self.region,
-                  self.scribbles, self.strength, self.seed, self.volume):
+    def set_running(self, running: bool) -> None:
+        """Controls disabled while a Train runs (Stop enabled), enabled again when it ends."""
+        for w in (self.train_button, self.add_pair, self.remove_pair, self.image, self.labels,
+                  self.region):
             w.enabled = not running
-        self._sync_start(running)
-        self.background_label.enabled = not running and bool(self.scribbles.value)
+        self.settings.set_running(running)
         self.stop_button.enabled = running
         self.model_ready()
 
     def model_ready(self) -> None:
         """Save and Export… enabled when there is a model and no Train runs: after any run that
-        produced one (Train, Live, corrections; ``_on_returned`` calls it)."""
+        produced one (Train, Live, corrections; ``on_model`` calls it)."""
         ready = self.model is not None and not self.running
         self.save_button.enabled = ready
         self.export_control.set_enabled(ready)
@@ -335,19 +324,10 @@ class FineTuneWidget(QWidget):
         return (f"{how} '{self.model_name}' ready in the Segment widget; Save writes it to a file, "
                 f"Export… for other programs.\n{self._summary}")
 
-    @property
-    def _new3d(self) -> bool:
-        """'3D U-Net' with the start 'new 3D U-Net': no base model is used."""
-        return bool(self.volume.value) and self.volume_start.value == VOLUME_STARTS[1]
-
-    def _sync_start(self, running: bool = False) -> None:
-        """3D start only with '3D U-Net'; no base model for a new 3D U-Net."""
-        self.volume_start.enabled = not running and bool(self.volume.value)
-        self.base_model.enabled = not running and not self._new3d
-
-    def _on_yielded(self, ev: Any) -> None:
-        if isinstance(ev, tuple) and ev and ev[0] == "loaded":
-            self.registry.set_loaded(ev[1], ev[2])
+    def on_event(self, ev: Any) -> None:
+        """An event of the running Train: the base model loaded, or a training step done."""
+        if isinstance(ev, ModelLoaded):
+            self.registry.set_loaded(ev.name, ev.model)
             return
         if ev.network != self._network:  # the next network of an ensemble starts
             self._network = ev.network
@@ -379,12 +359,12 @@ class FineTuneWidget(QWidget):
         live = "live" in prov
         if live:  # Live calls back while its session is still set (its image is chosen there)
             session = self.live.session
-            base = self.base_model.value or "model"
+            base = self.settings.base_model.value or "model"
             images = [session.image_layer.name if session is not None else self.image.value]
             corrected = (session.corrections is not None if session is not None
                          else self.region.value == CORRECTED)
         else:
-            base = self._run.get("base") or self.base_model.value or "model"
+            base = self._run.get("base") or self.settings.base_model.value or "model"
             images = self._run.get("images") or [self.image.value]
             corrected = bool(self._run.get("corrected"))
         scratch = prov.get("fine_tuned_3d", {}).get("from_scratch")
@@ -398,7 +378,7 @@ class FineTuneWidget(QWidget):
               f" on {names[0]} and {len(names) - 1} more images") if names else ""
         return f"{root} {how}{on}", root
 
-    def _on_returned(self, model: Any) -> None:
+    def on_model(self, model: Any) -> None:
         """A run's model (Train, Live, corrections): into the model list under a name of its own
         (never replacing another), current in the Segment widget; Save and Export… enabled."""
         if model is None:
@@ -425,8 +405,8 @@ class FineTuneWidget(QWidget):
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        self._set_running(False)
-        # an error stays in the status line (report_error); a kept model was said by _on_returned
+        self.set_running(False)
+        # an error stays in the status line (report_error); a kept model was said by on_model
 
     # ------------------------------------------------------------------ save
     def _ask_save(self) -> None:
@@ -446,7 +426,7 @@ class FineTuneWidget(QWidget):
         try:
             written = save_model(self.model, path)
         except Exception as exc:
-            self.report_error(f"Cannot save the model: {user_message(exc)}")
+            self.report_error(f"Cannot save the model: {explain(exc)}")
             return None
         if self.model_name in self.registry:
             self.registry[self.model_name].path = str(written)
@@ -462,9 +442,12 @@ class FineTuneWidget(QWidget):
 
     def cleanup(self) -> None:
         """Stop a running training (its result is dropped) and disconnect from the viewer."""
-        if self.worker is not None:
-            self._stop.set()
-            self.worker.quit()
+        self._stop.set()
+        self.runner.quit()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self._sample.cleanup()
         self.live.cleanup()
         self.corrections.cleanup()
         self.export_control.cleanup()

@@ -21,15 +21,16 @@ Unpainted pixels are unknown: background is what the user painted with the backg
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from napari.layers import Labels
 
-from napari_unet._widgets._common import level0
-from napari_unet._widgets._corrections import ROLE, layer_key
+from napari_unet._widgets._common import layer_key, level0
+from napari_unet._widgets._corrections import ROLE
 from napari_unet._widgets._edits import Change, LabelsEdits
-from napari_unet._widgets._train_jobs import carry_runtime_errors
+from napari_unet._widgets._runner import JobRunner
+from napari_unet._widgets._state import ModelLoaded
 
 PREVIEW_COLOR = "yellow"
 
@@ -46,16 +47,16 @@ def visible_box(layer: Any, shape: tuple[int, int]) -> tuple[int, int, int, int]
 
 
 class LiveSession:
-    """One live training of the widget (see the module docstring). ``on_event(ev)`` gets every
-    event of the worker on the Qt thread; ``on_model(model)`` the kept model; ``on_done()``
-    is called when the worker has ended."""
+    """One live training of the widget (see the module docstring), run by ``runner``.
+    ``on_event(ev)`` gets every event of the worker on the Qt thread; ``on_model(model)`` the kept
+    model; ``on_error(sentence)`` an error; ``on_done()`` is called when the worker has ended."""
 
     def __init__(self, viewer: Any, image_name: str, labels_name: str, base: Any, *,
-                 background_label: int | None, lr: float | None, strength: float, device: str, seed: int,
+                 background_label: int | None, config: Any, device: str, seed: int,
                  on_event: Any, on_model: Any, on_done: Any, preview_every: float = 3.0,
-                 corrections: Any = None, on_notice: Any = None) -> None:
-        from napari.qt.threading import create_worker
-
+                 corrections: Any = None, on_notice: Any = None, on_error: Any = None,
+                 runner: JobRunner | None = None, model_name: str = "") -> None:
+        from napari_unet._widgets._train_jobs import live_job
         from napari_unet.core.train import LiveInbox
 
         self.viewer = viewer
@@ -82,13 +83,7 @@ class LiveSession:
         self.on_notice = on_notice or (lambda text: None)
         self.ended_by: str | None = None  # why the session ended, when not by Stop
         self.kept: Any = None  # the model this session returned
-        self.worker = create_worker(
-            _live_job, image, self.inbox, base, background_label=background_label, lr=lr,
-            strength=strength, device=device, seed=seed, rgb=self.rgb,
-            preview_every=preview_every, _ignore_errors=True)
-        self.worker.yielded.connect(self._yielded)
-        self.worker.returned.connect(self._returned)
-        self.worker.finished.connect(self._finished)
+        self.runner = runner or JobRunner()
         self.edits = LabelsEdits(self.labels_layer, self._changed)
         self.viewer.layers.events.removed.connect(self._layer_removed)
         self.image_layer.events.name.connect(self._renamed)
@@ -98,7 +93,11 @@ class LiveSession:
         self.viewer.dims.events.current_step.connect(self.send_view)
         self.preview_layer()
         self.send_view()
-        self.worker.start()
+        self.worker = self.runner.start(
+            live_job, image, self.inbox, base, model_name, background_label=background_label,
+            config=config, device=device, seed=seed, rgb=self.rgb,
+            preview_every=preview_every, on_event=self._yielded, on_result=self._returned,
+            on_error=on_error, on_done=self._finished)
 
     # ---------------------------------------------------------------- painter -> core
     def _corrected(self) -> tuple[np.ndarray, np.ndarray]:
@@ -220,33 +219,46 @@ def outline_in_one_colour(layer: Labels, color: str) -> None:
     layer.contour = 2
 
 
-@carry_runtime_errors
-def _live_job(image: Any, inbox: Any, base: Any, *, background_label: int | None, lr: float | None,
-              strength: float, device: str, seed: int, rgb: bool, preview_every: float) -> Any:
-    """Worker generator: load the base model if needed, then train live until Stop."""
-    from napari_unet._widgets._train_jobs import augmentation_for
-    from napari_unet.core.modelfile.files import UNetModel, load_model
-    from napari_unet.core.train import live_train
-    from napari_unet.core.train.live import live_config
+class LiveHost(Protocol):
+    """What Live uses of the Fine-tune widget besides its training settings: the viewer and its
+    model list, the chosen (image, labels, region) and the corrections, the Train button, the
+    status line and loss plot, and where a kept model goes."""
 
-    model = base if isinstance(base, UNetModel) else load_model(base)
-    # lr None: live training's own measured rate and recipe (core.train.live), not Fine-tune's
-    config = live_config(lr=None if lr is None else float(lr), augmentation=augmentation_for(strength))
-    return (yield from live_train(image, inbox, model=model, config=config,
-                                  background_label=background_label,
-                                  channel_axis=-1 if rgb else None, device=device, seed=seed,
-                                  preview_every=preview_every, name=f"{model.name}-live"))
+    viewer: Any
+    registry: Any
+    corrections: Any
+    image: Any
+    labels: Any
+    region: Any
+    train_button: Any
+    status: Any
+    plot: Any
+    model: Any
+
+    @property
+    def running(self) -> bool: ...
+
+    def report_error(self, message: str) -> None: ...
+
+    def on_model(self, model: Any) -> None: ...
+
+    def model_ready(self) -> None: ...
+
+    def ready_text(self, stopped: bool = False) -> str: ...
 
 
 class LiveControls:
-    """The Live switch and "New labels layer" button of the Fine-tune widget (``owner``), and
-    the status line of a live training."""
+    """The Live switch and "New labels layer" button of the Fine-tune widget (``owner``, through
+    :class:`LiveHost`), reading its training ``settings``, and the status line of a live
+    training."""
 
-    def __init__(self, owner: Any) -> None:
+    def __init__(self, owner: LiveHost, settings: Any) -> None:
         from magicgui.widgets import CheckBox, PushButton
         from qtpy.QtWidgets import QHBoxLayout
 
         self.owner = owner
+        self.settings = settings
+        self.runner = JobRunner(owner)  # type: ignore[arg-type] - the widget, a QObject
         self.session: LiveSession | None = None
         self.live = CheckBox(
             value=False, text="Live",
@@ -264,7 +276,7 @@ class LiveControls:
         self.layout.addWidget(self.new_labels.native)
         self.live.changed.connect(self._toggled)
         self.new_labels.changed.connect(self.add_labels_layer)
-        self._last: Any = None
+        self.last_preview: Any = None  # the last PreviewDone shown
 
     def add_labels_layer(self) -> Any:
         """An empty Labels layer on the chosen image, selected, in paint mode; returns it."""
@@ -282,9 +294,10 @@ class LiveControls:
         w.labels.value = layer.name
         w.viewer.layers.selection.active = layer
         layer.mode = "paint"
-        layer.selected_label = int(w.background_label.value) + 1
+        background = int(self.settings.background_label.value)
+        layer.selected_label = background + 1
         w.status.setText(f"Paint on '{layer.name}': background with label "
-                         f"{int(w.background_label.value)}, each object with its own id "
+                         f"{background}, each object with its own id "
                          f"(press M for a new one), then tick Live.")
         return layer
 
@@ -295,14 +308,14 @@ class LiveControls:
             self.stop()
 
     def start(self) -> LiveSession | None:
-        from napari_unet._widgets._segment_jobs import user_message
+        from napari_unet._widgets._runner import explain
 
-        w = self.owner
+        w, settings = self.owner, self.settings
         if w.running:
             w.report_error("A fine-tuning is running: stop it before going live.")
             self.live.value = False
             return None
-        name = w.base_model.value
+        name = settings.base_model.value
         if not name or name not in w.registry:
             w.report_error("Choose a base model first.")
             self.live.value = False
@@ -317,24 +330,25 @@ class LiveControls:
         try:
             self.session = LiveSession(
                 w.viewer, w.image.value, w.labels.value, w.registry[name].ref(),
-                background_label=w._background() if corrections is not None
-                else int(w.background_label.value), lr=None,
-                strength=float(w.strength.value), device=w.device.value, seed=int(w.seed.value),
-                on_event=self._event, on_model=w._on_returned, on_done=self._done,
-                corrections=corrections, on_notice=self._notice)
+                background_label=settings.background if corrections is not None
+                else int(settings.background_label.value), config=settings.train_config(live=True),
+                device=settings.device.value, seed=int(settings.seed.value),
+                on_event=self.on_event, on_model=w.on_model, on_done=self.on_done,
+                corrections=corrections, on_notice=self._notice, on_error=self._failed,
+                runner=self.runner, model_name=name)
         except (ValueError, KeyError) as exc:
-            w.report_error(f"Cannot go live: {user_message(exc)}")  # stays in the status
+            w.report_error(f"Cannot go live: {explain(exc)}")  # stays in the status
             self.live.value = False
             return None  # nothing of the widget's settings was changed
         if corrections is None:
             # live: unpainted is unknown, background is what is painted with the background
             # label. Ticked only once Live runs, and left ticked: the painting is scribbles,
             # and a Train on it afterwards must not take the unpainted rest for background
-            w.scribbles.value = True
-        self.session.worker.errored.connect(self._failed)
+            settings.scribbles.value = True
         w.plot.clear(0)
         w.status.setText("Live: starting…")
-        for c in (w.train_button, w.base_model, w.image, w.labels, w.device, self.new_labels):
+        for c in (w.train_button, settings.base_model, w.image, w.labels, settings.device,
+                  self.new_labels):
             c.enabled = False
         return self.session
 
@@ -343,11 +357,14 @@ class LiveControls:
             self.owner.status.setText("Stopping live training: keeping the model…")
             self.session.stop()
 
-    def _event(self, ev: Any) -> None:
+    def on_event(self, ev: Any) -> None:
+        """An event of the live training: the base model loaded, waiting, a step, a preview."""
         from napari_unet.core.events import LiveWaiting, PreviewDone, StepDone
 
         w, s = self.owner, self.session
-        if isinstance(ev, LiveWaiting):
+        if isinstance(ev, ModelLoaded):
+            w.registry.set_loaded(ev.name, ev.model)
+        elif isinstance(ev, LiveWaiting):
             w.status.setText(f"Live: {ev.message}")
         elif isinstance(ev, StepDone):
             w.plot.add(ev.step, ev.loss, ev.val_score, ev.step)  # the x axis grows with the run
@@ -359,12 +376,10 @@ class LiveControls:
                 text += f", validation F1 {ev.val_f1:.3f}, IoU {ev.val_iou:.3f}"
             w.status.setText(text + f"\n{ev.validation}")
         elif isinstance(ev, PreviewDone):
-            self._last = ev
+            self.last_preview = ev
 
-    def _failed(self, exc: BaseException) -> None:
-        from napari_unet._widgets._train_jobs import why
-
-        message = f"Live training failed: {why(exc)}"
+    def _failed(self, sentence: str) -> None:
+        message = f"Live training failed: {sentence}"
         self.owner.report_error(message)
         if self.session is not None:
             self.session.ended_by = message[0].lower() + message[1:]
@@ -372,13 +387,15 @@ class LiveControls:
     def _notice(self, text: str) -> None:
         self.owner.status.setText(f"Live: {text}")
 
-    def _done(self) -> None:
+    def on_done(self) -> None:
+        """The live session has ended (stopped, failed or its layer removed): controls back."""
         w = self.owner
         session, self.session = self.session, None
         if self.live.value:
             self.live.value = False
-        for c in (w.train_button, w.base_model, w.image, w.labels, w.device, self.new_labels):
+        for c in (w.train_button, w.image, w.labels, self.new_labels):
             c.enabled = True
+        self.settings.set_running(False)
         w.model_ready()
         lines = []
         if session is not None and session.ended_by:
@@ -396,11 +413,6 @@ class LiveControls:
         if self.session is not None:
             s = self.session
             s.stop()
-            s.worker.quit()
+            self.runner.quit()
             s.disconnect()
-            for sig in (s.worker.yielded, s.worker.returned, s.worker.finished, s.worker.errored):
-                try:
-                    sig.disconnect()
-                except (TypeError, RuntimeError):  # pragma: no cover - nothing connected
-                    pass
             self.session = None

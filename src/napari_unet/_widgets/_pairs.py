@@ -16,7 +16,7 @@ WHOLE = "(whole frame)"
 
 def pair_names(names: list[tuple[str, str, str]]) -> list[str]:
     """How messages name each (image, labels, region) pair: by its layers' names ("'cells
-    labels' on 'cells'"), for the core's errors (``AnnotationError.named``, ``user_message``)."""
+    labels' on 'cells'"), for the core's errors (``AnnotationError.named``, ``_runner.explain``)."""
     return [f"'{lab}' on '{img}'" for img, lab, _reg in names]
 
 

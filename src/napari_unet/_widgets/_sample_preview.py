@@ -3,21 +3,32 @@ as layers beside the source image, computed in a worker."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from napari.utils.notifications import show_error
 
 from napari_unet._widgets._common import put_layer
-from napari_unet._widgets._segment_jobs import user_message
+from napari_unet._widgets._runner import JobRunner, explain
+
+
+class PreviewHost(Protocol):
+    """What Preview uses of the Fine-tune widget: its viewer, its Preview button and its pairs."""
+
+    viewer: Any
+    preview_button: Any
+
+    def collect_pairs(self) -> list[Any]: ...
 
 
 class SamplePreview:
-    """Preview of the Fine-tune widget ``owner`` (its pairs, strength, background label and
-    Preview button)."""
+    """Preview of the Fine-tune widget ``owner`` (:class:`PreviewHost`) with the augmentation
+    strength and background label of its training ``settings``."""
 
-    def __init__(self, owner: Any) -> None:
+    def __init__(self, owner: PreviewHost, settings: Any) -> None:
         self.owner = owner
+        self.settings = settings
+        self.runner = JobRunner(owner)  # type: ignore[arg-type] - the widget, a QObject
         self.worker: Any = None
         self._source = ""
 
@@ -29,22 +40,18 @@ class SamplePreview:
         try:
             pair = w.collect_pairs()[0]
         except ValueError as exc:
-            show_error(f"Cannot preview: {user_message(exc)}")
+            show_error(f"Cannot preview: {explain(exc)}")
             return None
-        from napari.qt.threading import create_worker
-
         from napari_unet._widgets._train_jobs import preview_sample
 
         plane = int(w.viewer.dims.current_step[0]) if pair.labels.ndim == 3 else None
         self._source = pair.name
-        self.worker = create_worker(
-            preview_sample, pair, plane, augmentation_strength=float(w.strength.value),
-            background_label=w._background(), _ignore_errors=True)
-        self.worker.returned.connect(self._done)
-        self.worker.errored.connect(lambda e: show_error(f"Cannot preview: {user_message(e)}"))
-        self.worker.finished.connect(self._finished)
         w.preview_button.enabled = False
-        self.worker.start()
+        self.worker = self.runner.start(
+            preview_sample, pair, plane, augmentation_strength=float(self.settings.strength.value),
+            background_label=self.settings.background, on_result=self._done,
+            on_error=lambda sentence: show_error(f"Cannot preview: {sentence}"),
+            on_done=self._finished)
         return self.worker
 
     def _done(self, result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -65,3 +72,8 @@ class SamplePreview:
     def _finished(self) -> None:
         self.worker = None
         self.owner.preview_button.enabled = True
+
+    def cleanup(self) -> None:
+        """The widget closes: quit a running preview; nothing of it reaches the viewer."""
+        self.runner.quit()
+        self.worker = None

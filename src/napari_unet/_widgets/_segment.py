@@ -14,7 +14,6 @@ warning. Errors and warnings stay in the status line until the next action (noti
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import napari
@@ -26,25 +25,24 @@ from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QVBox
 from superqt import QCollapsible
 
 from napari_unet._widgets._common import (
+    find_layer,
+    layer_key,
     layer_names,
     level0,
     put_layer,
     show_failure,
-    unwrapped,
     warm_up_labels,
 )
+from napari_unet._widgets._runner import JobRunner, explain
 from napari_unet._widgets._segment_jobs import (
     JobFailed,
     JobProgress,
     JobResult,
-    ModelLoaded,
     SegmentJob,
-    output_metadata,
     segment_jobs,
-    spatial_metadata,
-    user_message,
 )
-from napari_unet._widgets._state import registry_for
+from napari_unet._widgets._spatial import output_metadata, spatial_metadata
+from napari_unet._widgets._state import ModelLoaded, registry_for
 
 OUTPUT_TYPES = ("instances", "semantic", "probabilities")
 PADDINGS = ("mirror", "zero")
@@ -67,10 +65,11 @@ class SegmentWidget(QWidget):
         self.viewer = viewer
         self.registry = registry_for(viewer)
         warm_up_labels()
+        self.runner = JobRunner(self)
         self.worker: Any = None
         self._progress: Any = None
-        # job index -> (the source layer (weak: a removed layer is not kept), its name, spatial
-        # metadata, output type)
+        # job index -> (the source layer's layer_key (a removed layer is not kept), its name,
+        # spatial metadata, output type)
         self._pending: dict[int, tuple[Any, str, dict[str, Any], str]] = {}
         self._added: list[str] = []  # "'<result>': <what it holds>" of this run
         self._said: list[str] = []  # this run's warnings and errors, kept in the status line
@@ -141,7 +140,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch(1)
-        self._containers = (main, advanced_box)
+        self.containers = (main, advanced_box)  # the controls with labels (and tooltips)
 
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -201,7 +200,7 @@ class SegmentWidget(QWidget):
         try:
             name = self.registry.add_file(path)
         except Exception as exc:
-            self._fail(f"Cannot open the model: {user_message(exc)}")
+            self._fail(f"Cannot open the model: {explain(exc)}")
             return None
         self.registry.current = name
         self.last_error = ""
@@ -243,7 +242,7 @@ class SegmentWidget(QWidget):
             data = level0(layer.data)
             if getattr(layer, "multiscale", False):
                 show_info(f"'{name}' is multiscale: segmenting its full-resolution level.")
-            self._pending[len(jobs)] = (weakref.ref(unwrapped(layer)), name,
+            self._pending[len(jobs)] = (layer_key(layer), name,
                                         spatial_metadata(layer), output)
             rgb = bool(getattr(layer, "rgb", False))
             scale = tuple(float(v) for v in layer.scale)
@@ -253,8 +252,6 @@ class SegmentWidget(QWidget):
             self._fail("The chosen image layers are no longer in the viewer.")
             return None
         entry = self.registry[self.model.value]
-        from napari.qt.threading import create_worker
-
         tile = int(self.tile_size.value) or None
         if self.padding.value == "zero":
             from napari_unet.core.predict.padding import zero_padding_note
@@ -262,19 +259,16 @@ class SegmentWidget(QWidget):
             note = zero_padding_note(entry.model)  # None until a file model is loaded
             if note:
                 show_warning(f"'{entry.name}': {note}.")
-        self.worker = create_worker(
-            segment_jobs, jobs, entry.ref(), entry.name, output=output, tile_size=tile,
-            padding=self.padding.value, device=self.device.value, tta=bool(self.tta.value),
-            volume=bool(self.volume.value), _ignore_errors=True)
         self._added, self._said, self._model_name = [], [], entry.name
         self._progress = progress(total=0, desc=f"U-Net: {names[0]}")
         self.progress_bar.setRange(0, 0)
         self.status.setText(f"Segmenting {len(jobs)} image(s) with '{entry.name}'…")
-        self.worker.yielded.connect(self._on_yielded)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
         self._set_running(True)
-        self.worker.start()
+        self.worker = self.runner.start(
+            segment_jobs, jobs, entry.ref(), entry.name, output=output, tile_size=tile,
+            padding=self.padding.value, device=self.device.value, tta=bool(self.tta.value),
+            volume=bool(self.volume.value), on_event=self.on_event, on_error=self._on_error,
+            on_done=self._on_finished)
         return self.worker
 
     def cancel(self) -> None:
@@ -289,7 +283,8 @@ class SegmentWidget(QWidget):
             w.enabled = not running
         self.cancel_button.enabled = running
 
-    def _on_yielded(self, ev: Any) -> None:
+    def on_event(self, ev: Any) -> None:
+        """An event of the running job (progress, a finished or failed image, the model loaded)."""
         if isinstance(ev, JobProgress):
             if self.worker is None:
                 return  # the job has finished: a stale update must not overwrite the final status
@@ -316,17 +311,9 @@ class SegmentWidget(QWidget):
         elif isinstance(ev, ModelLoaded):
             self.registry.set_loaded(ev.name, ev.model)
 
-    def _source_layer(self, ref: Any) -> Any:
-        """The source layer of a job if it is still in the viewer (that very layer: a new layer
-        given the removed one's name is another image), else None."""
-        layer = ref()
-        if layer is None or not any(unwrapped(item) is layer for item in self.viewer.layers):
-            return None
-        return layer
-
     def _add_result(self, ev: JobResult) -> None:
-        ref, source, meta, output = self._pending[ev.index]
-        layer = self._source_layer(ref)
+        key, source, meta, output = self._pending[ev.index]
+        layer = find_layer(self.viewer, key)  # that very layer, if it is still in the viewer
         if layer is None:
             self._warn(f"'{source}' was removed while it was segmented: no result added.")
             return
@@ -350,8 +337,8 @@ class SegmentWidget(QWidget):
         self._said.append(message)
         show_warning(message)
 
-    def _on_errored(self, exc: BaseException) -> None:
-        self._said.append(f"Segmentation failed: {user_message(exc)}")
+    def _on_error(self, sentence: str) -> None:
+        self._said.append(f"Segmentation failed: {sentence}")
         self._fail(self._said[-1])
 
     def _on_finished(self) -> None:
@@ -379,8 +366,10 @@ class SegmentWidget(QWidget):
 
     def cleanup(self) -> None:
         """Quit a running job and disconnect from the viewer and the model registry."""
-        if self.worker is not None:
-            self.worker.quit()
+        self.runner.quit()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.disconnect(self._layers_changed)

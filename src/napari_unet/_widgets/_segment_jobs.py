@@ -1,4 +1,4 @@
-"""Worker-side generators of the widgets: plain data in, small events out (no Qt, no layers).
+"""The Segment widget's job: plain data in, small events out (no Qt, no layers).
 
 The Segment widget runs :func:`segment_jobs` in a napari ``thread_worker``. It queues several images
 in one generator (one progress bar, one Cancel), yields :class:`JobProgress` after every tile batch
@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from napari_unet._widgets._runner import explain
+from napari_unet._widgets._state import load_in_worker
+
 
 @dataclass(frozen=True)
 class SegmentJob:
@@ -23,14 +26,6 @@ class SegmentJob:
     data: Any
     rgb: bool = False
     spacing: tuple[float, float, float] | None = None  # the layer's (z, y, x) scale, for 3D models
-
-
-@dataclass(frozen=True)
-class ModelLoaded:
-    """The model file of registry entry ``name`` was loaded in the worker."""
-
-    name: str
-    model: Any
 
 
 @dataclass(frozen=True)
@@ -62,25 +57,6 @@ class JobFailed:
     index: int
     name: str
     message: str
-
-
-def user_message(exc: BaseException, names: Any = None) -> str:
-    """The sentence shown to the user for an exception raised by the core. ``names``: what the
-    user calls the core's inputs, one per (image, labels) pair (``_pairs.pair_names``): an error
-    about the painting (``AnnotationError``) names its pair by it instead of "image 2 of 3"."""
-    from napari_unet.core.train.annotations import AnnotationError  # numpy only: no torch
-
-    if isinstance(exc, AnnotationError) and names:
-        exc = exc.named(list(names))
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        msg = exc.args[0]  # str() of a KeyError is its repr: quoted
-    elif isinstance(exc, ValueError | TypeError | KeyError | OSError):
-        msg = str(exc)  # (a message may begin with a quoted layer name: 'nuclei' is a stack…)
-    else:
-        msg = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, MemoryError):
-        msg = "not enough memory: choose a smaller tile size under Advanced"
-    return msg
 
 
 def usable_cores() -> int:
@@ -125,13 +101,9 @@ def segment_jobs(
     segmented as they are).
 
     ``model`` is a loaded UNetModel or the path of a model file (loaded here, then reported with
-    :class:`ModelLoaded` so the caller can cache it).
+    :class:`~napari_unet._widgets._state.ModelLoaded` so the caller can cache it).
     """
-    from napari_unet.core.modelfile.files import UNetModel, load_model
-
-    if not isinstance(model, UNetModel):
-        model = load_model(model)
-        yield ModelLoaded(model_name, model)
+    model = yield from load_in_worker(model, model_name)
     with one_core_for_the_viewer(device):
         return (yield from _segment_all(jobs, model, output, tile_size, padding, device, tta,
                                         volume))
@@ -141,7 +113,7 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
                  padding: str, device: str, tta: bool = False, volume: bool = False
                  ) -> Generator[Any, None, int]:
     from napari_unet.core.events import relay
-    from napari_unet.core.predict.predict2d import infer_layout
+    from napari_unet.core.predict.layout import infer_layout
     from napari_unet.core.segment import segment, summarize
 
     ok = 0
@@ -155,7 +127,7 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
             result = yield from relay(gen, lambda ev, i=i, job=job: JobProgress(
                 i, len(jobs), job.name, ev.done, ev.total, ev.plane, ev.planes, ev.device))
         except Exception as exc:  # one bad image does not stop the queue
-            yield JobFailed(i, job.name, user_message(exc))
+            yield JobFailed(i, job.name, explain(exc))
             continue
         axes = layout.axes[:-1] if job.rgb and layout.axes.endswith("C") else layout.axes
         # ids restart in every plane (2D model, plane by plane) or volume (3D model); 3D objects
@@ -166,53 +138,3 @@ def _segment_all(jobs: list[SegmentJob], model: Any, output: str, tile_size: int
         ok += 1
         yield JobResult(i, job.name, result, axes, summary)
     return ok
-
-
-# ---------------------------------------------------------------------------- spatial metadata
-SPATIAL = ("scale", "translate", "units", "axis_labels")
-
-
-def spatial_metadata(layer: Any) -> dict[str, Any]:
-    """The spatial metadata of a layer, per (non-RGB) axis, plus its affine pieces."""
-    meta: dict[str, Any] = {}
-    for key in SPATIAL:
-        value = getattr(layer, key, None)
-        if value is not None:
-            meta[key] = list(value)
-    for key in ("rotate", "shear"):
-        value = getattr(layer, key, None)
-        if value is not None:
-            meta[key] = value
-    affine = getattr(layer, "affine", None)
-    if affine is not None:
-        meta["affine"] = affine.affine_matrix
-    return meta
-
-
-_FILL = {"scale": 1.0, "translate": 0.0, "units": "pixel", "axis_labels": "class"}
-
-
-def output_metadata(meta: dict[str, Any], axes: str, probabilities: bool) -> dict[str, Any]:
-    """Spatial keyword arguments for the result layer of a source with ``meta`` and ``axes``.
-
-    Axes the output lacks (a channel axis "C") are dropped; probabilities get a class axis before
-    (Y, X) with unit scale. Rotation, shear and affine are copied only when the axes are unchanged.
-    """
-    keep = [i for i, a in enumerate(axes) if a != "C"]
-    same = len(keep) == len(axes) and not probabilities
-    out: dict[str, Any] = {}
-    for key in SPATIAL:
-        if key not in meta or len(meta[key]) != len(axes):
-            continue
-        values = [meta[key][i] for i in keep]
-        if probabilities:
-            fill = _FILL[key]
-            if key == "axis_labels":
-                fill = "class" if "class" not in values else "classes"
-            values = values[:-2] + [fill] + values[-2:]
-        out[key] = tuple(values)
-    if same:
-        for key in ("rotate", "shear", "affine"):
-            if key in meta:
-                out[key] = meta[key]
-    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Generator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,28 @@ class ModelEntry:
     def ref(self) -> Any:
         """What a worker needs: the loaded model, else the file path (loaded in the worker)."""
         return self.model if self.model is not None else self.path
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """A job's event: the model file of registry entry ``name`` was loaded in the worker (the
+    widget caches it with :meth:`ModelRegistry.set_loaded`)."""
+
+    name: str
+    model: Any
+
+
+def load_in_worker(ref: Any, name: str) -> Generator[ModelLoaded, None, Any]:
+    """In a job: the model of :meth:`ModelEntry.ref` ``ref`` (a loaded model, or a file path that
+    is loaded here and reported with :class:`ModelLoaded`); returns the loaded model."""
+    from napari_unet.core.exchange.opening import load_model
+    from napari_unet.core.modelfile.files import UNetModel
+
+    if isinstance(ref, UNetModel):
+        return ref
+    model = load_model(ref)
+    yield ModelLoaded(name, model)
+    return model
 
 
 DEFAULT_MODEL = "nuclei"

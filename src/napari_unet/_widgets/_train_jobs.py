@@ -1,48 +1,21 @@
-"""The one place where the Fine-tune widget calls the training core (adapt here if its API moves).
+"""The training jobs of the Fine-tune widget: Train (2D), Train with '3D U-Net', Live, and the
+augmented sample of Preview; the one place where the widgets call the training core.
 
-Everything here runs in a worker thread on plain data: arrays copied from the layers, a model, and
-a ``threading.Event`` for Stop.
+The jobs run in a worker (:class:`._runner.JobRunner`) on plain data: arrays copied from the layers
+(:class:`TrainingPair`), a model or its file, a ``TrainConfig``, a ``threading.Event`` for Stop or a
+``LiveInbox``. The checks of the volumes (on the Qt thread, before a job starts) are here too.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-
-class JobError(Exception):
-    """A ``RuntimeError`` of a worker job (torch raises them for shapes, memory, devices), carried
-    out of the worker as its ``__cause__``: napari's (superqt's) generator worker takes any
-    RuntimeError for "the worker was deleted" and ends with neither ``errored`` nor ``finished``,
-    so the widget would wait for ever ("Preparing 1 pair(s)…"). :func:`why` says it."""
-
-
-def carry_runtime_errors(job: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Any]:
-    """``job`` (a generator function) with its RuntimeErrors raised as :class:`JobError`."""
-
-    @functools.wraps(job)
-    def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        try:
-            return (yield from job(*args, **kwargs))
-        except RuntimeError as exc:
-            raise JobError(str(exc)) from exc
-
-    return run
-
-
-def why(exc: BaseException, names: Any = None) -> str:
-    """The sentence for the user about a worker's error (a :class:`JobError` says its cause);
-    ``names``: the pairs' names for the core's painting errors (see ``_jobs.user_message``)."""
-    from napari_unet._widgets._segment_jobs import user_message
-
-    if isinstance(exc, JobError) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return user_message(exc, names)
+from napari_unet._widgets._state import load_in_worker
 
 
 @dataclass(frozen=True)
@@ -61,46 +34,26 @@ class TrainingPair:
     rgb: bool = False
 
 
-def augmentation_for(strength: float) -> Any:
-    """Augmentation settings for a strength in [0, 2]: 1 is the paper's elastic deformation (3x3
-    grid, 10 px standard deviation) with flips, 90-degree turns and 10% intensity jitter; 0 is off;
-    the displacement and the jitter scale with the strength."""
-    from napari_unet.core.train.augment import Augmentation
-
-    s = float(strength)
-    if s <= 0:
-        return Augmentation.none()
-    return Augmentation(elastic=True, grid_points=3, sigma=10.0 * s, flip=True, rot90=True,
-                        intensity=min(0.1 * s, 0.5))
-
-
 def start_training(
     pairs: list[TrainingPair],
     base_model: Any,
     *,
-    steps: int,
-    lr: float,
-    minutes: float | None = None,
-    augmentation_strength: float = 1.0,
+    config: Any,
     background_label: int | None = None,
     device: str = "auto",
     stop: threading.Event | None = None,
     name: str | None = None,
     seed: int | None = None,
-    members: int | None = None,
 ) -> Generator[Any, None, Any]:
-    """Fine-tune ``base_model`` (not modified) on ``pairs``; yields ``StepDone``, returns the best
-    UNetModel. Setting ``stop`` ends training after the current step and returns the kept model.
-    ``minutes``: a time budget (training ends at it or after ``steps``).
-    ``seed``: same pairs, settings and seed -> same model on the CPU (None: a fresh draw).
-    ``members``: networks of the ensemble (None: automatic, see TrainConfig.members)."""
-    from napari_unet.core.train import TrainConfig, train
+    """Fine-tune ``base_model`` (not modified) on ``pairs`` with ``config`` (a ``TrainConfig``);
+    yields ``StepDone``, returns the best UNetModel. Setting ``stop`` ends training after the
+    current step and returns the kept model.
+    ``seed``: same pairs, settings and seed -> same model on the CPU (None: a fresh draw)."""
+    from napari_unet.core.train import train
 
     rgb = {p.rgb for p in pairs}
     if len(rgb) > 1:
         raise ValueError("mix of RGB and grey-value images: fine-tune on one kind at a time")
-    config = TrainConfig(steps=int(steps), minutes=minutes, lr=float(lr), members=members,
-                         augmentation=augmentation_for(augmentation_strength))
     masks = [p.mask for p in pairs]
     return (yield from train(
         [p.image for p in pairs],
@@ -135,6 +88,7 @@ def preview_sample(
 
     from napari_unet.core.train.annotations import labels_to_target
     from napari_unet.core.train.augment import augment
+    from napari_unet.core.train.config import augmentation_for
     from napari_unet.core.train.weight_map import weight_map
 
     image = np.asarray(pair.image)
@@ -165,31 +119,20 @@ def preview_sample(
     return xo[0, 0].numpy(), to[0].numpy(), wo[0].numpy()
 
 
-@carry_runtime_errors
-def _train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
-               strength: float, background_label: int | None, device: str,
-               stop: threading.Event, seed: int | None = None, minutes: float | None = None,
-               members: int | None = None) -> Any:
+def train_job(pairs: list[TrainingPair], model: Any, model_name: str, *, config: Any,
+              background_label: int | None, device: str, stop: threading.Event,
+              seed: int | None = None) -> Any:
     """Worker generator: load the base model if needed, then train (the Fine-tune widget's Train)."""
-    from napari_unet.core.modelfile.files import UNetModel, load_model
-
-    if not isinstance(model, UNetModel):
-        model = load_model(model)
-        yield ("loaded", model_name, model)
+    model = yield from load_in_worker(model, model_name)
     if type(model.net).__name__ == "ExternalNet":  # imported from another program's package
         raise ValueError(f"'{model_name}' comes from another program's bioimage.io package: napari-unet "
                          "can segment with it but not fine-tune it; choose a napari-unet base model")
     # all cores: unlike segmenting (no faster on both cores of a 2-core CPU), a training step is
     # 1.8x faster with two threads than one (bf16, 4 x 444 px: 0.59 vs 1.04 s), and the viewer's
     # longest event-loop gap stays below 100 ms (benchmarks/bench_responsiveness.py)
-    return (yield from start_training(pairs, model, steps=steps, minutes=minutes, lr=lr,
-                                      augmentation_strength=strength,
+    return (yield from start_training(pairs, model, config=config,
                                       background_label=background_label, device=device,
-                                      stop=stop, seed=seed, members=members))
-
-
-# the '3D start' choices of the Fine-tune widget
-VOLUME_STARTS = ("base model", "new 3D U-Net (pooling from the voxel size)")
+                                      stop=stop, seed=seed))
 
 
 def new_volume_note(spacing: tuple[float, ...]) -> str:
@@ -235,27 +178,35 @@ def volume_spacing(scales: list[tuple[float, ...]]) -> tuple[float, float, float
     return spacings.pop()  # type: ignore[return-value]
 
 
-@carry_runtime_errors
-def _train_volume_job(pairs: list[TrainingPair], model: Any, model_name: str, *, steps: int, lr: float,
-                      strength: float, device: str, stop: threading.Event, seed: int | None = None,
-                      minutes: float | None = None,
-                      spacing: tuple[float, float, float] | None = None) -> Any:
+def train_volume_job(pairs: list[TrainingPair], model: Any, model_name: str, *, config: Any,
+                     device: str, stop: threading.Event, seed: int | None = None,
+                     spacing: tuple[float, float, float] | None = None) -> Any:
     """Worker generator of the Fine-tune widget's Train with '3D U-Net' on: load the base model if
     needed, then fine-tune it (lifted to 3D) on the painted z-slices of each of the volumes
     (core/train/volume.py);
     ``model=None``: a new 3D U-Net whose pooling follows ``spacing`` (the layer's scale)."""
-    from napari_unet.core.modelfile.files import UNetModel, load_model
-    from napari_unet.core.train import TrainConfig
     from napari_unet.core.train.loop3d import fine_tune_volume
 
-    if model is not None and not isinstance(model, UNetModel):
-        model = load_model(model)
-        yield ("loaded", model_name, model)
-    config = TrainConfig(steps=int(steps), minutes=minutes, lr=float(lr), batch_size=2,
-                         patch_size=96, augmentation=augmentation_for(strength))
+    if model is not None:
+        model = yield from load_in_worker(model, model_name)
     several = len(pairs) > 1
     images = [p.image for p in pairs] if several else pairs[0].image
     labels = [p.labels for p in pairs] if several else pairs[0].labels
     return (yield from fine_tune_volume(images, labels, model, config=config,
                                         seed=seed or 0, device=device, stop=stop,
                                         spacing=spacing))
+
+
+def live_job(image: Any, inbox: Any, base: Any, model_name: str, *, config: Any,
+             background_label: int | None, device: str, seed: int, rgb: bool,
+             preview_every: float) -> Any:
+    """Worker generator of Live: load the base model if needed, then train live with ``config``
+    until Stop (the painting's changes and the viewed box arrive through ``inbox``, a
+    ``LiveInbox``)."""
+    from napari_unet.core.train import live_train
+
+    model = yield from load_in_worker(base, model_name)
+    return (yield from live_train(image, inbox, model=model, config=config,
+                                  background_label=background_label,
+                                  channel_axis=-1 if rgb else None, device=device, seed=seed,
+                                  preview_every=preview_every, name=f"{model.name}-live"))

@@ -165,18 +165,16 @@ def _run_train(args: argparse.Namespace) -> int:
     from napari_unet.core.modelfile.files import ModelFileError, save_model
     from napari_unet.core.train import TrainConfig, train, training_summary
     from napari_unet.core.train.annotations import AnnotationError
-    from napari_unet.core.train.augment import Augmentation
 
     try:
         device = resolve_device(args.device)
-        steps = args.steps if args.steps is not None else (10**9 if args.minutes else 500)
-        config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size or 4,
-                             patch_size=args.patch_size or 256, lr=args.lr, val_fraction=args.val_fraction,
-                             augmentation=Augmentation(), class_balance=args.class_balance,
-                             prior_adaptation=args.prior_adaptation,
-                             logit_adjustment=args.logit_adjustment, sampling=args.sampling,
-                             loss=args.loss, precision=args.precision, members=args.members,
-                             plateau_patience=0 if args.whole_budget else TrainConfig.plateau_patience)
+        config = TrainConfig.from_choices(
+            steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
+            patch_size=args.patch_size, lr=args.lr, members=args.members,
+            val_fraction=args.val_fraction, class_balance=args.class_balance,
+            prior_adaptation=args.prior_adaptation, logit_adjustment=args.logit_adjustment,
+            sampling=args.sampling, loss=args.loss, precision=args.precision,
+            plateau_patience=0 if args.whole_budget else TrainConfig.plateau_patience)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     base = None
@@ -226,16 +224,14 @@ def _run_train_volume(args: argparse.Namespace) -> int:
     from napari_unet.core.network.geometry import pooled_levels
     from napari_unet.core.train import TrainConfig
     from napari_unet.core.train.annotations import AnnotationError
-    from napari_unet.core.train.augment import Augmentation
     from napari_unet.core.train.loop3d import fine_tune_volume
 
     try:
         device = resolve_device(args.device)
         base = load_model(base_name) if base_name is not None else None
-        steps = args.steps if args.steps is not None else (10**9 if args.minutes else 200)
-        config = TrainConfig(steps=steps, minutes=args.minutes, batch_size=args.batch_size or 2,
-                             patch_size=args.patch_size or 96, lr=args.lr if args.lr is not None else 1e-3,
-                             loss=args.loss, augmentation=Augmentation())
+        config = TrainConfig.from_choices(
+            volume=True, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
+            patch_size=args.patch_size, lr=args.lr, loss=args.loss)
         gen = fine_tune_volume(images if several else images[0], labels if several else labels[0],
                                base, slices=args.slices, config=config,
                                seed=args.seed or 0, device=device,

@@ -44,6 +44,11 @@ NETWORK_PASSES = 225
 MAX_AUTO_MEMBERS = 3
 PROBE_STEPS = 12  # the loop measures the machine's speed over steps 3 to this one
 MAX_MEMBERS = 8
+# the settings of a run that chose no number of steps, and what "no step limit" is with a time budget
+DEFAULT_STEPS = 500
+UNLIMITED_STEPS = 10**9
+# a 3D U-Net's defaults (fine_tune_volume): its patches are volumes, so fewer and smaller ones
+VOLUME_DEFAULTS: dict[str, Any] = {"steps": 200, "batch_size": 2, "patch_size": 96, "lr": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,38 @@ class TrainConfig:
         if not 0 <= self.warmup < 1:
             raise ValueError(f"TrainConfig.warmup must be in [0, 1), got {self.warmup!r}")
 
+    @classmethod
+    def from_choices(cls, *, volume: bool = False, steps: int | None = None,
+                     minutes: float | None = None, lr: float | None = None,
+                     strength: float | None = None, members: int | None = None,
+                     batch_size: int | None = None, patch_size: int | None = None,
+                     **settings: Any) -> TrainConfig:
+        """The settings of a run from what a user chose (the CLI's options, the Fine-tune widget's
+        controls): the one place where those choices become a ``TrainConfig``.
+
+        - ``volume``: a 3D U-Net trained on painted z-slices (:data:`VOLUME_DEFAULTS`: 200 steps,
+          2 patches of 96 px, learning rate 1e-3; one network, ``members`` is not used);
+        - ``steps``: None = no number chosen: :data:`UNLIMITED_STEPS` with a ``minutes`` budget,
+          else the default (500, or the 3D default);
+        - ``lr``, ``batch_size``, ``patch_size``: None (or 0 for the sizes) = the default;
+        - ``strength``: the augmentation's strength (:func:`augmentation_for`; None = 1, the
+          paper's elastic deformation);
+        - ``settings``: any other field of :class:`TrainConfig`, as it is.
+
+        Raises ValueError (naming the field) for a value :class:`TrainConfig` refuses.
+        """
+        defaults = dict(VOLUME_DEFAULTS) if volume else {
+            "steps": DEFAULT_STEPS, "batch_size": cls.batch_size, "patch_size": cls.patch_size,
+            "lr": None}
+        if steps is None:
+            steps = UNLIMITED_STEPS if minutes else defaults["steps"]
+        return cls(steps=steps, minutes=minutes, batch_size=batch_size or defaults["batch_size"],
+                   patch_size=patch_size or defaults["patch_size"],
+                   lr=lr if lr is not None else defaults["lr"],
+                   members=None if volume else members,
+                   augmentation=augmentation_for(1.0 if strength is None else strength),
+                   **settings)
+
     def members_for(self, has_validation: bool, live: bool = False, steps: float | None = None,
                     passes: float | None = None) -> int:
         """How many networks this run trains (see ``members``). ``steps`` / ``passes``: what the
@@ -224,6 +261,18 @@ class TrainConfig:
         d = asdict(self)
         d["augmentation"] = self.augmentation.to_dict()
         return d
+
+
+def augmentation_for(strength: float) -> Augmentation:
+    """Augmentation settings for a strength in [0, 2]: 1 is the paper's elastic deformation (3x3
+    grid, 10 px standard deviation) with flips, 90-degree turns and 10% intensity jitter (the
+    default :class:`Augmentation`); 0 is off; the displacement and the jitter scale with the
+    strength."""
+    s = float(strength)
+    if s <= 0:
+        return Augmentation.none()
+    return Augmentation(elastic=True, grid_points=3, sigma=10.0 * s, flip=True, rot90=True,
+                        intensity=min(0.1 * s, 0.5))
 
 
 def default_architecture(in_channels: int, mode: str) -> UNetConfig:
