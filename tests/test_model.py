@@ -128,3 +128,54 @@ def test_flops_per_pixel_of_paper_net_about_2_mflop():
     # same-padded base 64: ~1.47 MFLOP per pixel (FACTS.md), no halo
     same = UNetConfig(padding="same")
     assert 1.3e6 < same.tile_flops(512) / 512**2 < 1.6e6
+
+
+def test_geometry_of_every_size_is_the_axis_model():
+    """UNetConfig's sizes along Y and X are those of Axis.planar; the paper's 572 -> 388 among them,
+    and a size far below the smallest valid one names that size (not a StopIteration)."""
+    from napari_unet.core.network.geometry import Axis
+
+    for depth in (1, 2, 4):
+        for padding in ("valid", "same"):
+            cfg = UNetConfig(depth=depth, padding=padding, base_channels=2)
+            ax = Axis.planar(depth, padding == "valid")
+            assert cfg.yx_axis == ax and (cfg.halo, cfg.grid) == (ax.halo, ax.grid)
+            for n in range(1, 400):
+                assert cfg.is_valid_input_size(n) == ax.is_valid(n)
+                assert cfg.nearest_valid_input_sizes(n) == ax.nearest_valid(n)
+                assert cfg.input_size(n) == ax.input_size(n)
+    with pytest.raises(ValueError, match="nearest valid sizes: 188$"):
+        UNetConfig(depth=4).output_size(5)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_bioimageio_architecture_file_stands_alone(tmp_path, padding):
+    """The architecture file of a bioimage.io package (geometry.py, then unet.py, then the package's
+    wrapper) builds and runs the network where napari_unet cannot be imported."""
+    import subprocess
+    import sys
+
+    from napari_unet.core.exchange.bioimageio import ARCH_CALLABLE, architecture_source
+
+    arch = tmp_path / "arch.py"
+    arch.write_text(architecture_source(), encoding="utf-8")
+    cfg = UNetConfig(depth=2, base_channels=2, padding=padding)
+    torch.manual_seed(0)
+    net = UNet(cfg).eval()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    n = cfg.input_size(30)
+    x = torch.randn(1, 1, n, n)
+    torch.save(x, tmp_path / "x.pt")
+    code = f"""
+import sys, runpy, torch
+sys.modules["napari_unet"] = None  # not installed: any import of it fails
+ns = runpy.run_path({str(arch)!r})
+net = ns[{ARCH_CALLABLE!r}](**{cfg.to_dict()!r}).eval()
+net.load_state_dict(torch.load({str(tmp_path / "w.pt")!r}))
+with torch.no_grad():
+    torch.save(net(torch.load({str(tmp_path / "x.pt")!r})), {str(tmp_path / "y.pt")!r})
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    with torch.no_grad():
+        expected = torch.softmax(net(x), dim=1)
+    assert torch.equal(torch.load(tmp_path / "y.pt"), expected)

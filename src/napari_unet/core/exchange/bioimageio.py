@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import napari_unet.core.network.geometry as geometry_module
 import napari_unet.core.network.unet as model_module
 from napari_unet.core.exchange import ExchangeError, ExportStep, require
 from napari_unet.core.exchange.portable import (
@@ -66,9 +67,26 @@ class PackagedUNet(UNet):
 '''
 
 
+_GEOMETRY_IMPORT = "from napari_unet.core.network.geometry import Axis\n"
+_FUTURE_IMPORT = "from __future__ import annotations\n"
+
+
 def architecture_source() -> str:
-    """The package's architecture file: our ``core/network/unet.py`` as it is, plus ``PackagedUNet``."""
-    return inspect.getsource(model_module) + _ARCH_TAIL
+    """The package's architecture file, which must load where napari-unet is not installed:
+    ``core/network/geometry.py`` (the U-Net's geometry, which ``forward`` checks sizes with), then
+    ``core/network/unet.py`` without its import of that geometry (and without a second
+    ``from __future__`` line, allowed only at a file's top), plus ``PackagedUNet``."""
+    unet = inspect.getsource(model_module)
+    for line in (_GEOMETRY_IMPORT, _FUTURE_IMPORT):
+        if unet.count(line) != 1:
+            raise RuntimeError(f"core/network/unet.py changed: expected the line {line.strip()!r} once")
+        unet = unet.replace(line, "")
+    if "from napari_unet" in unet or "import napari_unet" in unet:
+        raise RuntimeError("core/network/unet.py imports napari_unet beyond its geometry: the "
+                           "architecture file of a package must stand alone")
+    geometry = inspect.getsource(geometry_module)
+    return (geometry + "\n\n# ---------------------------------------------------------------------------- the U-Net\n"
+            + unet + _ARCH_TAIL)
 
 
 def architecture_kwargs(model: UNetModel) -> dict[str, Any]:

@@ -19,9 +19,32 @@ import torch
 from torch import nn
 
 from napari_unet.core.exchange import ExchangeError, require
+from napari_unet.core.network.geometry import Axis
 from napari_unet.core.network.unet import UNetConfig
 
 OUTPUT_KINDS = ("logits", "probabilities", "sigmoid", "probability")
+
+
+@dataclass(frozen=True)
+class SteppedAxis(Axis):
+    """Y or X of a same-size network from elsewhere: input sizes ``min_size + n * step`` pixels,
+    ``context`` pixels of halo per side, tile offsets on multiples of ``step``."""
+
+    min_size: int = 16
+    step: int = 16
+    context: int = 0
+
+    @property
+    def grid(self) -> int:
+        return self.step
+
+    @property
+    def halo(self) -> int:
+        return self.context
+
+    def output_size(self, n: int) -> int | None:
+        n = int(n)
+        return n if n >= self.min_size and (n - self.min_size) % self.step == 0 else None
 
 
 @dataclass(frozen=True)
@@ -55,9 +78,9 @@ class ExternalGeometry(UNetConfig):
         need = max(self.declared_halo, math.ceil((self.min_size - self.step) / 2))
         return int(math.ceil(need / self.step) * self.step)
 
-    def _output_or_none(self, input_size: int) -> int | None:
-        n = int(input_size)
-        return n if n >= self.min_size and (n - self.min_size) % self.step == 0 else None
+    @property
+    def yx_axis(self) -> Axis:
+        return SteppedAxis((), (False,), False, self.min_size, self.step, self.halo)
 
     def input_size(self, output_size: int) -> int:
         n = max(int(output_size), self.min_size)

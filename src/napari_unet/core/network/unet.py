@@ -1,14 +1,16 @@
-"""The U-Net of Ronneberger, Fischer and Brox (MICCAI 2015), with its geometry.
+"""The U-Net of Ronneberger, Fischer and Brox (MICCAI 2015): :class:`UNetConfig` and :class:`UNet`.
 
 Paper section 2: a contracting path of blocks of two 3x3 convolutions + ReLU followed by a 2x2 max
 pooling (stride 2), channels doubling at each step; an expanding path of 2x2 up-convolutions that halve
 the channels, concatenation with the cropped skip connection and two 3x3 convolutions + ReLU; a final
 1x1 convolution to the classes. ``padding="valid"`` (the paper's unpadded convolutions) makes the output
-smaller than the input by a constant border (the halo); ``padding="same"`` keeps the size.
+smaller than the input by a constant border (the halo); ``padding="same"`` keeps the size. The 3D U-Net
+of Cicek et al. 2016 (``dims=3``) is the same network on volumes.
 
-The geometry helpers answer the questions the overlap-tile strategy (paper Fig. 2) asks: which input
-tile gives a given output tile, which tile sizes keep every 2x2 pooling on an even size, and how many
-pixels of context each output pixel needs.
+The configuration answers the overlap-tile strategy's questions (paper Fig. 2: which input tile gives
+an output tile, which sizes are valid, how much context) through one model of the geometry per axis,
+:class:`~napari_unet.core.network.geometry.Axis`. This file is also the architecture file of
+bioimage.io packages, preceded there by geometry.py (see ``core/exchange/bioimageio.py``).
 """
 
 from __future__ import annotations
@@ -21,31 +23,49 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_unet.core.network.geometry import Axis
+
 PADDINGS = ("valid", "same")
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Architecture of a U-Net.
+    """Architecture of a U-Net, validated once.
 
-    Attributes
+    Parameters
     ----------
-    in_channels: number of image channels the model reads (1 for grey-value microscopy).
-    num_classes: number of output classes of the pixel-wise softmax (2 in the paper's cell tasks,
-        7 in its dental X-ray variant).
-    depth: number of 2x2 max-poolings in the contracting path (4 in the paper).
-    base_channels: feature channels of the first level (64 in the paper); doubled at each level.
-    padding: "valid" (paper: unpadded 3x3 convolutions) or "same" (zero-padded convolutions).
-    dropout: drop-out probability at the end of the contracting path (paper section 3.1).
-    class_names: one name per class; class 0 is the background class.
-    dims: 2 (the paper's U-Net on planes) or 3 (the 3D U-Net of Cicek et al. 2016 on volumes:
-        3x3x3 convolutions, 2x2x2 poolings, input (N, C, Z, Y, X)).
-    z_pooling: 3D only: per level, whether its pooling (and up-convolution) also halves z; False
-        pools only Y and X (levels where the voxel is strongly anisotropic, see
-        :func:`~napari_unet.core.network.geometry.anisotropic_z_pooling`). Default: every level pools z.
-    z_convolution: 3D only: per level, then for the bottom block, whether its convolutions are
-        3x3x3 (True, Cicek et al.) or in-plane 1x3x3 (False, nnU-Net's anisotropic levels: a 2D
-        U-Net lifted to 3D). Default: all 3x3x3.
+    in_channels : int
+        Number of image channels the model reads (1 for grey-value microscopy).
+    num_classes : int
+        Number of output classes of the pixel-wise softmax (2 in the paper's cell tasks, 7 in its
+        dental X-ray variant); >= 2.
+    depth : int
+        Number of 2x2 max poolings in the contracting path (4 in the paper).
+    base_channels : int
+        Feature channels of the first level (64 in the paper); doubled at each level.
+    padding : {"valid", "same"}
+        "valid" (paper: unpadded 3x3 convolutions, the output is smaller than the input by twice
+        :attr:`halo` pixels) or "same" (zero-padded convolutions, the output has the input's size).
+    dropout : float
+        Drop-out probability at the end of the contracting path (paper section 3.1), in [0, 1).
+    class_names : tuple of str
+        One name per class; class 0 is the background class. Default: "background", "class 1", ...
+    dims : {2, 3}
+        2 (the paper's U-Net on planes, input (N, C, Y, X)) or 3 (the 3D U-Net of Cicek et al.
+        2016 on volumes: 3x3x3 convolutions, 2x2x2 poolings, input (N, C, Z, Y, X)).
+    z_pooling : tuple of bool
+        3D only: per level, whether its pooling (and up-convolution) also halves z; False pools
+        only Y and X (levels where the voxel is strongly anisotropic, see
+        :func:`~napari_unet.core.network.geometry.anisotropic_z_pooling`). Default: every level
+        pools z.
+    z_convolution : tuple of bool
+        3D only: per level, then for the bottom block, whether its convolutions are 3x3x3 (True,
+        Cicek et al.) or in-plane 1x3x3 (False, nnU-Net's anisotropic levels: a 2D U-Net lifted
+        to 3D). Default: all 3x3x3.
+
+    Raises ValueError naming the field when a value is out of range. Sizes (``output_size``,
+    ``input_size``, ``halo``, ``grid``) are in pixels along Y and X (:attr:`yx_axis`); the ``z_``
+    ones in planes along z (:attr:`z_axis`).
     """
 
     in_channels: int = 1
@@ -96,6 +116,14 @@ class UNetConfig:
             object.__setattr__(self, name, v)
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON types (the model file's header).
+
+        Returns
+        -------
+        dict
+            Field name -> value; a 2D model's dict has no ``dims``, ``z_pooling``,
+            ``z_convolution`` (its header stays what it always was).
+        """
         d = asdict(self)
         d["class_names"] = list(self.class_names)
         if self.dims == 2:  # a 2D model's header stays what it always was
@@ -106,6 +134,17 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        """The configuration of a :meth:`to_dict` dict.
+
+        Parameters
+        ----------
+        d : dict
+            Field name -> value; unknown keys are a ValueError.
+
+        Returns
+        -------
+        UNetConfig
+        """
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -120,14 +159,15 @@ class UNetConfig:
 
     # ------------------------------------------------------------------ geometry
     @property
-    def conv_loss(self) -> int:
-        """Pixels lost by the two 3x3 convolutions of one block (4 when valid, 0 when same)."""
-        return 4 if self.padding == "valid" else 0
+    def yx_axis(self) -> Axis:
+        """The geometry along Y and X (both alike): :meth:`Axis.planar` of this depth and padding.
+        The methods below that take no ``z_`` are its answers, in the names models always had."""
+        return Axis.planar(self.depth, self.padding == "valid")
 
     @property
     def grid(self) -> int:
-        """Pooling grid: 2**depth. Tile offsets must be multiples of it for exact tiling."""
-        return 2**self.depth
+        """Pooling grid in pixels: 2**depth. Tile offsets must be multiples of it for exact tiling."""
+        return self.yx_axis.grid
 
     @property
     def z_pools(self) -> tuple[int, ...]:
@@ -135,21 +175,29 @@ class UNetConfig:
         return tuple(2 if b else 1 for b in self.z_pooling)
 
     @property
-    def z_axis(self) -> Any:
-        """3D: the geometry along z (its grid, halo, valid sizes): a :class:`~.geometry.Axis`."""
-        # imported here: this file is also the architecture file of bioimage.io packages, where
-        # it must stand alone (2D models never ask for z)
-        from napari_unet.core.network.geometry import Axis
-
+    def z_axis(self) -> Axis:
+        """3D: the geometry along z (its grid, halo, valid sizes)."""
         return Axis(self.z_pools, self.z_convolution, self.padding == "valid")
 
     @property
     def z_grid(self) -> int:
-        """3D: the pooling grid along z (tile offsets in z are multiples of it)."""
+        """3D: the pooling grid along z in planes (tile offsets in z are multiples of it)."""
         return self.z_axis.grid
 
     def z_output_size(self, input_size: int) -> int:
-        """3D: output size along z for ``input_size`` planes (ValueError when not valid)."""
+        """3D: the output size along z.
+
+        Parameters
+        ----------
+        input_size : int
+            Input planes along z.
+
+        Returns
+        -------
+        int
+            Output planes; a ValueError naming the nearest valid sizes when ``input_size`` is not
+            valid.
+        """
         n = self.z_axis.output_size(input_size)
         if n is None:
             below, above = self.z_axis.nearest_valid(input_size)
@@ -163,28 +211,22 @@ class UNetConfig:
         """3D: context planes an output voxel needs above and below (see :attr:`halo`)."""
         return self.z_axis.halo
 
-    def _output_or_none(self, input_size: int) -> int | None:
-        n = int(input_size)
-        loss = self.conv_loss
-        for _ in range(self.depth):
-            n -= loss
-            if n <= 0 or n % 2:
-                return None
-            n //= 2
-        n -= loss
-        if n <= 0:
-            return None
-        for _ in range(self.depth):
-            n = 2 * n - loss
-        return n if n > 0 else None
-
     def output_size(self, input_size: int) -> int:
-        """Output size along one axis for an input tile of ``input_size`` pixels.
+        """Output size along Y or X for an input tile of ``input_size`` pixels.
 
-        Raises ValueError (naming the nearest valid sizes) when a 2x2 pooling would meet an odd
-        size or the tile is too small to give any output.
+        Parameters
+        ----------
+        input_size : int
+            Input size in pixels.
+
+        Returns
+        -------
+        int
+            Output size in pixels (388 for 572 with a valid depth-4 model). Raises ValueError
+            (naming the nearest valid sizes) when a 2x2 pooling would meet an odd size or the tile
+            is too small to give any output.
         """
-        n = self._output_or_none(input_size)
+        n = self.yx_axis.output_size(input_size)
         if n is None:
             raise ValueError(self._invalid_message(input_size))
         return n
@@ -192,38 +234,35 @@ class UNetConfig:
     def input_size(self, output_size: int) -> int:
         """Smallest valid input tile whose output covers ``output_size`` pixels.
 
-        For a valid U-Net of depth 4 an output of 388 needs an input of 572 (paper Fig. 1).
+        Parameters
+        ----------
+        output_size : int
+            Wanted output size in pixels.
+
+        Returns
+        -------
+        int
+            Input size in pixels: for a valid U-Net of depth 4 an output of 388 needs an input of
+            572 (paper Fig. 1).
         """
-        want = max(int(output_size), 1)
-        loss = self.conv_loss
-        g = self.grid
-        # output = g * b - loss * (g - 1)  with b the bottleneck size (before its two convolutions
-        # the size is b + loss); input = g * (b + loss) + loss * (g - 1)
-        b = max(math.ceil((want + loss * (g - 1)) / g), 1)
-        while g * b - loss * (g - 1) < 1:
-            b += 1
-        return g * (b + loss) + loss * (g - 1)
+        return self.yx_axis.input_size(output_size)
 
     def is_valid_input_size(self, input_size: int) -> bool:
-        return self._output_or_none(input_size) is not None
+        """Whether a tile of ``input_size`` pixels passes every pooling and gives an output."""
+        return self.yx_axis.is_valid(input_size)
 
     def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
-        """All valid input tile sizes in [lo, hi]."""
+        """All valid input tile sizes in [lo, hi] pixels, ascending."""
         return [n for n in range(max(lo, 1), hi + 1) if self.is_valid_input_size(n)]
 
     def nearest_valid_input_sizes(self, input_size: int) -> tuple[int | None, int]:
-        """The valid input sizes just below (None if there is none) and just above ``input_size``."""
-        n = int(input_size)
-        below = next((m for m in range(n, 0, -1) if self.is_valid_input_size(m)), None)
-        above = next(m for m in range(max(n, 1), n + 4 * self.grid + 8 * self.depth + 64)
-                     if self.is_valid_input_size(m))
-        return below, above
+        """The valid input sizes just below or at (None if there is none) and just above or at
+        ``input_size`` pixels."""
+        return self.yx_axis.nearest_valid(input_size)
 
     def _invalid_message(self, input_size: int) -> str:
         n = int(input_size)
-        below = next((m for m in range(n - 1, 0, -1) if self.is_valid_input_size(m)), None)
-        above = next(m for m in range(max(n + 1, 1), n + 4 * self.grid + 8 * self.depth + 64)
-                     if self.is_valid_input_size(m))
+        below, above = self.nearest_valid_input_sizes(n)  # n itself is not valid
         near = f"{below} or {above}" if below else f"{above}"
         return (
             f"input size {n} is not valid for a {self.padding} U-Net of depth {self.depth}: every 2x2 "
@@ -232,30 +271,29 @@ class UNetConfig:
 
     @property
     def halo(self) -> int:
-        """Context pixels needed on each side of an output pixel.
+        """Context pixels needed on each side of an output pixel along Y and X.
 
         For valid models this is exactly the border lost per side (92 for depth 4: 572 -> 388). For
         same-padded models it is the receptive-field radius rounded up to the pooling grid, so that
         cropping that margin from each tile reproduces the whole-image output exactly.
         """
-        if self.padding == "valid":
-            n = self.input_size(1)
-            return (n - self.output_size(n)) // 2
-        # receptive-field radius of the same-padded net: each 3x3 conv at level l adds 2**l
-        radius = 0
-        for level in range(self.depth):
-            radius += 2 * 2**level  # two convs on the way down
-            radius += 2**level  # the pooling window
-        radius += 2 * 2**self.depth  # bottleneck
-        for level in range(self.depth - 1, -1, -1):
-            radius += 2 * 2**level  # two convs on the way up
-        return int(math.ceil((radius + 1) / self.grid) * self.grid)
+        return self.yx_axis.halo
 
     def tile_flops(self, input_size: int) -> float:
-        """Floating-point operations (2 per multiply-add) of one forward pass on a square input tile
-        of ``input_size`` pixels, convolutions and up-convolutions counted layer by layer."""
+        """Floating-point operations of one forward pass of a 2D model on a square tile.
+
+        Parameters
+        ----------
+        input_size : int
+            Side of the square input tile in pixels (a valid size, else ValueError).
+
+        Returns
+        -------
+        float
+            FLOPs (2 per multiply-add), convolutions and up-convolutions counted layer by layer.
+        """
         self.output_size(input_size)  # validates
-        loss = self.conv_loss // 2
+        loss = 2 if self.padding == "valid" else 0  # pixels each 3x3 convolution takes
         chans = [self.base_channels * 2**i for i in range(self.depth + 1)]
         n, cin, total, sizes = int(input_size), self.in_channels, 0.0, []
         for level in range(self.depth):
@@ -281,8 +319,19 @@ class UNetConfig:
         return total
 
     def flops_per_output_pixel(self, input_size: int | None = None) -> float:
-        """FLOPs per output pixel on tiles of ``input_size`` (default: the paper's 572 for valid
-        depth-4 models, else the valid size nearest 572)."""
+        """FLOPs per output pixel of a 2D model.
+
+        Parameters
+        ----------
+        input_size : int, optional
+            Side of the square input tile in pixels; default: the paper's 572 for valid depth-4
+            models, else the valid size nearest 572.
+
+        Returns
+        -------
+        float
+            :meth:`tile_flops` divided by the output tile's pixels.
+        """
         if input_size is None:
             below, above = self.nearest_valid_input_sizes(572)
             input_size = below or above
@@ -313,11 +362,18 @@ class _DoubleConv(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """U-Net (paper Fig. 1): ``forward`` maps (N, in_channels, H, W) to class logits (N, classes, h, w).
+    """The U-Net (paper Fig. 1) as a torch module.
 
-    With ``padding="valid"`` h = config.output_size(H); with ``"same"`` h = H (H a multiple of
-    2**depth). The softmax is not part of the model; :func:`torch.softmax` over dim 1 gives the paper's
-    pixel-wise softmax p_k(x).
+    Parameters
+    ----------
+    config : UNetConfig, optional
+        The architecture; or give its fields as keyword arguments instead (not both).
+
+    ``forward`` maps a float32 (N, in_channels, Y, X) tensor (3D: (N, in_channels, Z, Y, X)) to class
+    logits (N, num_classes, y, x): with ``padding="valid"`` y = config.output_size(Y) (a valid input
+    size; 572 -> 388 at depth 4), with ``"same"`` y = Y (Y a multiple of 2**depth); in 3D z as
+    :meth:`UNetConfig.z_output_size`. The softmax is not part of the model; :func:`torch.softmax`
+    over dim 1 gives the paper's pixel-wise softmax p_k(x).
     """
 
     def __init__(self, config: UNetConfig | None = None, **kwargs: Any) -> None:
@@ -373,6 +429,20 @@ class UNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of ``x``.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            float32 (N, in_channels, Y, X), or (N, in_channels, Z, Y, X) for a 3D U-Net; sizes valid
+            for the model (a ValueError names the nearest valid ones).
+
+        Returns
+        -------
+        torch.Tensor
+            float32 logits (N, num_classes, y, x) (3D: (N, num_classes, z, y, x)), sizes as in the
+            class docstring.
+        """
         cfg = self.config
         nd = cfg.dims + 2
         if x.ndim != nd or x.shape[1] != cfg.in_channels:
