@@ -102,7 +102,7 @@ class TrainingSettings(Container):
         """The ``TrainConfig`` of a run with these settings: Train (2D, or 3D with '3D U-Net'), or
         Live (``live``: live training's own measured recipe, with this augmentation). Steps 0 means
         the Minutes budget. Raises ValueError for settings the core refuses."""
-        from napari_unet.core.train.config import TrainConfig, augmentation_for
+        from napari_unet.core.train.config import DEFAULT_STEPS, TrainConfig, augmentation_for
 
         if live:
             from napari_unet.core.train.live import live_config
@@ -111,6 +111,8 @@ class TrainingSettings(Container):
             return live_config(lr=None, augmentation=augmentation_for(float(self.strength.value)))
         steps = int(self.steps.value) or None
         minutes = None if steps else float(self.minutes.value) or None
+        if steps is None and minutes is None:  # neither chosen: the widget's 500 steps, 2D or 3D
+            steps = DEFAULT_STEPS
         return TrainConfig.from_choices(
             volume=bool(self.volume.value), steps=steps, minutes=minutes, lr=float(self.lr.value),
             strength=float(self.strength.value), members=int(self.members.value) or None)
