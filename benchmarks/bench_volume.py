@@ -96,7 +96,7 @@ def _scratch(model):
 PEAK = """
 import gc, sys, threading, time, numpy as np, tifffile
 from napari_unet.core.exchange.opening import load_model
-from napari_unet.core.network.lift import lift_model
+from napari_unet.core.modelfile.files import lift_model
 from napari_unet.core.segment import segment_image
 PAGE = 4096
 def rss():  # resident memory now (not the peak so far): /proc/self/statm, second field

@@ -8,11 +8,11 @@ import tifffile
 import torch
 
 from napari_unet.core.events import StepDone
-from napari_unet.core.metrics import match_instances
-from napari_unet.core.modelfile.files import save_model
 from napari_unet.core.exchange.opening import load_model
+from napari_unet.core.metrics import match_instances
+from napari_unet.core.modelfile.files import lift_model, save_model
 from napari_unet.core.modelfile.normalization import Normalization
-from napari_unet.core.network.lift import lift_model, lift_network, lifted_config
+from napari_unet.core.network.lift import lift_network, lifted_config
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.predict2d import predict_image
 from napari_unet.core.predict.predict3d import predict_volume_image
@@ -333,7 +333,7 @@ def test_a_3d_model_as_base_of_2d_or_live_training_is_a_message():
     """A 3D model picked as the base of 2D fine-tuning or Live is refused with what to do instead,
     before any step (it used to fail inside the network)."""
     from napari_unet.core.events import run_to_end
-    from napari_unet.core.network.lift import lift_model
+    from napari_unet.core.modelfile.files import lift_model
     from napari_unet.core.train import LiveInbox, TrainConfig, train
     from napari_unet.core.train.live import live_train
 

@@ -21,6 +21,7 @@ import torch
 
 from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.ensemble import UNetEnsemble, n_members
+from napari_unet.core.network.lift import lift_network
 from napari_unet.core.network.unet import UNet, UNetConfig
 
 FORMAT = "napari-unet"
@@ -311,3 +312,15 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         return path.with_name(path.name + SUFFIX)
     names = ", ".join(sorted(shipped)) or "none"
     raise ModelFileError(f"no model file {s!r} and no shipped model of that name (shipped: {names})")
+
+
+# ---------------------------------------------------------------------------- 3D
+def lift_model(model: UNetModel, z_blocks: int = 1) -> UNetModel:
+    """``model`` (2D) as a 3D model that equals it plane by plane until it is fine-tuned; the
+    normalisation, post-processing and provenance (with ``lifted_from``) are kept."""
+    if model.members > 1:
+        raise ValueError("an ensemble cannot be lifted to 3D: lift one of its networks")
+    prov = dict(model.provenance or {})
+    prov["lifted_from"] = {"name": model.name, "z_blocks": int(z_blocks)}
+    return UNetModel(lift_network(model.net, z_blocks), model.normalization, model.postprocessing,
+                     name=f"{model.name} 3D", description=model.description, provenance=prov)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from napari_unet.core.modelfile.files import UNetModel
 from napari_unet.core.network.unet import UNet, UNetConfig
 
 
@@ -46,14 +45,3 @@ def lift_network(net: UNet, z_blocks: int = 1) -> UNet:
                 w3[:, :, w3.shape[2] // 2] = w2
     out.load_state_dict(dst)
     return out
-
-
-def lift_model(model: UNetModel, z_blocks: int = 1) -> UNetModel:
-    """``model`` (2D) as a 3D model that equals it plane by plane until it is fine-tuned; the
-    normalisation, post-processing and provenance (with ``lifted_from``) are kept."""
-    if model.members > 1:
-        raise ValueError("an ensemble cannot be lifted to 3D: lift one of its networks")
-    prov = dict(model.provenance or {})
-    prov["lifted_from"] = {"name": model.name, "z_blocks": int(z_blocks)}
-    return UNetModel(lift_network(model.net, z_blocks), model.normalization, model.postprocessing,
-                     name=f"{model.name} 3D", description=model.description, provenance=prov)
