@@ -32,7 +32,9 @@ from napari_unet.core.exchange.opening import load_model  # noqa: E402
 from napari_unet.core.exchange.runtime import onnxruntime_model  # noqa: E402
 from napari_unet.core.modelfile.files import UNetModel  # noqa: E402
 from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
-from napari_unet.core.predict.predict2d import auto_tile_size, mirror_index, predict_image  # noqa: E402
+from napari_unet.core.predict.padding import mirror_index  # noqa: E402
+from napari_unet.core.predict.predict2d import predict_image  # noqa: E402
+from napari_unet.core.predict.tiles import auto_tile_size  # noqa: E402
 
 
 def image(size: int) -> np.ndarray:

@@ -39,12 +39,9 @@ if str(ROOT / "src") not in sys.path:
 from napari_unet.core.exchange.opening import load_model  # noqa: E402
 from napari_unet.core.modelfile.normalization import Normalization  # noqa: E402
 from napari_unet.core.network.unet import UNet, UNetConfig  # noqa: E402
-from napari_unet.core.predict.predict2d import (  # noqa: E402
-    auto_tile_size,
-    mirror_index,
-    plan_tiles,
-    predict_image,
-)
+from napari_unet.core.predict.padding import mirror_index  # noqa: E402
+from napari_unet.core.predict.predict2d import predict_image  # noqa: E402
+from napari_unet.core.predict.tiles import auto_tile_size, plan_tiles  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "nuclei-widefield" / "image.tif"
 SHIPPED = ROOT / "src" / "napari_unet" / "models" / "nuclei.safetensors"

@@ -41,7 +41,7 @@ def test_zero_padding_is_not_silent(tmp_path, capsys, make_napari_viewer, qtbot,
 
     from napari_unet.cli.main import main
     from napari_unet.core.exchange.opening import load_model
-    from napari_unet.core.predict.predict2d import zero_padding_note
+    from napari_unet.core.predict.padding import zero_padding_note
 
     src = tmp_path / "img.tif"
     tifffile.imwrite(src, nuclei_image[:128, :128])

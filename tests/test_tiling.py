@@ -12,13 +12,10 @@ from napari_unet.core.modelfile.files import UNetModel
 from napari_unet.core.modelfile.normalization import CLIP, Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.checks import smallest_tile
-from napari_unet.core.predict.predict2d import (
-    infer_layout,
-    mirror_index,
-    plan_tiles,
-    predict,
-    predict_image,
-)
+from napari_unet.core.predict.layout import infer_layout
+from napari_unet.core.predict.padding import mirror_index
+from napari_unet.core.predict.predict2d import predict, predict_image
+from napari_unet.core.predict.tiles import plan_tiles
 
 
 def _net(padding="valid", depth=2, in_channels=1, classes=2, seed=0):
@@ -190,6 +187,36 @@ def test_plan_steps_on_pooling_grid():
         assert len(plan) == n_max
     # tile size lowered to the nearest valid size and to what covers the image
     assert plan_tiles(cfg, (50, 50), 572).tile_in == (cfg.input_size(50),) * 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(shape=st.tuples(st.integers(1, 300), st.integers(1, 300), st.integers(1, 300)),
+       extra=st.tuples(st.integers(0, 200), st.integers(0, 200), st.integers(0, 200)),
+       padding=st.sampled_from(["valid", "same"]), depth=st.integers(1, 3),
+       z_pooling=st.tuples(st.booleans(), st.booleans(), st.booleans()))
+def test_one_planner_one_covering_rule_for_planes_and_volumes(shape, extra, padding, depth, z_pooling):
+    """The one N-D planner: a plane's plan is the Y and X of a volume's plan of the same U-Net, and
+    along every axis of both the tiles start at 0 on the axis's pooling grid, abut (one step apart),
+    cover the axis without a spare row, and have valid sizes no larger than asked for."""
+    cfg2 = UNetConfig(depth=depth, base_channels=1, padding=padding)
+    cfg3 = UNetConfig(depth=depth, base_channels=1, padding=padding, dims=3, z_pooling=z_pooling[:depth])
+    asked = (cfg3.z_axis.smallest_tile + extra[0], smallest_tile(cfg2) + extra[1], smallest_tile(cfg2) + extra[2])
+    volume = plan_tiles(cfg3, shape, asked)
+    plane = plan_tiles(cfg2, shape[1:], asked[1:])
+    for name in ("shape", "tile_in", "tile_out", "keep", "kept_max", "context", "skip", "starts"):
+        assert getattr(volume, name)[1:] == getattr(plane, name), name
+    assert volume.origins == tuple((z,) + yx for z in volume.starts[0] for yx in plane.origins)
+    assert plane.origins_in(plane.shape) == plane.origins
+    for plan, axes in ((plane, (cfg2.yx_axis,) * 2), (volume, (cfg3.z_axis, cfg3.yx_axis, cfg3.yx_axis))):
+        for a, ax in enumerate(axes):
+            n, starts, keep, kept_max = plan.shape[a], plan.starts[a], plan.keep[a], plan.kept_max[a]
+            assert ax.output_size(plan.tile_in[a]) == plan.tile_out[a] and plan.tile_in[a] <= asked[a - len(axes)]
+            assert keep % ax.grid == 0 and keep <= kept_max and plan.skip[a] + kept_max <= plan.tile_out[a]
+            assert plan.context[a] == ax.halo and plan.skip[a] == (0 if ax.valid else ax.halo)
+            assert starts[0] == 0 and all(s % ax.grid == 0 for s in starts)  # on the pooling grid
+            assert all(b - s == keep for s, b in zip(starts[:-1], starts[1:], strict=True))  # abutting
+            assert starts[-1] + kept_max >= n  # covering
+            assert len(starts) == 1 or starts[-2] + kept_max < n  # no spare row
 
 
 def test_stack_is_segmented_plane_by_plane():

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.modelfile.files import UNetModel, save_model
-
 from napari_unet.core.exchange.opening import load_model
+from napari_unet.core.modelfile.files import UNetModel, save_model
 from napari_unet.core.modelfile.normalization import CLIP, Normalization
 from napari_unet.core.network import geometry
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.padding import mirror_index
 from napari_unet.core.predict.predict2d import predict_image
-from napari_unet.core.predict.predict3d import plan_volume, predict_volume, predict_volume_image
+from napari_unet.core.predict.predict3d import predict_volume, predict_volume_image
+from napari_unet.core.predict.tiles import plan_tiles
 
 
 def _net3d(padding="valid", depth=2, z_pooling=(False, True), seed=0, classes=2, z_convolution=()):
@@ -130,7 +130,7 @@ def test_tiled_volume_equals_whole_volume(net_padding, z_pooling, z_convolution,
         else 2 * cfg.z_halo + cfg.z_grid
     tiled = 0
     for tile in ((smallest_z, 200, 200), (200, 1, 200), (smallest_z + 3, 200, 1), 200):
-        plan = plan_volume(cfg, shape, tile)
+        plan = plan_tiles(cfg, shape, tile)
         tiled = max(tiled, len(plan))
         for o in plan.origins:  # every tile on the pooling grid of its axis
             assert o[0] % cfg.z_grid == 0 and o[1] % cfg.grid == 0 and o[2] % cfg.grid == 0

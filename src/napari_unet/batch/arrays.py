@@ -61,7 +61,8 @@ def segment_arrays(
     from dataclasses import replace
 
     from napari_unet.core.device import resolve_device
-    from napari_unet.core.predict.predict2d import auto_tile_size, infer_layout, plan_tiles
+    from napari_unet.core.predict.layout import infer_layout
+    from napari_unet.core.predict.tiles import auto_tile_size, plan_tiles
     from napari_unet.core.segment import segment
 
     kw = dict(segment_kwargs)

@@ -27,7 +27,7 @@ class BlockJob:
     device: str
     batch_size: int
     grid: Any  # core.predict.blocks.BlockGrid
-    layout: Any  # core.predict.predict2d.Layout
+    layout: Any  # core.predict.layout.Layout
     stats: dict[tuple[int, ...], np.ndarray]
     planes: list[tuple[int, ...]]
     tta: bool = False
@@ -56,7 +56,7 @@ def worker_net(job: BlockJob, model: Any) -> Any:
         import torch
 
         from napari_unet.core.device import resolve_device
-        from napari_unet.core.predict.blocks import inference_net
+        from napari_unet.core.predict.inference import inference_net
 
         _for_job(job)
         try:

@@ -107,7 +107,9 @@ def segment_to_zarr(
     from napari_unet.core.modelfile.files import Postprocessing, UNetModel, make_parent
     from napari_unet.core.predict.blocks import block_grid, plane_stats
     from napari_unet.core.predict.checks import as_image
-    from napari_unet.core.predict.predict2d import PADDING_MODES, auto_tile_size, infer_layout
+    from napari_unet.core.predict.inference import PADDING_MODES
+    from napari_unet.core.predict.layout import infer_layout
+    from napari_unet.core.predict.tiles import auto_tile_size
     from napari_unet.core.segment import OUTPUT_TYPES
 
     if output_type not in OUTPUT_TYPES:

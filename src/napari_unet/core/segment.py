@@ -28,7 +28,9 @@ from napari_unet.core.postprocess.instances import (
 )
 from napari_unet.core.postprocess.prior import adapt_background_prior
 from napari_unet.core.predict.checks import as_image
-from napari_unet.core.predict.predict2d import auto_tile_size, infer_layout, plan_tiles, predict
+from napari_unet.core.predict.layout import infer_layout
+from napari_unet.core.predict.predict2d import predict
+from napari_unet.core.predict.tiles import auto_tile_size, plan_tiles
 
 OUTPUT_TYPES = ("instances", "semantic", "probabilities")
 

@@ -3,11 +3,11 @@
 Large images and distributed jobs cut each plane into blocks (the chunks of a zarr output) and predict
 each block on its own: in another process, on another machine, or one after the other to keep memory
 bounded. A block reads its own context (the halo of its overlap tiles) from the source through
-:class:`~napari_unet.core.predict.predict2d.PlaneReader`, with normalisation statistics computed once for the whole
-plane and handed in. Block origins are multiples of the tile step, which is a multiple of the pooling
-grid, and the tiles have the same input size as in :func:`~napari_unet.core.predict.predict2d.predict`: every
-output pixel is computed from the same input window on the same pooling grid, so the blocks put
-together equal the whole-plane prediction.
+:class:`~napari_unet.core.predict.planes.PlaneReader`, with normalisation statistics computed once for
+the whole plane and handed in. Block origins are multiples of the tile step, which is a multiple of the
+pooling grid, and the tiles are those of the plane's plan (:func:`~napari_unet.core.predict.tiles.plan_tiles`,
+as in :func:`~napari_unet.core.predict.predict2d.predict`): every output pixel is computed from the same
+input window on the same pooling grid, so the blocks put together equal the whole-plane prediction.
 """
 
 from __future__ import annotations
@@ -18,18 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet.core.modelfile.files import UNetModel
 from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
-from napari_unet.core.predict.predict2d import (
-    Layout,
-    PlaneReader,
-    TilePlan,
-    _axis_origins,
-    _inference_net,
-    plan_tiles,
-    predict_tiles,
-)
+from napari_unet.core.predict.layout import Layout
+from napari_unet.core.predict.planes import PlaneReader
+from napari_unet.core.predict.predict2d import predict_tiles
+from napari_unet.core.predict.tiles import TilePlan, plan_tiles
 
 
 @dataclass(frozen=True)
@@ -43,7 +37,7 @@ class BlockGrid:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.plan.image_shape
+        return self.plan.shape  # type: ignore[return-value]
 
     def region(self, i: int) -> tuple[int, int, int, int]:
         """(y0, x0, h, w) of block ``i``."""
@@ -54,24 +48,17 @@ class BlockGrid:
     def tiles_in(self, i: int) -> int:
         """Number of overlap tiles block ``i`` needs."""
         _, _, bh, bw = self.region(i)
-        kept_max = _kept_max(self.plan)
-        return len(_axis_origins(bh, kept_max[0], self.plan.keep[0])) * len(
-            _axis_origins(bw, kept_max[1], self.plan.keep[1]))
+        return len(self.plan.origins_in((bh, bw)))
 
     def __len__(self) -> int:
         return len(self.origins)
-
-
-def _kept_max(plan: TilePlan) -> tuple[int, int]:
-    # valid models may keep the whole network output of the last tile; same-padded ones the step
-    return plan.tile_out if plan.skip == 0 else plan.keep
 
 
 def block_grid(config: UNetConfig, image_shape: tuple[int, int], tile_size: int | tuple[int, int],
                block_size: int | tuple[int, int] = 1024) -> BlockGrid:
     """Cut an (h, w) plane into blocks of about ``block_size`` pixels, rounded to the tile step.
 
-    ``tile_size`` is the network input tile, as in :func:`~napari_unet.core.predict.predict2d.plan_tiles`
+    ``tile_size`` is the network input tile, as in :func:`~napari_unet.core.predict.tiles.plan_tiles`
     (pass the same value to the whole-image call to get the same result).
     """
     if config.dims == 3:
@@ -82,7 +69,7 @@ def block_grid(config: UNetConfig, image_shape: tuple[int, int], tile_size: int 
     if any(int(b) < 1 for b in bs):
         raise ValueError(f"block_size must be positive, got {block_size!r}")
     block = tuple(max(1, round(int(b) / k)) * k for b, k in zip(bs, plan.keep, strict=True))
-    h, w = plan.image_shape
+    h, w = plan.shape
     origins = tuple((y, x) for y in range(0, h, block[0]) for x in range(0, w, block[1]))
     return BlockGrid(plan, block, origins)  # type: ignore[arg-type]
 
@@ -116,11 +103,6 @@ def plane_stats(source: Any, layout: Layout, plane: tuple[int, ...], normalizati
     return reader.stats
 
 
-def inference_net(model: UNetModel | UNet, device: torch.device) -> UNet:
-    """A private eval-mode copy of the network on ``device`` (load it once, reuse it per block)."""
-    return _inference_net(model, device)
-
-
 def predict_block(
     source: Any,
     net: UNet,
@@ -138,7 +120,8 @@ def predict_block(
 ) -> np.ndarray:
     """Predict block ``i`` of ``grid`` in ``plane`` of ``source``.
 
-    ``net`` comes from :func:`inference_net`; ``stats`` from :func:`plane_stats` (whole plane).
+    ``net`` comes from :func:`~napari_unet.core.predict.inference.inference_net`; ``stats`` from
+    :func:`plane_stats` (whole plane).
     Returns float32 (classes, bh, bw) probabilities or uint8 (bh, bw) class ids, equal to the
     corresponding part of ``predict(...)`` on the whole plane with the same tile size (and ``tta``).
     """
@@ -149,20 +132,18 @@ def predict_block(
     y0, x0, bh, bw = grid.region(i)
     reader = _FixedStatsReader(source, plane_index(layout, plane), (layout.y, layout.x), layout.c,
                                stats, padding)
-    kept_max = _kept_max(plan)
-    origins = [(y0 + dy, x0 + dx) for dy in _axis_origins(bh, kept_max[0], plan.keep[0])
-               for dx in _axis_origins(bw, kept_max[1], plan.keep[1])]
+    origins = [(y0 + dy, x0 + dx) for dy, dx in plan.origins_in((bh, bw))]
     k = net.config.num_classes
     out = np.zeros((k, bh, bw), np.float32) if output == "probabilities" else np.zeros((bh, bw), np.uint8)
-    s = plan.skip
+    sy, sx = plan.skip
     for b0 in range(0, len(origins), batch_size):
         batch_origins = origins[b0 : b0 + batch_size]
         res = predict_tiles(net, reader, plan, batch_origins, dev, output, tta)
         for r, (y, x) in zip(res, batch_origins, strict=True):
-            kh, kw = min(kept_max[0], y0 + bh - y), min(kept_max[1], x0 + bw - x)
+            kh, kw = min(plan.kept_max[0], y0 + bh - y), min(plan.kept_max[1], x0 + bw - x)
             oy, ox = y - y0, x - x0
             if output == "probabilities":
-                out[:, oy : oy + kh, ox : ox + kw] = r[:, s : s + kh, s : s + kw]
+                out[:, oy : oy + kh, ox : ox + kw] = r[:, sy : sy + kh, sx : sx + kw]
             else:
-                out[oy : oy + kh, ox : ox + kw] = r[s : s + kh, s : s + kw].astype(np.uint8)
+                out[oy : oy + kh, ox : ox + kw] = r[sy : sy + kh, sx : sx + kw].astype(np.uint8)
     return out

@@ -77,8 +77,7 @@ def _is_number(x: Any) -> bool:
 def smallest_tile(config: UNetConfig) -> int:
     """The smallest network input tile of a model: its context on both sides plus one step of
     the pooling grid (the output tiles then advance by 2**depth pixels)."""
-    g = config.grid
-    return config.input_size(g) if config.padding == "valid" else 2 * config.halo + g
+    return config.yx_axis.smallest_tile
 
 
 def check_tile_size(config: UNetConfig, tile_size: Any) -> tuple[int, int]:

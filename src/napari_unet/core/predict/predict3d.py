@@ -1,131 +1,34 @@
 """Overlap-tile inference of a 3D U-Net (Cicek et al. 2016): class probabilities of (Z, Y, X)
-volumes of any size, exactly as the network applied to the whole (padded) volume.
+volumes of any size (:func:`predict_volume`, :func:`predict_volume_image`), exactly as the network
+applied to the whole (padded) volume, and the reader of normalised blocks of a volume.
 
-The paper's strategy (Fig. 2) along three axes: each input tile carries the context its output
-tile needs, mirrored beyond the volume's faces (z too; ``padding="zero"``: one constant, the
-volume's median), output tiles abut, and every tile starts on a multiple of the pooling grid of
-its axis (2**depth in Y and X; along z the product of the levels' z poolings, 1 where no level
-pools z), so every tile sees the poolings of the whole volume. Memory grows with the tile: the
-source is read block by block (numpy, memmap, dask, zarr) with normalisation statistics computed
-once per volume.
+The tiles are :mod:`~napari_unet.core.predict.tiles`'s plan along three axes: each input tile carries
+the context its output tile needs, mirrored beyond the volume's faces (z too; ``padding="zero"``: one
+constant, the volume's median), output tiles abut, and every tile starts on the pooling grid of its
+axis (along z the product of the levels' z poolings). Memory grows with the tile: the source is read
+block by block (numpy, memmap, dask, zarr) with normalisation statistics computed once per volume.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-import napari_unet.core.network.geometry as geometry
-from napari_unet.core.device import free_memory_bytes, resolve_device
+from napari_unet.core.device import resolve_device
 from napari_unet.core.events import TileDone, run_to_end
 from napari_unet.core.modelfile.files import UNetModel
 from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.predict.checks import as_image
+from napari_unet.core.predict.inference import OUTPUTS, PADDING_MODES, inference_net
 from napari_unet.core.predict.layout import infer_layout
 from napari_unet.core.predict.padding import mirror_index, zero_context
-from napari_unet.core.predict.predict2d import OUTPUTS, PADDING_MODES, _inference_net
+from napari_unet.core.predict.tiles import auto_volume_tile, plan_tiles
 
 Triple = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class VolumePlan:
-    """Where the tiles of one (Z, Y, X) volume lie; per axis as :class:`~.tiling.TilePlan`:
-    ``tile_in`` network input, ``tile_out`` network output, ``keep`` the step between tiles (a
-    multiple of the axis's pooling grid), ``context`` input voxels before a tile's first output
-    voxel, ``skip`` first kept voxel inside the network output; ``origins`` (z, y, x)."""
-
-    shape: Triple
-    tile_in: Triple
-    tile_out: Triple
-    keep: Triple
-    kept_max: Triple
-    context: Triple
-    skip: Triple
-    origins: tuple[Triple, ...]
-
-    def __len__(self) -> int:
-        return len(self.origins)
-
-
-def _axis_plan(ax: geometry.Axis, size: int, target: int) -> tuple[int, int, int, int, int, int]:
-    """(tile_in, tile_out, keep, kept_max, context, skip) along one axis: the fewest tiles of at
-    most ``target`` input voxels that cover ``size``, each shrunk to the smallest that still does."""
-    g, halo = ax.grid, ax.halo
-    if ax.valid:
-        smallest = ax.input_size(g)
-        below, _ = ax.nearest_valid(max(int(target), smallest))
-        sizes = [t for t in range(smallest, max(below or smallest, smallest) + 1) if ax.is_valid(t)]
-
-        def parts(t: int) -> tuple[int, int]:
-            out = ax.output_size(t)
-            return out, max((out // g) * g, g)  # type: ignore[operator]
-    else:
-        smallest = 2 * halo + g
-        sizes = list(range(smallest, max((int(target) // g) * g, smallest) + 1, g))
-
-        def parts(t: int) -> tuple[int, int]:
-            return t, t - 2 * halo
-
-    def coverage(t: int, n: int) -> int:
-        out, keep = parts(t)
-        return (n - 1) * keep + (out if ax.valid else keep)
-
-    n = 1
-    while coverage(sizes[-1], n) < size:
-        n += 1
-    t = next(t for t in sizes if coverage(t, n) >= size)
-    out, keep = parts(t)
-    if ax.valid:
-        return t, out, keep, out, halo, 0
-    return t, out, keep, keep, halo, halo
-
-
-def _triple(v: int | tuple[int, ...], name: str) -> Triple:
-    t = (int(v),) * 3 if np.isscalar(v) else tuple(int(i) for i in v)  # type: ignore[arg-type]
-    if len(t) != 3 or min(t) < 1:
-        raise ValueError(f"{name} must be a positive int or (z, y, x), got {v!r}")
-    return t  # type: ignore[return-value]
-
-
-def plan_volume(config: UNetConfig, shape: tuple[int, int, int], tile_size: int | tuple[int, ...]
-                ) -> VolumePlan:
-    """The tile plan of a (Z, Y, X) volume for a 3D U-Net and a requested input ``tile_size``
-    (int or (z, y, x); lowered to valid sizes and to what covers the volume)."""
-    if config.dims != 3:
-        raise ValueError("plan_volume is for 3D U-Nets (dims=3); a 2D model segments planes")
-    d, h, w = _triple(shape, "the volume shape")
-    tz, ty, tx = _triple(tile_size, "tile_size")
-    xy = geometry.Axis.planar(config.depth, config.padding == "valid")
-    axes = [_axis_plan(config.z_axis, d, tz), _axis_plan(xy, h, ty), _axis_plan(xy, w, tx)]
-    tin, tout, keep, kmax, ctx, skip = (tuple(a[i] for a in axes) for i in range(6))
-    starts = []
-    for size, k, km in zip((d, h, w), keep, kmax, strict=True):
-        o = [0]
-        while o[-1] + km < size:
-            o.append(o[-1] + k)
-        starts.append(o)
-    origins = tuple((z, y, x) for z in starts[0] for y in starts[1] for x in starts[2])
-    return VolumePlan((d, h, w), tin, tout, keep, kmax, ctx, skip, origins)  # type: ignore[arg-type]
-
-
-def auto_volume_tile(config: UNetConfig, device: torch.device, depth: int) -> Triple:
-    """A tile from the device's free memory: all of a thin volume's planes (up to 64 output
-    planes), Y and X as large as ~24 * base_channels bytes per input voxel allow (CPU: a tenth
-    of the free memory, at most 512; GPUs: a quarter, at most 1024)."""
-    tz_out = min(int(depth), 64)
-    tz = config.z_axis.input_size(tz_out) if config.padding == "valid" else tz_out + 2 * config.z_halo
-    per_voxel = 24 * config.base_channels + 8 * config.in_channels + 8 * config.num_classes
-    budget = free_memory_bytes(device) * (0.25 if device.type != "cpu" else 0.1)
-    side = int(math.sqrt(max(budget / per_voxel / tz, 1)))
-    side = max(min(side, 1024 if device.type != "cpu" else 512), 2 * config.halo + config.grid)
-    return tz, side, side
 
 
 class VolumeReader:
@@ -217,11 +120,43 @@ def predict_volume(
 ) -> Generator[TileDone, None, Any]:
     """Predict every volume of ``image`` with a 3D U-Net, tile by tile (a generator).
 
-    ``image``: (Z, Y, X), with channels and/or further leading axes (T, Z, Y, X): each volume
-    separately. Output in the layout of plane-by-plane prediction: "probabilities" -> float32
-    (*rest, Z, classes, Y, X); "semantic" -> uint8 (*rest, Z, Y, X). Equal to the network on the
-    whole padded volume, whatever ``tile_size`` (int or (z, y, x); None: from free memory).
-    Yields TileDone after each tile (``plane`` counts volumes); returns the output."""
+    Parameters
+    ----------
+    image : array-like
+        numpy, memmap, dask, zarr or a torch tensor of shape (Z, Y, X), with channels and/or
+        further leading axes (T, Z, Y, X: each volume separately); integer, boolean or float dtype.
+    model : UNetModel or UNet
+        A 3D U-Net (``config.dims == 3``).
+    axes : str, optional
+        The image's axes ("ZYX", "TZYX", "CZYX", ...); default: the last axis besides Y, X and
+        channels is Z.
+    output : {"probabilities", "semantic"}
+        "probabilities": float32 (*rest, Z, classes, Y, X), the layout of plane-by-plane
+        prediction; "semantic": uint8 (*rest, Z, Y, X) class ids.
+    tile_size : int or (int, int, int), optional
+        Network input tile in voxels, one size or (z, y, x); lowered to valid sizes and to what
+        covers the volume; None chooses it from the device's free memory
+        (:func:`~napari_unet.core.predict.tiles.auto_volume_tile`).
+    padding : {"mirror", "zero"}
+        Context beyond the volume's faces: mirrored (z too) or the volume's median intensity.
+    device : str or torch.device
+        "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps".
+    normalization : Normalization, optional
+        Overrides the model's intensity normalisation (whole-volume statistics).
+    out : array, optional
+        Preallocated numpy or zarr array of the output's shape and dtype.
+
+    Yields
+    ------
+    TileDone
+        After each tile (``plane`` counts volumes).
+
+    Returns
+    -------
+    array
+        ``out`` (or a new numpy array) as described under ``output``: equal to the network on the
+        whole padded volume, whatever ``tile_size``.
+    """
     if padding not in PADDING_MODES:
         raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     if output not in OUTPUTS:
@@ -229,7 +164,7 @@ def predict_volume(
     cfg = model.config
     if cfg.dims != 3:
         raise ValueError("predict_volume needs a 3D U-Net; a 2D model predicts plane by plane "
-                         "(tiling.predict)")
+                         "(predict2d.predict)")
     image = as_image(image)
     shape = tuple(image.shape)
     layout, z = volume_axes(shape, cfg, axes)
@@ -237,7 +172,7 @@ def predict_volume(
     dev = resolve_device(device)
     zyx = (z, layout.y, layout.x)
     vshape = tuple(shape[a] for a in zyx)
-    plan = plan_volume(cfg, vshape, tile_size or auto_volume_tile(cfg, dev, vshape[0]))
+    plan = plan_tiles(cfg, vshape, tile_size or auto_volume_tile(cfg, dev, vshape[0]))
     rest_axes = tuple(a for a in layout.plane_axes if a != z)
     rest = tuple(shape[a] for a in rest_axes)
     k = cfg.num_classes
@@ -247,7 +182,7 @@ def predict_volume(
         out = np.zeros(oshape, np.float32 if output == "probabilities" else np.uint8)
     elif tuple(out.shape) != oshape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {oshape}")
-    net = _inference_net(model, dev)
+    net = inference_net(model, dev)
     vols = list(np.ndindex(*rest)) if rest else [()]
     total, done = len(vols) * len(plan), 0
     for vi, ridx in enumerate(vols):
@@ -277,5 +212,21 @@ def predict_volume(
 
 
 def predict_volume_image(image: Any, model: UNetModel | UNet, **kwargs: Any) -> Any:
-    """Plain-function form of :func:`predict_volume`."""
+    """Plain-function form of :func:`predict_volume`: runs all tiles.
+
+    Parameters
+    ----------
+    image : array-like
+        As for :func:`predict_volume`.
+    model : UNetModel or UNet
+        A 3D U-Net.
+    **kwargs
+        The keyword arguments of :func:`predict_volume`.
+
+    Returns
+    -------
+    array
+        float32 (*rest, Z, classes, Y, X) probabilities, or uint8 (*rest, Z, Y, X) class ids for
+        ``output="semantic"``.
+    """
     return run_to_end(predict_volume(image, model, **kwargs))
