@@ -251,7 +251,7 @@ def train_nuclei3d(data: Path, out_dir: Path, steps: int, device: str) -> dict:
 
 
 def lift_model_of(model):
-    from napari_unet.core.network.lift import lift_model
+    from napari_unet.core.modelfile.files import lift_model
 
     return lift_model(model)
 

@@ -28,8 +28,8 @@ def test_export_torchscript_of_a_shipped_model(tmp_path, capsys):
 def test_export_onnx_of_a_model_file(tiny_model_path, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from napari_unet.core.exchange.runtime import onnx_session
     from napari_unet.core.exchange.opening import load_model
+    from napari_unet.core.exchange.runtime import onnx_session
 
     out = tmp_path / "tiny.onnx"
     assert main(["export", str(tiny_model_path), "--format", "onnx", "-o", str(out), "-q"]) == 0

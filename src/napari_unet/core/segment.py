@@ -209,7 +209,7 @@ def segment_volumes(image: Any, model: UNetModel | UNet, *, output: str = "insta
                     tta: bool = False, out: Any = None,
                     spacing: tuple[float, float, float] | None = None) -> Generator[TileDone, None, Any]:
     """:func:`segment` with a 3D U-Net: each (Z, Y, X) volume (a (T, Z, Y, X) stack: each time
-    point) is predicted as a whole by exact 3D overlap-tiles (:mod:`~.tiling3d`); instances are
+    point) is predicted as a whole by exact 3D overlap-tiles (:mod:`~napari_unet.core.predict.predict3d`); instances are
     3D objects (one id per object in each volume), in the layout of plane-by-plane output."""
     from napari_unet.core.predict.predict3d import predict_volume
 
