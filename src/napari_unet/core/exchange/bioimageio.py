@@ -218,12 +218,39 @@ def export_bioimageio(
     authors: Sequence[str] = ("napari-unet developers",),
     validate: bool = True,
 ) -> Generator[ExportStep, None, Path]:
-    """Write ``model`` as a bioimage.io package ``output`` (``.zip`` appended if missing).
+    """Write ``model`` as a bioimage.io model package (a zip that ilastik, deepImageJ, QuPath and
+    bioimageio.core open).
 
-    ``sample``: a real 2D image (Y, X) or (C, Y, X), at least 256 x 256, for the test tensors and the
-    cover (default: the shipped sample that matches the model). ``validate``: load the written zip
-    with bioimageio.spec (file checks on, offline) and raise ExchangeError if it is not valid.
-    Yields ExportStep; returns the path of the zip. The zip appears complete or not at all.
+    Parameters
+    ----------
+    model : UNetModel
+        A single 2D napari-unet U-Net (an ensemble is refused: export it as ONNX or TorchScript).
+    output : str or os.PathLike
+        The zip to write; ``.zip`` is appended if missing.
+    sample : numpy.ndarray, optional
+        A real 2D image, (Y, X) or (C, Y, X), at least 256 x 256 pixels, for the package's test
+        tensors and cover; default: the shipped sample that matches the model.
+    authors : sequence of str
+        The package's authors.
+    validate : bool, default True
+        Load the written zip with bioimageio.spec (file checks on, offline) and raise
+        ``ExchangeError`` if it is not valid.
+
+    Yields
+    ------
+    ExportStep
+        What is being done (weights, test tensors, validation), for a progress display.
+
+    Returns
+    -------
+    pathlib.Path
+        The zip written; it appears complete or not at all.
+
+    Raises
+    ------
+    ExchangeError
+        The export extra is not installed, the model cannot be described as a package, or the
+        package does not validate.
     """
     spec = require("bioimageio.spec", "bioimage.io export")
     require("onnx", "bioimage.io export (ONNX weights)")

@@ -84,7 +84,24 @@ class Postprocessing:
 
 @dataclass
 class UNetModel:
-    """A network with everything needed to use it: normalisation, post-processing, provenance."""
+    """A network with everything needed to use it: normalisation, post-processing, provenance.
+
+    Attributes
+    ----------
+    net : UNet or UNetEnsemble
+        The network (or several networks of one architecture, whose probabilities are averaged);
+        its ``config`` (:class:`~napari_unet.core.network.unet.UNetConfig`) is the architecture.
+    normalization : Normalization
+        How an image is scaled before the network (statistics of the whole image or plane).
+    postprocessing : Postprocessing
+        How class probabilities become instance labels.
+    name, description : str
+        Shown in the widgets and written into the model file.
+    provenance : dict
+        What the model was trained from and how (JSON-serialisable).
+    source : str or None
+        The file or package it was loaded from (None for a model made in this session).
+    """
 
     net: UNet  # or a UNetEnsemble (several networks of one architecture, averaged)
     normalization: Normalization = field(default_factory=Normalization)
@@ -127,7 +144,22 @@ class UNetModel:
 
 
 def save_model(model: UNetModel, path: str | os.PathLike) -> Path:
-    """Write ``model`` to ``path`` (``.safetensors`` appended if missing) atomically."""
+    """Write ``model`` to a model file, atomically.
+
+    Parameters
+    ----------
+    model : UNetModel
+        The model; its configuration (architecture, normalisation, post-processing, provenance)
+        goes into the file's JSON header, beside the weights (never inside the ``state_dict``).
+    path : str or os.PathLike
+        The file to write; ``.safetensors`` is appended if missing. Missing folders are made.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written. A temporary file in the same folder is renamed onto it when complete,
+        so a reader never sees half a file.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -177,7 +209,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON configuration of a model file, without loading the weights."""
+    """The JSON configuration of a model file, without loading the weights.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A napari-unet ``.safetensors`` model file.
+
+    Returns
+    -------
+    dict
+        The header: ``format``, ``format_version``, ``name``, ``description``, ``architecture``,
+        ``normalization``, ``postprocessing``, ``provenance`` (and ``ensemble`` for several
+        networks).
+
+    Raises
+    ------
+    ModelFileError
+        No such file, not a safetensors file, no napari-unet header, a corrupt header, or a
+        format version newer than this napari-unet reads.
+    """
     from safetensors import safe_open
 
     path = Path(path)

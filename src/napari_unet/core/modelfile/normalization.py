@@ -23,9 +23,9 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 def percentiles(values: np.ndarray, qs: list[float] | tuple[float, ...]) -> list[float]:
     """``np.percentile(values, qs)`` (its default "linear" method, same float64 results), computed
-    for integer data of a moderate value range by counting values (O(n), no sort): about 12x faster
-    than np.percentile on a float64 copy of a 4-Mpx uint16 image, which matters when the network
-    itself takes a few seconds."""
+    for integer data of a moderate value range by counting values (O(n), no sort) instead of
+    sorting a float64 copy: it matters when the network itself takes a few seconds
+    (docs/benchmarks.md)."""
     a = np.asarray(values)
     if a.dtype.kind not in "biu" or a.size == 0:
         return _float_percentiles(np.asarray(a, np.float64), qs)

@@ -7,7 +7,7 @@ the runs behind them. In short, on two painted frames of a modality no shipped m
   move the nuclei model to brightfield cells in two minutes);
 - ``class_balance=False``: the paper's w_c weighted the rare class ~27x on a sparse colony and thickened
   objects until packed neighbours merged; the border term of eq. 2 (w0 = 10, sigma = 5 px) stays;
-- bf16 autocast on a CPU with bf16 units (1.9x faster per step here), channels_last always;
+- bf16 autocast on a CPU with bf16 units (faster per step: docs/benchmarks.md), channels_last always;
   the environment variable ``NAPARI_UNET_PRECISION`` (``fp32`` / ``bf16``), when set, is what
   ``precision="auto"`` means: ``NAPARI_UNET_PRECISION=fp32`` forces the fp32 path of every
   training (CLI, widgets, Live), as on a CPU without AVX512-BF16 or AMX (with
@@ -82,10 +82,9 @@ class TrainConfig:
     - ``keep``: "final" (default, nnU-Net's choice): the final averaged weights; validation is the
       live score and the safety net: the starting model comes back only when it scores above the
       final weights by more than ``start_margin``, with a warning. "best": the best validated
-      step (again the start only by more than the margin). Measured on brightfield cells: picking
-      the best step on a few held-back objects chose early, worse weights (test F1 0.10 against
-      0.45 for the final weights; validation windows were then still off the pooling grid,
-      and a dozen held-back cells are not the frames to come either).
+      step (again the start only by more than the margin). On brightfield cells picking the best
+      step on a few held-back objects chose early, worse weights (docs/benchmarks.md, "Figures
+      moved out of the code").
     - ``ema``: decay of the exponential moving average of the weights (0 = off: raw weights).
     - ``freeze_encoder``: when fine-tuning, the contracting path (``down``) keeps the base model's
       weights; the bottom, the expanding path and the head learn (Live: half the step time).
@@ -107,8 +106,7 @@ class TrainConfig:
       painting. None (default): with a time budget and a painting that can be validated, one
       network per :data:`NETWORK_STEPS` steps (and :data:`NETWORK_PASSES` passes over the
       painting) that the budget holds on this machine, at most :data:`MAX_AUTO_MEMBERS`
-      (measured over the first steps: on a 2-core CPU a 2-minute budget makes ~380 steps, one
-      network; 3 minutes two, 5 minutes three); else one. A network validated worse
+      (measured over the first steps of the run); else one. A network validated worse
       than the starting model is left out. Measured on brightfield cells: see
       docs/benchmarks.md ("An ensemble instead of one network").
     - ``precision``: "auto" (bf16 autocast where the device computes it natively, else fp32;
@@ -286,7 +284,7 @@ def postprocessing_for(mode: str, object_area: float | None = None) -> Postproce
     the paper's background lines), or, for "boundary" models, seeds of confident interior flooded
     by a watershed of the interior probability (the network's own borders separate packed
     objects). ``object_area``: the median painted object (pixels): seeds below 6 % of it are
-    noise, not objects (on brightfield cells, seeds of >= 30 px raised F1 from 0.43 to 0.54)."""
+    noise, not objects (measured on brightfield cells: docs/benchmarks.md)."""
     check_mode(mode)
     if mode == "binary":
         return Postprocessing(instance_classes=(1,))

@@ -238,7 +238,7 @@ def fine_tune_volume(
         shapes that do not match, slices outside the volume, a new network without ``spacing``;
         the message says what to paint or give.
     """
-    tc = config or TrainConfig(steps=200, batch_size=2, patch_size=96, lr=1e-3)
+    tc = config or TrainConfig.from_choices(volume=True)  # the 3D defaults (VOLUME_DEFAULTS)
     several = isinstance(image, (list, tuple))
     imgs = [as_image(i) for i in (image if several else [image])]
     labs = [np.asarray(lb) for lb in (labels if several else [labels])]

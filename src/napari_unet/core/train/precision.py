@@ -22,8 +22,8 @@ def _cpu_has_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> "bf16" where the device computes bfloat16 natively (CUDA with bf16, a CPU with
-    AVX512-BF16 or AMX), else "fp32". Measured here: bf16 autocast makes a training step of the
-    shipped architecture 1.9x faster on an AVX512-BF16 CPU; on CPUs without it 10-500x slower."""
+    AVX512-BF16 or AMX), else "fp32": bf16 autocast is faster where the CPU has bf16 units and
+    many times slower where it has not (docs/benchmarks.md)."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
