@@ -264,7 +264,7 @@ def main() -> int:
         seg_yielded(ev)
 
     seg.on_event = spy
-    from napari_unet._widgets import _segment_jobs as _jobs
+    from napari_unet.core import device as _jobs  # where the Segment job reads the cores
 
     reserve = _jobs.usable_cores
     for policy in ("all cores", "one core kept for the viewer"):

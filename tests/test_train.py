@@ -492,6 +492,69 @@ def test_time_budget_ends_training(colony, monkeypatch):
         TrainConfig(minutes=0)
 
 
+def test_budget_estimate_says_what_the_budget_holds_and_what_would_do():
+    from napari_unet.core.train.budget import GOOD_STEPS, LEARN_STEPS, BudgetEstimate, too_few_steps
+
+    slow = BudgetEstimate(seconds_per_step=2.5, budget_s=240.0)  # an AVX2-only CPU, 4 minutes
+    assert slow.steps == 86 and slow.too_few
+    assert slow.minutes_for(GOOD_STEPS) == 14.0 and slow.minutes_for(LEARN_STEPS) == 6.0
+    text = slow.sentence()
+    assert "2.5 s" in text and "about 86 steps" in text and "too few" in text and "14 minutes" in text
+    fast = BudgetEstimate(seconds_per_step=0.5, budget_s=240.0)
+    assert fast.steps == 432 and not fast.too_few and "too few" not in fast.sentence()
+    assert "only 21 steps" in too_few_steps(21, 11.8, learnt=False)
+    assert "66 minutes" in too_few_steps(21, 11.8, learnt=False)  # 300 x 11.8 s / 0.9
+    assert too_few_steps(21, 11.8, learnt=True) == ""  # validation ended it: the painting is learnt
+    assert too_few_steps(LEARN_STEPS, 11.8, learnt=False) == ""
+
+
+@pytest.mark.parametrize("step_s, short", [(1.0, True), (0.05, False)])
+def test_a_time_budget_too_short_for_this_machine_is_said_before_the_end_and_in_the_result(
+        colony, monkeypatch, step_s, short):
+    """The same 12-second budget on a slow machine (1 s per step: 10 steps) and a fast one (0.05 s:
+    216 steps): the clock is fake, so the steps and the words are exact on any machine."""
+    from napari_unet.core.train import training_summary
+    from napari_unet.core.train.config import PROBE_STEPS
+
+    use_fake_clock(monkeypatch, step_s=step_s, val_s=0.0)
+    imgs, labs = colony
+    cfg = fast_config(steps=10**6, minutes=0.2, val_every=None, plateau_patience=0, members=1)
+    events, model = drain(train(imgs, labs, model=tiny_model(**START), config=cfg, device="cpu", seed=0),
+                          keep_events=True)
+    steps = [e for e in events if isinstance(e, StepDone)]
+    assert all(e.budget == "" for e in steps[: PROBE_STEPS - 1])  # not measured yet
+    said = steps[-1] if short else steps[PROBE_STEPS - 1]
+    assert said.budget_short is short
+    assert ("a step takes 1.0 s" if short else "a step takes 0.05 s") in said.budget
+    assert ("too few to learn" in said.budget) is short
+    summary = training_summary(model.provenance)
+    assert ("too few to learn" in summary) is short
+    if short:
+        assert f"only {model.provenance['steps']} steps" in summary.lower()
+
+
+def test_cli_train_warns_when_its_minutes_hold_too_few_steps_on_this_machine(tmp_path, crop, monkeypatch,
+                                                                           capsys):
+    """`napari-unet train --minutes` on a slow machine (a fake clock: 1 s per step) says, while it
+    trains, what the budget holds and how many minutes would do, even with --quiet; its summary
+    says the result will be poor."""
+    use_fake_clock(monkeypatch, step_s=1.0, val_s=0.0)
+    img, lab = crop
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    tifffile.imwrite(tmp_path / "a_labels.tif", lab.astype(np.uint16))
+    base = save_model(tiny_model(**START), tmp_path / "base.safetensors")
+    rc = main(["train", "--images", str(tmp_path / "a.tif"), "--labels", str(tmp_path / "a_labels.tif"),
+               "--base-model", str(base), "--minutes", "0.25", "--members", "1", "--patch-size", "32",
+               "--batch-size", "2", "--device", "cpu", "--output", str(tmp_path / "t.safetensors"),
+               "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr()
+    assert ("napari-unet train: warning: a step takes 1.0 s on this machine: 0.25 minutes hold about 13 "
+            "steps, too few to learn the painting (it needs at least 120): give it 6 minutes (300 steps), "
+            "at least 2.5 minutes") in out.err
+    assert "results will be poor" in out.out
+
+
 def test_widened_head_keeps_the_base_models_decision():
     from napari_unet.core.train import widen_head
 

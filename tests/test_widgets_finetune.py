@@ -170,6 +170,34 @@ def test_time_budget_and_what_is_validated_are_shown(make_napari_viewer, qtbot, 
     assert "no validation" in ft.status.text() and "trained" in ft.status.text()
 
 
+def test_a_budget_too_short_for_this_machine_is_warned_of_while_training_and_after(
+        make_napari_viewer, qtbot, tiny_model_path, nuclei_image, nuclei_mask, monkeypatch):
+    """Minutes 0.25 on a slow machine (a fake clock: 1 s per step): once the first steps are
+    measured the status says what the budget holds and how many minutes would do, a warning says
+    it once, and the finished model is said to be undertrained."""
+    from fake_clock import use_fake_clock
+
+    from napari_unet._widgets import _finetune
+
+    use_fake_clock(monkeypatch, step_s=1.0, val_s=0.0)
+    warned: list[str] = []
+    monkeypatch.setattr(_finetune, "show_warning", warned.append)
+    viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
+    ft.settings.minutes.value = 0.25  # 15 s: 13 steps (validation may take a tenth)
+    ft.settings.steps.value = 0
+    ft.settings.members.value = 1
+    ft.settings.device.value = "cpu"
+    seen = []
+    click(qtbot, ft.train_button)
+    ft.worker.yielded.connect(lambda ev: seen.append(ft.status.text()) if hasattr(ev, "step") else None)
+    qtbot.waitUntil(lambda: not ft.running, timeout=TIMEOUT)
+    said = "a step takes 1.0 s on this machine: 0.25 minutes hold about 13 steps, too few to learn"
+    assert any(said in t for t in seen)
+    assert sum(said in w for w in warned) == 1  # once, not at every step
+    steps = ft.model.provenance["steps"]
+    assert any(f"only {steps} steps: too few to learn the painting" in w for w in warned)
+
+
 def test_an_ensemble_of_networks_from_the_networks_field(make_napari_viewer, qtbot, tiny_model_path,
                                                          nuclei_image, nuclei_mask, tmp_path):
     """Networks = 2: two networks train one after the other (the status says which), the model

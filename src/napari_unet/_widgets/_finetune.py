@@ -80,6 +80,7 @@ class FineTuneWidget(QWidget):
         self.last_error = ""  # the last error said, kept in the status line until the next action
         self._run: dict[str, Any] = {}  # what the running Train learns from: its model's name
         self._network = 0  # which network of an ensemble trains (the plot marks the next one)
+        self._budget_said = False  # a budget too short for this machine is warned of once a run
         self._notes: list[str] = []
 
         self.image = ComboBox(choices=self._images, label="Image",
@@ -278,6 +279,7 @@ class FineTuneWidget(QWidget):
         total = int(self._budget_s) if self._budget_s else config.steps
         self.plot.clear(total if not self._budget_s else 0)
         self._network = 0
+        self._budget_said = False
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
         self._progress = progress(total=total, desc=f"U-Net fine-tuning ({name})")
@@ -345,6 +347,11 @@ class FineTuneWidget(QWidget):
             text += f", {ev.eta_s:.0f} s left"
         if ev.validation:
             text += f"\n{ev.validation}"
+        if ev.budget:  # what the time budget holds on this machine, once measured
+            text += f"\n{ev.budget}"
+            if ev.budget_short and not self._budget_said:
+                self._budget_said = True
+                show_warning(f"Fine-tune: {ev.budget}.")
         self.status.setText("\n".join([text, *self._notes]))
         # last: napari's progress bar may process events re-entrantly (see the Segment widget)
         if self._progress is not None:
@@ -394,6 +401,11 @@ class FineTuneWidget(QWidget):
         self._summary = training_summary(prov)
         if prov.get("validation", {}).get("kept") == "start":
             show_warning(prov["validation"]["note"])
+        from napari_unet.core.train.report import undertrained
+
+        short = undertrained(prov)
+        if short:  # said as a warning too: the info below is easily missed
+            show_warning(f"Model '{self.model_name}': {short}.")
         show_info(f"Model '{self.model_name}' is ready in the Segment widget: {self._summary}.")
         self.model_ready()
         # Live always ends by its own stop; a Train stopped before its end says so

@@ -8,7 +8,6 @@ that fails yields :class:`JobFailed` and the queue goes on.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,19 +58,14 @@ class JobFailed:
     message: str
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
-
-
 @contextmanager
 def one_core_for_the_viewer(device: str) -> Iterator[None]:
     """While a CPU job runs, let torch use all cores but one, so that napari's event loop keeps a
     core (with torch on every core of a 2-core machine the viewer's event loop ticked every ~40-60
     ms instead of 10 ms, and the job was no faster; see benchmarks/bench_responsiveness.py)."""
     import torch
+
+    from napari_unet.core.device import usable_cores
 
     if device not in ("auto", "cpu") or (device == "auto" and torch.cuda.is_available()):
         yield

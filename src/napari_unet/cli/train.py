@@ -161,6 +161,7 @@ def _run_train(args: argparse.Namespace) -> int:
     masks = _read_tiffs(args.masks, "mask") if args.masks else None
 
     from napari_unet.core.device import resolve_device
+    from napari_unet.core.events import relay
     from napari_unet.core.exchange.opening import load_model
     from napari_unet.core.modelfile.files import ModelFileError, save_model
     from napari_unet.core.train import TrainConfig, train, training_summary
@@ -190,6 +191,16 @@ def _run_train(args: argparse.Namespace) -> int:
     gen = train(images, labels, masks, model=base, config=config, mode=args.mode,
                 background_label=args.background_label, device=device, seed=args.seed,
                 name=args.name)
+    said: list[str] = []
+
+    def say_budget(ev: Any) -> Any:  # what the time budget holds on this machine, said once
+        if getattr(ev, "budget", "") and not said and (ev.budget_short or not args.quiet):
+            said.append(ev.budget)
+            level = "warning: " if ev.budget_short else ""
+            print(f"napari-unet train: {level}{ev.budget}", file=sys.stderr)
+        return ev
+
+    gen = relay(gen, say_budget)
     try:
         model = drive(gen, desc="train", quiet=args.quiet)
     except AnnotationError as exc:

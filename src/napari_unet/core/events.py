@@ -32,7 +32,10 @@ class StepDone:
     mean of ``val_iou``, the foreground IoU, and ``val_f1``, the instance F1@0.5, on the held-back
     whole objects; higher is better; None when nothing is held back); ``best_score`` the best so
     far; ``eta_s`` the estimated seconds left; ``validation`` a sentence saying what is validated
-    (or why nothing is). With a time budget ``total`` is an estimate that settles as steps go.
+    (or why nothing is). With a time budget ``total`` is an estimate that settles as steps go, and
+    once the first steps are measured ``budget`` says how many steps the budget holds on this
+    machine, ``budget_short`` whether that is too few to learn the painting (the sentence then
+    says how many minutes would do).
     """
 
     step: int
@@ -47,6 +50,8 @@ class StepDone:
     painting_version: int | None = None  # live training: the painting this step trained on
     network: int = 0  # an ensemble's networks train one after the other: this one's index
     networks: int = 1  # and how many there are
+    budget: str = ""
+    budget_short: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet.core.device import resolve_device
+from napari_unet.core.device import busy_cores, cpu_threads, resolve_device, usable_cores
 from napari_unet.core.events import StepDone
 from napari_unet.core.modelfile.files import Postprocessing, UNetModel
 from napari_unet.core.modelfile.normalization import Normalization
 from napari_unet.core.network.unet import UNet, UNetConfig
 from napari_unet.core.train.annotations import num_classes_for
 from napari_unet.core.train.augment import augment
+from napari_unet.core.train.budget import BudgetEstimate
 from napari_unet.core.train.config import (
     PROBE_STEPS,
     TrainConfig,
@@ -143,6 +144,7 @@ def train_network(
     probe = members is None and tc.members is None and live is None and data.has_validation \
         and tc.minutes is not None
     t_probe = 0.0
+    estimate: BudgetEstimate | None = None  # the steps a time budget holds here, once measured
     k = members if members is not None else tc.members_for(data.has_validation, live is not None)
     if members is None and k > 1:  # the first of k networks: its share of the budget
         tc = dataclasses.replace(tc, steps=max(1, tc.steps // k),
@@ -296,6 +298,11 @@ def train_network(
                            time.perf_counter() - t0, 0.0 if trained is None else trained.score)
         prov["background_prior"] = post.background_prior
         prov["ended_early"] = ended
+        if threads_before is not None:
+            prov["cpu_threads"] = prov_threads
+        if estimate is not None:
+            prov["budget_estimate"] = {"seconds_per_step": round(estimate.seconds_per_step, 3),
+                                       "steps": estimate.steps}
         prov["members_planned"] = k
         if live_data is not None:
             prov["live"] = {"painting_changes": live_data.changes,
@@ -309,6 +316,13 @@ def train_network(
         return UNetModel(net=out, normalization=normalization, postprocessing=post, name=nm,
                          description=desc, provenance=prov)
 
+    # CPU: one thread per core that other processes leave free (more make every step wait for
+    # preempted threads), for this run only
+    threads_before = None
+    if dev.type == "cpu":
+        threads_before = torch.get_num_threads()
+        prov_threads = cpu_threads(usable_cores(), busy_cores())
+        torch.set_num_threads(prov_threads)
     try:
         while live is not None or step < tc.steps:
             now = time.perf_counter()
@@ -345,11 +359,14 @@ def train_network(
                 opt.step()
                 averaged.update()
             step += 1
-            if probe and step == 2:
+            if step == 2:
                 t_probe = time.perf_counter()  # the first steps warm up kernels and caches
+            if budget is not None and live is None and step == PROBE_STEPS:
+                # the steps the budget holds here (validation: up to a tenth), said to the user
+                estimate = BudgetEstimate((time.perf_counter() - t_probe) / (step - 2), budget)
             if probe and step == PROBE_STEPS:  # probe: a time budget, so budget is set
-                probe = False  # the steps the budget holds here (validation: up to a tenth)
-                rate = (step - 2) / max(time.perf_counter() - t_probe, 1e-9)
+                probe = False
+                rate = 1.0 / max(estimate.seconds_per_step, 1e-9)  # type: ignore[union-attr]
                 expect = rate * 0.9 * budget
                 k = tc.members_for(True, steps=expect, passes=expect * passes_per_step)
                 if k > 1:  # the first of k networks: its share of the budget
@@ -392,9 +409,14 @@ def train_network(
                                else "") + ("; the painting is learnt (the validation loss stopped "
                                            "improving): finishing early" if plateau.ending else ""),
                            painting_version=None if live_data is None else live_data.trained_version,
-                           network=member, networks=k)
+                           network=member, networks=k,
+                           budget="" if estimate is None else estimate.sentence(),
+                           budget_short=estimate is not None and estimate.too_few)
     except GeneratorExit:
         # closed by the caller: end cleanly (Python >= 3.13 hands this value to close())
         return result()
+    finally:
+        if threads_before is not None:
+            torch.set_num_threads(threads_before)
     return result()
 

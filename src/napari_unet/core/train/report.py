@@ -10,6 +10,7 @@ import torch
 
 from napari_unet.core.modelfile.files import UNetModel
 from napari_unet.core.network.geometry import pooled_levels
+from napari_unet.core.train.budget import too_few_steps
 from napari_unet.core.train.config import TrainConfig
 from napari_unet.core.train.validation import ValScore
 
@@ -66,6 +67,22 @@ def training_provenance(model: UNetModel | None, mode: str, widen: bool, data: A
     return prov
 
 
+def undertrained(prov: dict[str, Any]) -> str:
+    """The warning of a 2D run that made too few steps to learn its painting ("" when not, and
+    for Live, which has no end of its own): per network for an ensemble; none when validation
+    ended the run because the painting was learnt."""
+    if "live" in prov or "validation" not in prov:
+        return ""
+    runs = prov.get("ensemble") or [None]
+    learnt = (all(e["ended_early_s"] is not None for e in runs) if runs[0] is not None
+              else prov.get("ended_early") is not None)
+    steps = int(prov["steps"] / len(runs))
+    measured = prov.get("budget_estimate", {}).get("seconds_per_step")
+    if measured is None and prov["steps"]:
+        measured = prov["training_seconds_measured"] / prov["steps"]
+    return too_few_steps(steps, measured, learnt)
+
+
 def training_summary(prov: dict[str, Any]) -> str:
     """One line on what training did and what was validated (CLI, widget)."""
     if "fine_tuned_3d" in prov and "validation" not in prov:  # core/train/volume.py
@@ -106,6 +123,9 @@ def training_summary(prov: dict[str, Any]) -> str:
     bp = prov.get("background_prior")
     tail = ("" if bp is None else f"; segmenting adapts to each image's own share of background "
             f"(the painting's: {100 * bp:.0f} %)")
+    short = undertrained(prov)
+    if short:
+        tail += f". {short[0].upper()}{short[1:]}"
     if not v["available"]:
         return f"{head}; {v['note']}{tail}"
     b, s0 = v["best"], v["start"]
