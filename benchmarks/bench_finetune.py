@@ -198,10 +198,31 @@ def main() -> None:
                     help="one U-Net run per budget and seed (the spread of a 2-minute run is wide)")
     ap.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
     ap.add_argument("--out", default=str(HERE / "results" / "finetune.json"))
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="fp32: the path of a CPU without bf16 units (NAPARI_UNET_PRECISION; run with "
+                         "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 for an AVX2-only CPU)")
     args = ap.parse_args()
+    if args.precision != "auto":
+        os.environ["NAPARI_UNET_PRECISION"] = args.precision
     load = os.getloadavg()
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                          f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+    mm = {}
+    for dt in ("float32", "bfloat16"):
+        a = torch.randn(2048, 2048, dtype=getattr(torch, dt))
+        a @ a
+        t0 = time.perf_counter()
+        a @ a
+        mm[dt] = 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+                          f"({', '.join(isa)}; ATEN_CPU_CAPABILITY="
+                          f"{os.environ.get('ATEN_CPU_CAPABILITY', '-')}), "
+                          f"torch {torch.__version__} ({torch.get_num_threads()} threads), precision "
+                          f"{args.precision}; matmul fp32 {mm['float32']:.0f} GFLOP/s, bf16 "
+                          f"{mm['bfloat16']:.0f} GFLOP/s",
                "load": f"load average {load[0]:.2f} at the start", "cases": {}}
     for case in args.cases:
         tr, te = load_case(case)
