@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _forest import fit_forest, predict_instances  # noqa: E402
+from _machine import cpu_flags, matmul_gflops  # noqa: E402
 
 from napari_unet._synthetic import rod_colony  # noqa: E402
 from napari_unet.core.exchange.opening import load_model  # noqa: E402
@@ -205,20 +206,9 @@ def main() -> None:
     if args.precision != "auto":
         os.environ["NAPARI_UNET_PRECISION"] = args.precision
     load = os.getloadavg()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        flags = ""
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    mm = {}
-    for dt in ("float32", "bfloat16"):
-        a = torch.randn(2048, 2048, dtype=getattr(torch, dt))
-        a @ a
-        t0 = time.perf_counter()
-        a @ a
-        mm[dt] = 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+    mm = {dt: matmul_gflops(dt) for dt in ("float32", "bfloat16")}
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-                          f"({', '.join(isa)}; ATEN_CPU_CAPABILITY="
+                          f"({cpu_flags()}; ATEN_CPU_CAPABILITY="
                           f"{os.environ.get('ATEN_CPU_CAPABILITY', '-')}), "
                           f"torch {torch.__version__} ({torch.get_num_threads()} threads), precision "
                           f"{args.precision}; matmul fp32 {mm['float32']:.0f} GFLOP/s, bf16 "

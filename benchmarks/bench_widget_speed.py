@@ -21,39 +21,21 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _machine import cpu_flags, matmul_gflops  # noqa: E402
 
 
 def spin() -> None:  # a busy process
     while True:
         pass
-
-
-def cpu_flags() -> str:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return "?"
-    return ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags)
-
-
-def matmul_gflops(dtype: str) -> float:
-    import torch
-
-    a = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
-    b = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
-    a @ b
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * 2048**3 / min(times) / 1e9
 
 
 def steps_per_s(stamps: list[tuple[int, float]]) -> float:

@@ -145,6 +145,7 @@ def train_network(
         and tc.minutes is not None
     t_probe = 0.0
     estimate: BudgetEstimate | None = None  # the steps a time budget holds here, once measured
+    budget_note = ""  # and what that means, said with every step from then on
     k = members if members is not None else tc.members_for(data.has_validation, live is not None)
     if members is None and k > 1:  # the first of k networks: its share of the budget
         tc = dataclasses.replace(tc, steps=max(1, tc.steps // k),
@@ -364,6 +365,7 @@ def train_network(
             if budget is not None and live is None and step == PROBE_STEPS:
                 # the steps the budget holds here (validation: up to a tenth), said to the user
                 estimate = BudgetEstimate((time.perf_counter() - t_probe) / (step - 2), budget)
+                budget_note = estimate.sentence()
             if probe and step == PROBE_STEPS:  # probe: a time budget, so budget is set
                 probe = False
                 rate = 1.0 / max(estimate.seconds_per_step, 1e-9)  # type: ignore[union-attr]
@@ -410,7 +412,7 @@ def train_network(
                                            "improving): finishing early" if plateau.ending else ""),
                            painting_version=None if live_data is None else live_data.trained_version,
                            network=member, networks=k,
-                           budget="" if estimate is None else estimate.sentence(),
+                           budget=budget_note,
                            budget_short=estimate is not None and estimate.too_few)
     except GeneratorExit:
         # closed by the caller: end cleanly (Python >= 3.13 hands this value to close())
