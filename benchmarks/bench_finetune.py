@@ -15,11 +15,14 @@ against the wall-clock seconds of training, in one process:
 
 Cases: ``brightfield`` (../shared/data/brightfield-scratch: oblique brightfield of packed whole
 cells, channel 1, automatic cell labels (channel 3); train on time points 0 and 1, score on 5 and 9)
+``hoechst`` (the same time points' Hoechst nuclei channel 0 with its automatic nucleus labels
+(channel 2): a real case of a modality the base model knows, which fine-tuning must not spoil)
 and ``rods`` (a generated colony of packed rod-shaped cells, phase-contrast-like, weak borders:
 ``napari_unet._synthetic.rod_colony(contact=0.05)``; train on seeds 0 and 1, score on 2 and 3).
 
 Run: ``python benchmarks/bench_finetune.py [--budgets 15 30 60 120 300] [--cases brightfield rods]``
-Writes benchmarks/results/finetune.json, .md and docs/images/bench_finetune.png.
+Writes benchmarks/results/finetune.json, .md and docs/images/bench_finetune.png (``--out
+results/X.json``: X.json, X.md and docs/images/bench_X.png).
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def load_case(name: str) -> tuple[list, list]:
     if name == "brightfield":
         a = tifffile.imread(SHARED / "brightfield-scratch" / "scratch-assay.tif")
         pairs = {t: (a[1, t], a[3, t].astype(np.int32)) for t in (0, 1, 5, 9)}
+        return [pairs[0], pairs[1]], [pairs[5], pairs[9]]
+    if name == "hoechst":  # the same frames' nuclei channel: a modality the base model knows
+        a = tifffile.imread(SHARED / "brightfield-scratch" / "scratch-assay.tif")
+        pairs = {t: (a[0, t], a[2, t].astype(np.int32)) for t in (0, 1, 5, 9)}
         return [pairs[0], pairs[1]], [pairs[5], pairs[9]]
     if name == "rods":
         fr = [rod_colony(seed=s, contact=0.05) for s in range(4)]
@@ -115,6 +122,12 @@ def run_forests(train_pairs, test) -> list[dict]:
 def forest_at(forests: list[dict], budget: float) -> dict | None:
     done = [f for f in forests if f["seconds"] <= budget]
     return max(done, key=lambda f: f["f1"] + f["iou"]) if done else None
+
+
+def plot_path(out: Path) -> Path:
+    """docs/images/bench_finetune.png for the main run (results/finetune.json), else
+    bench_<the results file's name>.png (finetune_fp32.json: bench_finetune_fp32.png)."""
+    return HERE.parent / "docs" / "images" / f"bench_{out.stem}.png"
 
 
 def plot(results: dict, path: Path) -> None:
@@ -194,7 +207,7 @@ def markdown(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", type=float, nargs="+", default=[15, 30, 60, 120, 300])
-    ap.add_argument("--cases", nargs="+", default=["brightfield", "rods"])
+    ap.add_argument("--cases", nargs="+", default=["brightfield", "rods", "hoechst"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="one U-Net run per budget and seed (the spread of a 2-minute run is wide)")
     ap.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
@@ -232,8 +245,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(results, indent=1))
     md = markdown(results)
     Path(args.out).with_suffix(".md").write_text(md + "\n")
-    if args.out == ap.get_default("out"):  # the main run's curve
-        plot(results, HERE.parent / "docs" / "images" / "bench_finetune.png")
+    plot(results, plot_path(Path(args.out)))
     print(md)
 
 

@@ -17,8 +17,10 @@ Score: instance F1 at IoU > 0.5 on the **unpainted rest** of the image (referenc
 painted by then; predicted objects lying mostly on painted objects are not counted), against
 seconds since the first stroke. Preview refresh: the seconds between previews.
 
-Run: ``python benchmarks/bench_live.py [--seconds 120] [--plans 3] [--cases brightfield rods]``; writes
-benchmarks/results/live.json, .md and docs/images/bench_live.png.
+Run: ``python benchmarks/bench_live.py [--seconds 120] [--plans 3] [--cases brightfield rods]
+[--precision auto|fp32|bf16]``; writes
+benchmarks/results/live.json, .md and docs/images/bench_live.png (``--out results/X.json``:
+X.json, X.md, docs/images/bench_X.png).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _forest import features, probabilities_to_instances  # noqa: E402
+from _machine import cpu_flags, matmul_gflops  # noqa: E402
 
 from napari_unet._synthetic import rod_colony  # noqa: E402
 from napari_unet.core.events import PreviewDone  # noqa: E402
@@ -238,10 +241,17 @@ def main() -> None:
                     help="stroke plans (the order of objects and scribbles), one paired run each")
     ap.add_argument("--cases", nargs="+", default=["brightfield", "rods"])
     ap.add_argument("--out", default=str(HERE / "results" / "live.json"))
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="fp32 forces the path of a CPU without bf16 units (NAPARI_UNET_PRECISION)")
     args = ap.parse_args()
+    if args.precision != "auto":
+        os.environ["NAPARI_UNET_PRECISION"] = args.precision
+    mm = {dt: matmul_gflops(dt) for dt in ("float32", "bfloat16")}
     load = os.getloadavg()
-    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                      f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+                      f"({cpu_flags()}), torch {torch.__version__} ({torch.get_num_threads()} threads), "
+                      f"precision {args.precision}; matmul fp32 {mm['float32']:.0f} GFLOP/s, bf16 "
+                      f"{mm['bfloat16']:.0f} GFLOP/s",
            "load": f"load average {load[0]:.2f} at the start", "seconds": args.seconds,
            "every": args.every, "plans": args.plans, "cases": {}}
     for case in args.cases:
@@ -306,7 +316,7 @@ def main() -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(HERE.parent / "docs" / "images" / "bench_live.png", dpi=110)
+        fig.savefig(HERE.parent / "docs" / "images" / f"bench_{Path(args.out).stem}.png", dpi=110)
     except ImportError:  # pragma: no cover
         pass
     print("\n".join(lines))

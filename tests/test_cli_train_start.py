@@ -70,3 +70,19 @@ def test_a_training_without_base_model_starts_from_nuclei(painted, tmp_path, cap
     scratch = tmp_path / "scratch.safetensors"
     assert _train(painted, scratch, "--base-model", "none", "-q") == 0
     assert load_model(scratch).provenance["base_model"] is None
+
+
+def test_fine_tuning_keeps_the_contracting_path_unless_train_encoder(painted, tmp_path):
+    """The recipe for the steps a CPU gives: the base's contracting path is kept (half the step);
+    --train-encoder trains it too."""
+    base = load_model("nuclei").net.state_dict()
+    for extra, changes in (((), False), (("--train-encoder",), True)):
+        out = tmp_path / f"m{len(extra)}.safetensors"
+        assert _train(painted, out, "-q", *extra) == 0
+        m = load_model(out)
+        sd = m.net.state_dict()
+        down = [k for k in sd if k.startswith("down.")]
+        assert down and any(k.startswith("up.") and not np.array_equal(sd[k], base[k]) for k in sd
+                            if sd[k].shape == base[k].shape)  # the expanding path learnt
+        assert any(not np.array_equal(sd[k], base[k]) for k in down) == changes
+        assert m.provenance["training"]["freeze_encoder"] is not changes

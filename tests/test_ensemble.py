@@ -50,7 +50,7 @@ START = dict(base_channels=8, training_names=True, eval_mode=True)
 
 def fast(**kw):
     base = dict(steps=60, batch_size=4, patch_size=64, val_every=10, val_min_total=0,
-                val_min_objects=1, precision="fp32", lr=3e-3)
+                val_min_objects=1, precision="fp32", lr=3e-3, freeze_encoder=False)  # tiny bases
     base.update(kw)
     return TrainConfig(**base)
 

@@ -12,7 +12,12 @@ from napari_unet.core.exchange.opening import load_model
 from napari_unet.core.segment import segment_image
 from napari_unet.core.train import LiveInbox, TrainConfig, live_train, prepare_data, sample_batch
 from napari_unet.core.train.live import live_config
-from napari_unet.core.train.live_inbox import LiveData
+from napari_unet.core.train.live_inbox import (
+    MEANINGFUL_AGREEMENT,
+    LiveData,
+    painting_agreement,
+    preview_meaning,
+)
 
 BG = 1000  # the background label of the scribbles
 
@@ -193,6 +198,11 @@ def test_preview_of_the_view_equals_segment_and_stop_keeps_that_model(colony):
     assert model.provenance["steps"] == preview.step  # no step after the preview
     ref = segment_image(img, model, output="instances", device="cpu")
     np.testing.assert_array_equal(preview.labels, ref)
+    # the preview says how much of the painting in view it agrees with: the same figure as the
+    # kept model's segmentation against the painting
+    prob = segment_image(img, model, output="probabilities", device="cpu")
+    assert preview.agreement is not None
+    assert preview.agreement == pytest.approx(painting_agreement(prob[0] < 0.5, lab, BG), abs=1e-3)
     base = load_model("nuclei")
     assert any(not torch.equal(v, base.net.state_dict()[k]) for k, v in model.net.state_dict().items()
                if k in base.net.state_dict() and v.shape == base.net.state_dict()[k].shape)
@@ -221,3 +231,33 @@ def test_inbox_refuses_a_change_outside_the_labels():
     with pytest.raises(ValueError, match="2-D"):
         inbox.paint(0, (0,), np.ones(4, np.int32))
     assert inbox.version == 0
+
+
+def test_painting_agreement_is_the_mean_of_the_painted_objects_and_background_got_right():
+    painted = np.zeros((20, 20), np.int32)
+    painted[:5] = BG  # 100 background pixels painted
+    painted[10:15, :10] = 3  # 50 object pixels painted
+    fg = np.zeros((20, 20), bool)
+    fg[10:15, :5] = True  # half the painted object called foreground
+    fg[:1] = True  # a fifth of the painted background called foreground
+    assert painting_agreement(fg, painted, BG) == pytest.approx(0.5 * (0.5 + 0.8))
+    assert painting_agreement(~fg | (painted == 3), painted, BG) == pytest.approx(0.5 * (1 + 0.2))
+    # unpainted pixels count nowhere, except as background inside a mask
+    assert painting_agreement(fg | (painted == 0), painted, BG) == pytest.approx(0.5 * (0.5 + 0.8))
+    mask = np.zeros((20, 20), bool)
+    mask[15:] = True  # 100 unpainted pixels that are background, all called foreground here
+    got = painting_agreement(fg | mask, painted, BG, mask)
+    assert got == pytest.approx(0.5 * (0.5 + 80 / 200))
+
+
+def test_a_view_with_too_little_painting_has_no_agreement_and_says_so():
+    painted = np.zeros((20, 20), np.int32)
+    painted[:5] = BG
+    painted[10, :5] = 3  # 5 object pixels: too few to score
+    assert painting_agreement(np.ones((20, 20), bool), painted, BG) is None
+    assert painting_agreement(np.ones((20, 20), bool), np.full((20, 20), 3), BG) is None
+    assert "too little painting" in preview_meaning(None)
+    assert "still learning" in preview_meaning(MEANINGFUL_AGREEMENT - 0.01)
+    assert "do not judge" in preview_meaning(0.5) and "50 %" in preview_meaning(0.5)
+    sentence = preview_meaning(MEANINGFUL_AGREEMENT)
+    assert "still learning" not in sentence and "not painted" in sentence

@@ -550,7 +550,9 @@ def test_the_training_settings_build_the_train_config_and_are_enabled_as_one(qtb
     s = TrainingSettings(lambda _w=None: ["nuclei"])
     qtbot.addWidget(s.native)
     c = s.train_config()
-    assert (c.minutes, c.steps, c.lr, c.batch_size, c.members) == (4.0, 10**9, 2e-3, 4, None)
+    assert (c.minutes, c.steps, c.lr, c.batch_size, c.patch_size, c.members) == \
+        (4.0, 10**9, 2e-3, 2, 128, None)
+    assert c.freeze_encoder  # the recipe for the steps a CPU gives (docs/benchmarks.md)
     s.steps.value, s.members.value, s.strength.value = 30, 2, 0.5
     c = s.train_config()
     assert (c.steps, c.minutes, c.members) == (30, None, 2)

@@ -386,3 +386,37 @@ def test_save_and_export_are_enabled_after_a_live_model(make_napari_viewer, qtbo
     ft.live.on_done()  # and then ends
     assert ft.save_button.enabled and ft.export_control.button.enabled
     assert ft.train_button.enabled and seg.model.value == "tiny live on cells"
+
+
+def test_progress_is_drawn_a_few_times_a_second_and_every_step_is_kept(
+        make_napari_viewer, qtbot, tiny_model_path, nuclei_image, nuclei_mask, monkeypatch):
+    """Steps of a fifth of a second: the bar, the status line and the plot are drawn at most every
+    SHOW_EVERY_S (an injected clock), yet the plot keeps every step, a budget warning is drawn at
+    once, and the end draws the last step."""
+    from napari_unet._widgets import _finetune
+    from napari_unet.core.events import StepDone
+
+    warned: list[str] = []
+    monkeypatch.setattr(_finetune, "show_warning", warned.append)
+    viewer, seg, ft = setup(make_napari_viewer, tiny_model_path, nuclei_image, nuclei_mask)
+    now = [100.0]
+    ft.clock = lambda: now[0]
+    ft.progress_bar.setRange(0, 40)
+    ft.plot.clear(40)
+    for step in range(1, 21):  # 20 steps of 0.2 s: 4 s
+        ft.on_event(StepDone(step=step, total=40, loss=1.0 / step))
+        now[0] += 0.2
+    drawn = ft.progress_bar.value()
+    assert len(ft.plot.loss) == 20  # every step recorded
+    assert drawn < 20 and drawn % 3 == 1  # steps 1, 4, 7, ...: 0.5 s apart at 0.2 s a step
+    assert f"step {drawn}/40" in ft.status.text()
+    short = StepDone(step=21, total=40, loss=0.05, budget="a step takes 9 s: too few",
+                     budget_short=True)
+    ft.on_event(short)  # 0.2 s after step 20: drawn at once, and warned of once
+    assert ft.progress_bar.value() == 21 and "too few" in ft.status.text()
+    assert warned == ["Fine-tune: a step takes 9 s: too few."]
+    ft.on_event(StepDone(step=22, total=40, loss=0.05, budget="a step takes 9 s: too few",
+                         budget_short=True))
+    assert ft.progress_bar.value() == 21 and len(warned) == 1
+    ft._on_finished()  # the run ends: its last step is drawn
+    assert ft.progress_bar.value() == 22

@@ -9,6 +9,11 @@ from napari.utils.notifications import show_error
 
 _WARM = False
 
+# a training's progress (bar, plot, status line) is drawn at most this often: a step can take a
+# fifth of a second, and redrawing the window at every step took the training's CPU
+# (docs/benchmarks.md, "The Fine-tune widget against the CLI")
+SHOW_EVERY_S = 0.5
+
 
 def warm_up_labels() -> None:
     """Build one tiny Labels layer (not added to any viewer), once per session.

@@ -19,6 +19,7 @@ corrections of Labels layers (:mod:`._corrections`), the pairs (:mod:`._pairs`),
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import napari
@@ -40,7 +41,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet._widgets._common import layer_names, show_failure, warm_up_labels
+from napari_unet._widgets._common import SHOW_EVERY_S, layer_names, show_failure, warm_up_labels
 from napari_unet._widgets._corrections import CORRECTED, CorrectionTracking
 from napari_unet._widgets._export import ExportControl
 from napari_unet._widgets._live import LiveControls
@@ -81,6 +82,9 @@ class FineTuneWidget(QWidget):
         self._run: dict[str, Any] = {}  # what the running Train learns from: its model's name
         self._network = 0  # which network of an ensemble trains (the plot marks the next one)
         self._budget_said = False  # a budget too short for this machine is warned of once a run
+        self.clock = time.monotonic  # what times the progress's redraws (tests inject their own)
+        self._shown_at = -1e9  # when the progress was last drawn (self.clock seconds)
+        self._done = 0  # the progress of the latest step (drawn or not)
         self._notes: list[str] = []
 
         self.image = ComboBox(choices=self._images, label="Image",
@@ -280,6 +284,8 @@ class FineTuneWidget(QWidget):
         self.plot.clear(total if not self._budget_s else 0)
         self._network = 0
         self._budget_said = False
+        self._shown_at = -1e9
+        self._done = 0
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
         self._progress = progress(total=total, desc=f"U-Net fine-tuning ({name})")
@@ -334,11 +340,19 @@ class FineTuneWidget(QWidget):
         if ev.network != self._network:  # the next network of an ensemble starts
             self._network = ev.network
             self.plot.new_network(ev.step)
+        # every step is recorded, drawn at most every SHOW_EVERY_S
+        now = self.clock()
+        warn = bool(ev.budget_short and not self._budget_said)
+        due = warn or now - self._shown_at >= SHOW_EVERY_S
+        self.plot.add(ev.step, ev.loss, ev.val_score, ev.total, redraw=due)
         done = ev.step
         if self._budget_s and ev.eta_s is not None:
             done = int(round(self._budget_s - ev.eta_s))
+        self._done = done
+        if not due:
+            return
+        self._shown_at = now
         self.progress_bar.setValue(done)
-        self.plot.add(ev.step, ev.loss, ev.val_score, ev.total)
         text = f"step {ev.step}, loss {ev.loss:.4f}" if self._budget_s else \
             f"step {ev.step}/{ev.total}, loss {ev.loss:.4f}"
         if ev.val_score is not None:
@@ -349,7 +363,7 @@ class FineTuneWidget(QWidget):
             text += f"\n{ev.validation}"
         if ev.budget:  # what the time budget holds on this machine, once measured
             text += f"\n{ev.budget}"
-            if ev.budget_short and not self._budget_said:
+            if warn:
                 self._budget_said = True
                 show_warning(f"Fine-tune: {ev.budget}.")
         self.status.setText("\n".join([text, *self._notes]))
@@ -414,7 +428,10 @@ class FineTuneWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
+        self.progress_bar.setValue(min(self._done, self.progress_bar.maximum()))  # the last steps,
+        self.plot.update()  # drawn or not
         if self._progress is not None:
+            self._progress.update(self._done - self._progress.n)
             self._progress.close()
             self._progress = None
         self.set_running(False)

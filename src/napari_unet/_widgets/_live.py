@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from napari.layers import Labels
 
-from napari_unet._widgets._common import layer_key, level0
+from napari_unet._widgets._common import SHOW_EVERY_S, layer_key, level0
 from napari_unet._widgets._corrections import ROLE
 from napari_unet._widgets._edits import Change, LabelsEdits
 from napari_unet._widgets._runner import JobRunner
@@ -222,7 +222,8 @@ def outline_in_one_colour(layer: Labels, color: str) -> None:
 class LiveHost(Protocol):
     """What Live uses of the Fine-tune widget besides its training settings: the viewer and its
     model list, the chosen (image, labels, region) and the corrections, the Train button, the
-    status line and loss plot, and where a kept model goes."""
+    status line and loss plot (drawn at most every SHOW_EVERY_S of its ``clock``), and where a
+    kept model goes."""
 
     viewer: Any
     registry: Any
@@ -234,6 +235,7 @@ class LiveHost(Protocol):
     status: Any
     plot: Any
     model: Any
+    clock: Any
 
     @property
     def running(self) -> bool: ...
@@ -277,6 +279,7 @@ class LiveControls:
         self.live.changed.connect(self._toggled)
         self.new_labels.changed.connect(self.add_labels_layer)
         self.last_preview: Any = None  # the last PreviewDone shown
+        self._shown_at = -1e9  # when a step was last drawn (the owner's clock)
 
     def add_labels_layer(self) -> Any:
         """An empty Labels layer on the chosen image, selected, in paint mode; returns it."""
@@ -346,6 +349,8 @@ class LiveControls:
             # and a Train on it afterwards must not take the unpainted rest for background
             settings.scribbles.value = True
         w.plot.clear(0)
+        self.last_preview = None
+        self._shown_at = -1e9
         w.status.setText("Live: starting…")
         for c in (w.train_button, settings.base_model, w.image, w.labels, settings.device,
                   self.new_labels):
@@ -360,6 +365,7 @@ class LiveControls:
     def on_event(self, ev: Any) -> None:
         """An event of the live training: the base model loaded, waiting, a step, a preview."""
         from napari_unet.core.events import LiveWaiting, PreviewDone, StepDone
+        from napari_unet.core.train.live_inbox import preview_meaning
 
         w, s = self.owner, self.session
         if isinstance(ev, ModelLoaded):
@@ -367,13 +373,20 @@ class LiveControls:
         elif isinstance(ev, LiveWaiting):
             w.status.setText(f"Live: {ev.message}")
         elif isinstance(ev, StepDone):
-            w.plot.add(ev.step, ev.loss, ev.val_score, ev.step)  # the x axis grows with the run
+            now = w.clock()  # every step is recorded, drawn at most every SHOW_EVERY_S
+            due = now - self._shown_at >= SHOW_EVERY_S
+            w.plot.add(ev.step, ev.loss, ev.val_score, ev.step, redraw=due)  # x grows with the run
+            if not due:
+                return
+            self._shown_at = now
             since = None if s is None else s.inbox.seconds_since_change()
             text = f"Live: step {ev.step}, loss {ev.loss:.4f}"
             if since is not None:
                 text += f", painting last changed {since:.0f} s ago"
             if ev.val_score is not None:
                 text += f", validation F1 {ev.val_f1:.3f}, IoU {ev.val_iou:.3f}"
+            if self.last_preview is not None:
+                text += f"\n{preview_meaning(self.last_preview.agreement)}"
             w.status.setText(text + f"\n{ev.validation}")
         elif isinstance(ev, PreviewDone):
             self.last_preview = ev

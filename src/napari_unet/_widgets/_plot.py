@@ -39,7 +39,10 @@ class LossPlot(QWidget):
         self.starts.append(int(step))
         self.update()
 
-    def add(self, step: int, loss: float, score: float | None, total: int | None = None) -> None:
+    def add(self, step: int, loss: float, score: float | None, total: int | None = None,
+            redraw: bool = True) -> None:
+        """One step's loss (and validation score); ``redraw=False`` records it without drawing
+        (the Fine-tune widget redraws a few times a second, not at every step)."""
         if total:  # with a time budget the number of steps is an estimate that settles
             self.total = max(int(total), step, 1)
         if math.isfinite(loss):
@@ -47,7 +50,8 @@ class LossPlot(QWidget):
         if score is not None and math.isfinite(score):
             if not self.score or self.score[-1] != (step, score):
                 self.score.append((step, score))
-        self.update()
+        if redraw:
+            self.update()
 
     def loss_curves(self) -> tuple[list[float], list[float], float, float, int]:
         """(raw, smoothed, low, high, window): log10 of the per-step losses, of their running mean

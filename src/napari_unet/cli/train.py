@@ -68,11 +68,15 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                         "per 250 steps that --minutes holds on this machine (2 CPU cores: about 3 "
                         "minutes for two), at most 3, else 1")
     p.add_argument("--patch-size", type=int, default=None,
-                   help="output patch size in pixels (default 256; --volume: 96 in Y and X)")
+                   help="output patch size in pixels (default 128; --volume: 96 in Y and X)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="patches per step (default 4; --volume: 2)")
+                   help="patches per step (default 2; --volume: 2)")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default 2e-3), warmed up, then a cosine decay")
+    p.add_argument("--train-encoder", action="store_true",
+                   help="when fine-tuning, train the contracting path too (by default it keeps the "
+                        "base model's weights: steps take about half the time, and in a few minutes "
+                        "that learns more; worth trying on long runs far from the base's images)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the painted objects held back for validation, whole, from all over "
                         "each image (default 0.1; 0 = none). Nothing is held back when fewer than 40 "
@@ -175,7 +179,8 @@ def _run_train(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, class_balance=args.class_balance,
             prior_adaptation=args.prior_adaptation, logit_adjustment=args.logit_adjustment,
             sampling=args.sampling, loss=args.loss, precision=args.precision,
-            plateau_patience=0 if args.whole_budget else TrainConfig.plateau_patience)
+            plateau_patience=0 if args.whole_budget else TrainConfig.plateau_patience,
+            freeze_encoder=not args.train_encoder)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     base = None

@@ -69,7 +69,11 @@ class PreviewDone:
     ``pair``: which (image, labels) pair, ``plane``: the plane index of a stack (() for 2D),
     ``box``: (y0, y1, x0, x1) in plane pixels, ``labels``: the instances there (box shape; ids
     restart at 1 in each preview), ``step``: the training step whose averaged weights made it,
-    ``seconds``: how long it took."""
+    ``seconds``: how long it took; ``agreement``: the share of the painting in the box that the
+    preview agrees with (the mean of the painted objects' share it calls foreground and the painted
+    background's share it calls background), None when the box holds too little painting to say
+    (:func:`~napari_unet.core.train.live_inbox.painting_agreement`): a preview that disagrees with
+    the painting it was trained on does not mean anything yet."""
 
     pair: int
     plane: tuple[int, ...]
@@ -77,6 +81,7 @@ class PreviewDone:
     labels: Any
     step: int
     seconds: float = 0.0
+    agreement: float | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ the runs behind them. In short, on two painted frames of a modality no shipped m
   ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` torch and oneDNN also use their AVX2
   kernels: how CI checks that the tests pass on such a CPU);
 - a third of the patches centred on an object pixel (nnU-Net's foreground oversampling);
+- many cheap steps rather than few large ones: 2 patches of 128 output pixels per step, and when
+  fine-tuning the contracting path keeps the base model's weights (``freeze_encoder``). A painting
+  is learnt in steps, and on a CPU without bf16 units 4 patches of 256 px with every layer
+  learning made a fifth of the steps in the same minutes and learnt neither the rods nor the
+  brightfield cells in 2 minutes (docs/benchmarks.md, "A recipe for the steps a CPU can give");
 - an exponential moving average of the weights is what is validated and returned: the final
   one (a few held-back objects are the live score and the safety net, not the selector).
 """
@@ -61,7 +66,7 @@ class TrainConfig:
     - ``optimizer="adam"``, ``lr``: None = 2e-3 (fine-tuning and from scratch). Warm-up over the
       first ``warmup`` fraction of the run, then a cosine decay to 5 % (``cosine_decay``).
       ``momentum=0.99`` is the paper's, for ``optimizer="sgd"``.
-    - ``patch_size=256`` output pixels, ``batch_size=4`` (shrunk to the image when it is smaller).
+    - ``patch_size=128`` output pixels, ``batch_size=2`` (shrunk to the image when it is smaller).
     - ``w0=10``, ``sigma=5`` px: the paper's border weight map (eq. 2); ``class_balance`` adds its w_c
       (off by default, see the module docstring); ``logit_adjustment``: shift the output bias by
       -log(mean class weight) so the argmax is not drawn toward heavily weighted classes (None: as
@@ -86,8 +91,9 @@ class TrainConfig:
       step on a few held-back objects chose early, worse weights (docs/benchmarks.md, "Figures
       moved out of the code").
     - ``ema``: decay of the exponential moving average of the weights (0 = off: raw weights).
-    - ``freeze_encoder``: when fine-tuning, the contracting path (``down``) keeps the base model's
-      weights; the bottom, the expanding path and the head learn (Live: half the step time).
+    - ``freeze_encoder`` (default True): when fine-tuning, the contracting path (``down``) keeps
+      the base model's weights; the bottom, the expanding path and the head learn (about half the
+      step time; a network trained from scratch trains every layer).
     - ``grad_clip``: None, or the largest norm of a step's gradient (over all trained
       parameters); larger gradients are scaled down to it before the optimiser's step.
     - ``plateau_patience``: with validation, the run ends early when the validation loss has not
@@ -116,8 +122,8 @@ class TrainConfig:
 
     steps: int = 500
     minutes: float | None = None
-    batch_size: int = 4
-    patch_size: int = 256
+    batch_size: int = 2
+    patch_size: int = 128
     optimizer: str = "adam"
     lr: float | None = None
     weight_decay: float = 0.0
@@ -144,7 +150,7 @@ class TrainConfig:
     prior_adaptation: bool = True
     members: int | None = None
     holdback_seed: int = 0
-    freeze_encoder: bool = False
+    freeze_encoder: bool = True
     grad_clip: float | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
 

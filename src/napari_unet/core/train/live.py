@@ -52,12 +52,13 @@ LIVE_LR = 5e-3
 # gradient norm clipped to LIVE_GRAD_CLIP (without it brightfield runs diverged, the network then
 # predicting one class everywhere)
 LIVE_PATCH = 128
+LIVE_BATCH = 4
 LIVE_GRAD_CLIP = 1.0
 
 
 def live_config(**changes: Any) -> TrainConfig:
     """The :class:`TrainConfig` of a live run; ``changes`` override its fields."""
-    base = dict(lr=LIVE_LR, patch_size=LIVE_PATCH, foreground_fraction=0.5,
+    base = dict(lr=LIVE_LR, patch_size=LIVE_PATCH, batch_size=LIVE_BATCH, foreground_fraction=0.5,
                 background_fraction=0.5, class_balance="objects", freeze_encoder=True, ema=0.98,
                 grad_clip=LIVE_GRAD_CLIP)
     return TrainConfig(**{**base, **changes})

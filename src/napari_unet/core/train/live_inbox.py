@@ -23,6 +23,45 @@ from napari_unet.core.train.data import as_list, patch_sizes
 from napari_unet.core.train.validation import predict_probabilities
 
 LIVE_WARMUP_STEPS = 20  # linear warm-up of the learning rate, then constant (no end to decay to)
+# a preview "means something" once it agrees with this share of the painting in view (balanced:
+# the mean of the painted objects' and the painted background's shares it gets right)
+MEANINGFUL_AGREEMENT = 0.9
+MIN_AGREEMENT_PIXELS = 20  # fewer painted pixels of a kind in view: no agreement is computed
+
+
+def painting_agreement(foreground: np.ndarray, painted: np.ndarray, background_label: int | None,
+                       mask: np.ndarray | None = None) -> float | None:
+    """How much of the painting a preview agrees with: the mean of the share of painted object
+    pixels it calls foreground and the share of painted background pixels it calls background.
+
+    ``foreground``: the preview's foreground (bool, the box's shape); ``painted``: the labels
+    painted there (0 = not painted); ``background_label``: the id painted on background;
+    ``mask``: where unpainted means background (None: nowhere). None when the box holds fewer
+    than :data:`MIN_AGREEMENT_PIXELS` painted pixels of objects or of background: a share of
+    nothing is not a score.
+    """
+    fg = np.asarray(foreground, bool)
+    lab = np.asarray(painted)
+    bg = lab == background_label if background_label is not None else np.zeros(lab.shape, bool)
+    obj = (lab != 0) & ~bg
+    if mask is not None:
+        bg |= np.asarray(mask, bool) & (lab == 0)
+    if obj.sum() < MIN_AGREEMENT_PIXELS or bg.sum() < MIN_AGREEMENT_PIXELS:
+        return None
+    return 0.5 * (float(fg[obj].mean()) + float((~fg[bg]).mean()))
+
+
+def preview_meaning(agreement: float | None) -> str:
+    """What a preview's agreement with the painting tells the user, in a sentence."""
+    if agreement is None:
+        return ("Preview: too little painting in view to tell whether it has learnt it yet "
+                "(paint objects and background here).")
+    pct = f"{100 * agreement:.0f} %"
+    if agreement < MEANINGFUL_AGREEMENT:
+        return (f"Preview: still learning, it agrees with {pct} of your painting in view; do not "
+                f"judge it yet.")
+    return (f"Preview: it agrees with {pct} of your painting in view; judge it on the cells you "
+            f"have not painted.")
 
 
 class LiveInbox:
@@ -114,6 +153,15 @@ class LiveInbox:
         """The shape of labels image ``pair``."""
         return tuple(self._labels[pair].shape)
 
+    def painted(self, pair: int, plane: tuple[int, ...], box: tuple[int, int, int, int]
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Copies of the labels (and mask, or None) of image ``pair`` in ``box`` of ``plane``."""
+        y0, y1, x0, x1 = box
+        key = (*plane, slice(y0, y1), slice(x0, x1))
+        with self._lock:
+            m = self._masks[pair]
+            return self._labels[pair][key].copy(), None if m is None else m[key].copy()
+
     def current_view(self) -> tuple[tuple[int, tuple[int, ...], tuple[int, int, int, int]] | None, int]:
         with self._lock:
             return self._view, self._view_version
@@ -124,9 +172,11 @@ class LivePreview:
     (computed once per plane, whole-plane statistics as at inference) and when to predict."""
 
     def __init__(self, images: list[Any], inbox: LiveInbox, normalization: Normalization,
-                 channel_axis: int | None, every: float) -> None:
+                 channel_axis: int | None, every: float, background_label: int | None = None
+                 ) -> None:
         self.images, self.inbox, self.normalization = images, inbox, normalization
         self.channel_axis, self.every = channel_axis, float(every)
+        self.background_label = background_label
         self._planes: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, int]] = {}
         self._done_version = -1
         self._done_at = -np.inf
@@ -185,8 +235,10 @@ class LivePreview:
         prob, _ = adapt_background_prior(prob, post.background_prior)
         fgp = prob[list(post.instance_classes)].sum(0)
         labels = instances_from_semantic(semantic_labels(prob), post, fgp, prob)
+        painted, mask = self.inbox.painted(pair, plane, (y0, y1, x0, x1))
+        agreement = painting_agreement(prob[0] < 0.5, painted, self.background_label, mask)
         return PreviewDone(pair=pair, plane=plane, box=(y0, y1, x0, x1), labels=labels, step=step,
-                           seconds=time.perf_counter() - t0)
+                           seconds=time.perf_counter() - t0, agreement=agreement)
 
 
 class LiveData:

@@ -175,7 +175,7 @@ def train_network(
 
         live_data = LiveData(inbox, build, version)
         live_preview = LivePreview(as_list(images, "images"), inbox, normalization, channel_axis,
-                                   preview_every)
+                                   preview_every, background_label)
 
     base_adj = None if model is None else model.provenance.get("logit_adjustment")
     use_adj = tc.logit_adjustment if tc.logit_adjustment is not None else base_adj is not None
